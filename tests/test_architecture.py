@@ -28,7 +28,7 @@ LEVELS = {
     "analysis": 12,
     "io": 13,
     "engine": 14, "measure": 14, "validate": 14, "run": 14, "engines": 14,
-    "commands_flows": 14,
+    "commands_flows": 14, "chains": 14, "demo": 14, "commands_chroma": 14,
     "cli": 15,
 }
 
