@@ -40,6 +40,10 @@ Inputs (:func:`load_series`; one file = one replica/chain):
   ``weight`` are special), ``#`` comment lines (``# nrow: 8 8``, ``# group: U1`` are read as
   metadata), then one row per configuration.
 
+* ``qcd-bridge chain`` files (HDF5 with attribute ``format = "qcd-bridge-chain"``,
+  :mod:`bridge.chains`): ``/observables/<name>`` ``[cycles, chains]``, **one replica per chain**
+  (named ``<file stem>.c<global chain index>``), the cycles ``<= therm`` (attribute) left out.
+
 Components of array-valued series are addressed as ``name[i]`` (``name[i,j]``).
 
 Exit status of ``qcd-bridge validate``: 0 all observables agree, :data:`EXIT_DISAGREE` (3) some
@@ -431,7 +435,7 @@ def _kind(path: str) -> str:
     with open(path, "rb") as f:
         head = f.read(8)
     if head == b"\x89HDF\r\n\x1a\n":
-        return "hdf5"
+        return "chain" if _is_chain_file(path) else "hdf5"
     if head.startswith(b"PK"):
         return "npz"
     ext = os.path.splitext(path)[1].lower()
@@ -441,6 +445,36 @@ def _kind(path: str) -> str:
         f"file '{path}': not an HDF5 ensemble store, .npz or CSV series file (expected the HDF5 "
         f"signature, a zip archive, or the extension .csv/.txt/.dat)"
     )
+
+
+def _is_chain_file(path: str) -> bool:
+    import h5py
+
+    from .chains import CHAIN_FORMAT
+
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+    except OSError:
+        return False
+    return (fmt.decode() if isinstance(fmt, bytes) else fmt) == CHAIN_FORMAT
+
+
+def _read_chain(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A ``qcd-bridge chain`` file: the committed observables ``[cycles, chains]`` after the
+    thermalisation cycles, with ``cycle`` as trajectory numbers, and the lattice metadata."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        n, therm = int(a["n_cycles"]), int(a.get("therm", 0))
+        cols = {k: np.asarray(ds[:n]) for k, ds in f["observables"].items()}
+        c0, nc = int(a.get("chain_offset", 0)), int(a["n_chains"])
+        meta = {"nrow": [int(v) for v in np.ravel(a["nrow"])], "group": str(a["group"]),
+                "ensemble": "chain", "replica": f"c{c0}-c{c0 + nc - 1}", "therm": therm,
+                "chain_offset": c0}
+    keep = cols["cycle"] > therm
+    return {k: v[keep] for k, v in cols.items()}, meta
 
 
 def _split_component(name: str, known: Sequence[str] = ()) -> tuple[str, tuple[int, ...]]:
@@ -531,6 +565,8 @@ def available_observables(path: str | os.PathLike[str]) -> list[str]:
                 values, _ = st.measurement(m)
                 names += _expand(m, tuple(values.shape[1:]))
         return names
+    if kind == "chain":
+        return [k for k in _read_chain(spath)[0] if k != "cycle"]
     cols, _ = _table(spath, kind)
     for k, v in cols.items():
         if k not in SPECIAL_COLUMNS:
@@ -546,6 +582,10 @@ def ensemble_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     spath = os.fspath(path)
     kind = _kind(spath)
     meta: dict[str, Any] = {"file": spath, "format": kind}
+    if kind == "chain":
+        m = _read_chain(spath)[1]
+        meta.update({k: m[k] for k in ("nrow", "group", "ensemble", "replica")})
+        return meta
     if kind != "hdf5":
         meta.update(_table(spath, kind)[1])
         return meta
@@ -701,6 +741,27 @@ def _load_one(path: str, observable: str,
     return values, np.asarray(trajs), weights, replica
 
 
+def _load_chain(path: str, observable: str) -> list[tuple[np.ndarray, np.ndarray, None, str]]:
+    """One replica per chain of a ``qcd-bridge chain`` file (no weights: the chain is exact)."""
+    cols, meta = _read_chain(path)
+    base, index = _split_component(observable, list(cols))
+    if base not in cols or base == "cycle":
+        avail = [k for k in cols if k != "cycle"]
+        raise ValueError(
+            f"observable {observable!r}: unknown in chain file '{path}'; available series: "
+            f"{avail}"
+        )
+    if index:
+        raise ValueError(
+            f"observable {observable!r} in chain file '{path}': the series is one number per "
+            f"chain and cycle; give it without an index"
+        )
+    values, cyc = np.asarray(cols[base], dtype=np.float64), np.asarray(cols["cycle"])
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return [(values[:, c], cyc, None, f"{stem}.c{meta['chain_offset'] + c}")
+            for c in range(values.shape[1])]
+
+
 def load_series(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     observable: str,
@@ -715,18 +776,22 @@ def load_series(
     if not plist:
         raise ValueError("paths: no files given")
     vals, trajs, ws, reps = [], [], [], []
+    sources = []
     for p in plist:
-        v, t, w, r = _load_one(p, observable, progress)
-        if w is not None:
-            check_weights(w, f"weights of '{p}'", [v.size])
-        vals.append(v)
-        trajs.append(check_trajectories(t, [v], f"observable {observable!r} in '{p}'")[0])
-        ws.append(w)
-        reps.append(r)
+        for v, t, w, r in (_load_chain(p, observable) if _kind(p) == "chain"
+                           else [_load_one(p, observable, progress)]):
+            if w is not None:
+                check_weights(w, f"weights of '{p}'", [v.size])
+            vals.append(v)
+            trajs.append(check_trajectories(t, [v], f"observable {observable!r} in '{p}'")[0])
+            ws.append(w)
+            reps.append(r)
+            sources.append(p)
+    plist = sources
     have = [w is not None for w in ws]
     if any(have) and not all(have):
-        with_w = [p for p, h in zip(plist, have, strict=True) if h]
-        without = [p for p, h in zip(plist, have, strict=True) if not h]
+        with_w = list(dict.fromkeys(p for p, h in zip(plist, have, strict=True) if h))
+        without = list(dict.fromkeys(p for p, h in zip(plist, have, strict=True) if not h))
         raise ValueError(
             f"weights: {', '.join(with_w)} carry weights but {', '.join(without)} do not; "
             f"expected all or none"
@@ -739,7 +804,7 @@ def load_series(
         values=tuple(vals),
         trajs=tuple(trajs),
         weights=tuple(np.asarray(w, dtype=np.float64) for w in ws) if all(have) else None,
-        sources=tuple(plist),
+        sources=tuple(dict.fromkeys(plist)),
     )
 
 
