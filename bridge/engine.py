@@ -29,7 +29,7 @@ from . import __version__
 from .actions import GaugeMonomial, Monomial
 from .errors import ConfigError
 from .gauge import mesplq, polyakov_loop, random_gauge, unit_gauge
-from .groups import reunitarize
+from .groups import expm_algebra, random_algebra, reunitarize
 from .hmc import HMCInfo, HMCState, hmc_kernel
 from .integrators import Integrator, Level, scheme
 from .io.chroma_xml import HMCInput, IntegratorSpec, MonomialSpec, restart_xml, write_xml
@@ -37,6 +37,10 @@ from .lattice import Lattice
 from .rng import generator, rng_key
 
 __all__ = ["run_hmc", "build_monomial", "build_integrator", "HMCRunResult"]
+
+
+WEAK_FIELD_AMPLITUDE = 0.02 * 2.0 * math.pi
+"""Amplitude of the ``WEAK_FIELD`` start (Chroma's ``weakField``: ``0.02 * twopi``)."""
 
 
 def _fmt(x: float) -> str:
@@ -70,6 +74,13 @@ def _start(inp: HMCInput, lat: Lattice, seed: int, device) -> torch.Tensor:
     if kind == "DISORDERED":
         return random_gauge(lat, "SU3", 1, generator=generator(rng_key(seed, 0xD150), device),
                             device=device)
+    if kind == "WEAK_FIELD":
+        # Chroma's weakField (lib/util/gauge/weak_field.cc): small fluctuations about the unit
+        # field, angles of amplitude 0.02 * 2 pi; here exp(0.02 * 2 pi * P) with P drawn as the
+        # momenta (the random stream differs from Chroma's, as for every random start)
+        p = random_algebra("SU3", (1, lat.nd, *lat.shape),
+                           generator=generator(rng_key(seed, 0x3EAF), device), device=device)
+        return expm_algebra(WEAK_FIELD_AMPLITUDE * p).contiguous()
     from .io.ildg import read_ildg
 
     u, info = read_ildg(inp.cfg.cfg_file, nrow=lat.nrow, device=device)

@@ -225,10 +225,14 @@ def _make_source(node: _Node, nrow: tuple[int, ...]):
 
 
 def _fermion_action(fa: _Node, nd: int) -> dict[str, Any]:
-    """``FermionAction`` of ``WILSON`` / ``CLOVER`` (``wilson_fermact_params_w.cc``,
+    """``FermionAction`` of ``WILSON`` / ``CLOVER`` or their ``UNPRECONDITIONED_`` forms
+    (``wilson_fermact_params_w.cc``,
     ``clover_fermact_params_w.cc``): exactly one of ``Kappa``/``Mass``, isotropic only,
     ``FermionBC`` ``SIMPLE_FERMBC`` with integer ``boundary`` phases +-1."""
-    act = _choice(fa, "FermAct", ("WILSON", "CLOVER"), "the fermion actions")
+    act = _choice(fa, "FermAct", ("WILSON", "CLOVER", "UNPRECONDITIONED_WILSON",
+                                  "UNPRECONDITIONED_CLOVER"), "the fermion actions")
+    # a propagator is the same for the even-odd preconditioned and the unpreconditioned action
+    act = act.removeprefix("UNPRECONDITIONED_")
     out: dict[str, Any] = {"fermact": act}
     has_kappa = fa.el.find("Kappa") is not None
     has_mass = fa.el.find("Mass") is not None

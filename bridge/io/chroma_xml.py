@@ -32,7 +32,7 @@ __all__ = [
 
 @dataclass
 class CfgSpec:
-    cfg_type: str  # UNIT, DISORDERED, SZINQIO (alias SCIDAC)
+    cfg_type: str  # UNIT, DISORDERED, WEAK_FIELD, SZINQIO (alias SCIDAC)
     cfg_file: str
     reunit: bool = True
 
@@ -165,12 +165,17 @@ class _Node:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-_CFG_TYPES = {"UNIT", "DISORDERED", "SZINQIO", "SCIDAC"}
+_CFG_TYPES = {"UNIT", "DISORDERED", "WEAK_FIELD", "SZINQIO", "SCIDAC"}
 _FERMION_MONOMIALS = {
     "TWO_FLAVOR_UNPREC_FERM_MONOMIAL",
     "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL",
     "TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL",
 }
+# Chroma's FermAct names: WILSON / CLOVER are the even-odd preconditioned actions, the
+# UNPRECONDITIONED_* ones the unpreconditioned (unprec_wilson_fermact_w.cc, ...); a monomial casts
+# its action to the kind it needs and fails otherwise.
+_EO_FERMACTS = {"WILSON": "WILSON", "CLOVER": "CLOVER"}
+_UNPREC_FERMACTS = {"UNPRECONDITIONED_WILSON": "WILSON", "UNPRECONDITIONED_CLOVER": "CLOVER"}
 _PREDICTORS = {"LAST_SOLUTION_4D_PREDICTOR", "ZERO_GUESS_4D_PREDICTOR"}
 _INTEGRATORS = {"LCM_STS_LEAPFROG", "LCM_TST_LEAPFROG", "LCM_STS_MIN_NORM_2", "LCM_TST_MIN_NORM_2"}
 _MEASUREMENTS = {"POLYAKOV_LOOP", "PLAQUETTE"}
@@ -224,10 +229,14 @@ def _fermion_monomial(node: _Node) -> dict[str, Any]:
     inv.done()
     fa = node.child("FermionAction")
     act = fa.text("FermAct")
-    if act not in ("WILSON", "CLOVER"):
-        raise node._err(f"{fa.path}/FermAct: the built-in engine supports WILSON and CLOVER, got "
-                        f"{act!r}")
-    params["fermact"] = act
+    kind = node.el.findtext("Name", "").strip()
+    want = _UNPREC_FERMACTS if kind == "TWO_FLAVOR_UNPREC_FERM_MONOMIAL" else _EO_FERMACTS
+    if act not in want:
+        other = "an unpreconditioned" if want is _UNPREC_FERMACTS else "an even-odd preconditioned"
+        raise node._err(f"{fa.path}/FermAct: {kind} needs {other} fermion action "
+                        f"({' or '.join(want)}), got {act!r}")
+    params["fermact"] = want[act]
+    params["fermact_name"] = act
     has_kappa = fa.el.find("Kappa") is not None
     has_mass = fa.el.find("Mass") is not None
     if has_kappa == has_mass:
@@ -239,7 +248,7 @@ def _fermion_monomial(node: _Node) -> dict[str, Any]:
         params["kappa"] = 1.0 / (2.0 * (mass + 4.0))  # Mass = 1/(2 kappa) - 4
         fa.used.add("Kappa")
     fa.used.add("Mass")
-    if act == "CLOVER":
+    if params["fermact"] == "CLOVER":
         params["c_sw"] = fa.real("clovCoeff")
         # isotropic clover: Chroma's clovCoeffR/T default to clovCoeff
         for extra in ("clovCoeffR", "clovCoeffT"):
