@@ -145,6 +145,7 @@ _SUBCOMMANDS = [
     "bridge.validate:add_validate_parser",
     "bridge.commands_flows:add_train_parser",
     "bridge.commands_flows:add_sample_parser",
+    "bridge.run:add_run_parser",
     "bridge.chains:add_chain_parser",
 ]
 

@@ -1,0 +1,878 @@
+"""``qcd-bridge run WORKFLOW``: the drop-in hybrid update step (docs/dropin.md).
+
+A run alternates, for ``cycles`` cycles:
+
+1. an **HMC segment** of ``trajectories`` trajectories in the engine (Chroma's ``hmc`` or the
+   built-in fallback, :mod:`bridge.engines`), run through files from the user's own ``hmc``
+   input XML with the start configuration, RNG seed, update counters and save prefix rewritten
+   for the segment (the engine's restart XML supplies the seed of the next segment);
+2. the configuration the engine wrote is read back and checked (expected file name, lattice,
+   SciDAC checksum, plaquette against the engine's output XML, restart XML);
+3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.sampler.flow_metropolis_kernel`) in
+   Python with an action built from the same XML (same beta and boundary conditions; Nf = 2
+   fermion monomials through the exact determinant on small lattices, refused beyond
+   ``fermion_max_sites``); the result is written as ILDG and starts the next segment.
+
+Exactness: the flow step is independence Metropolis targeting ``p(U) ~ exp(-S(U))`` (with the
+fermion determinant where the XML has fermions), the HMC segment leaves the same ``p``
+invariant, so their composition does (:mod:`bridge.sampler`).
+
+Everything is recorded in an HDF5 :class:`~bridge.io.hdf5.EnsembleStore` in the run directory
+(per update: ``w_plaq``, ``kernel`` 0 = HMC / 1 = flow, ``accepted``, ``delta`` = deltaH or
+``log w' - log w``, ``acc_prob``, ``warmup``; the configuration after each segment and each
+flow block; provenance under ``/provenance``).  A state file ``state.json`` is written
+atomically after each segment and each flow block; rerunning the same command resumes, and the
+result is the same as that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Workflow", "XMLFacts", "load_workflow", "xml_facts", "flow_action", "run_workflow",
+    "segment_xml", "add_run_parser", "RunSummary", "STATE_FORMAT",
+]
+
+STATE_FORMAT = "qcd-bridge-run-state"
+_FERMION_KINDS = ("TWO_FLAVOR_UNPREC_FERM_MONOMIAL", "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL",
+                  "TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL")
+_KEYS = {
+    "hmc_input": None, "model": None, "trajectories": None, "flow_steps": 0, "cycles": None,
+    "engine": "auto", "run_dir": "run", "seed": 0, "flow_batch": None, "store": "ensemble.h5",
+    "store_configs": True, "hmc_seed": None, "device": "cpu", "fermion_max_sites": 256,
+}
+_REQUIRED = ("hmc_input", "trajectories", "cycles")
+
+
+def _config_error(msg: str) -> Exception:
+    from .errors import ConfigError
+
+    return ConfigError(msg)
+
+
+# -- the workflow file -------------------------------------------------------------------------
+@dataclass
+class Workflow:
+    """A resolved workflow (paths absolute).  Keys of the file: see docs/dropin.md."""
+
+    source: str
+    hmc_input: Path
+    trajectories: int
+    cycles: int
+    flow_steps: int = 0
+    model: Path | None = None
+    engine: Any = "auto"
+    run_dir: Path = Path("run")
+    seed: int = 0
+    flow_batch: int = 16
+    store: Path = Path("ensemble.h5")
+    store_configs: bool = True
+    hmc_seed: tuple[int, ...] | None = None
+    device: str = "cpu"
+    fermion_max_sites: int = 256
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def _int(data: Mapping[str, Any], key: str, source: str, minimum: int) -> int:
+    v = data[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _config_error(f"workflow {source}: {key} = {v!r}: expected an integer >= "
+                            f"{minimum}")
+    return int(v)
+
+
+def load_workflow(path: str | os.PathLike[str]) -> Workflow:
+    """Read a JSON (``.json``) or TOML (``.toml``) workflow file and validate every entry;
+    relative paths are taken relative to the file's directory."""
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise FileNotFoundError(f"workflow {source}: cannot read it ({exc})") from exc
+    if p.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            raise _config_error(f"workflow {source}: TOML needs Python >= 3.11 (tomllib); "
+                                f"write the workflow as JSON") from None
+        try:
+            data = tomllib.loads(text.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise _config_error(f"workflow {source}: not valid TOML ({exc})") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _config_error(f"workflow {source}: not valid JSON ({exc}); expected a JSON "
+                                f"object (or a .toml file)") from exc
+    return workflow_from_dict(data, p.resolve().parent, source)
+
+
+def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<workflow>"
+                       ) -> Workflow:
+    """Validate a workflow mapping; relative paths are resolved against ``base``."""
+    if not isinstance(data, dict):
+        raise _config_error(f"workflow {source}: expected an object with keys "
+                            f"{sorted(_KEYS)}, got {type(data).__name__}")
+    unknown = set(data) - set(_KEYS)
+    if unknown:
+        raise _config_error(f"workflow {source}: unknown keys {sorted(unknown)}; expected some "
+                            f"of {sorted(_KEYS)}")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise _config_error(f"workflow {source}: missing required keys {missing}")
+    d = {**_KEYS, **data}
+    base = Path(base)
+
+    def path(key: str) -> Path:
+        v = d[key]
+        if not isinstance(v, str) or not v:
+            raise _config_error(f"workflow {source}: {key} = {v!r}: expected a path")
+        q = Path(v).expanduser()
+        return q if q.is_absolute() else (base / q)
+
+    hmc_input = path("hmc_input")
+    if not hmc_input.is_file():
+        raise FileNotFoundError(f"workflow {source}: hmc_input = {d['hmc_input']!r}: no such "
+                                f"file ({hmc_input})")
+    model = None
+    if d["model"] is not None:
+        model = path("model")
+        if not model.exists():
+            raise FileNotFoundError(f"workflow {source}: model = {d['model']!r}: no such file or "
+                                    f"directory ({model}); expected a `qcd-bridge train` output "
+                                    f"directory or checkpoint")
+    n = _int(d, "trajectories", source, 1)
+    cycles = _int(d, "cycles", source, 1)
+    m = _int(d, "flow_steps", source, 0)
+    seed = _int(d, "seed", source, 0)
+    if m > 0 and model is None:
+        raise _config_error(f"workflow {source}: flow_steps = {m} needs a flow: give model (a "
+                            f"`qcd-bridge train` output directory), or set flow_steps = 0 for "
+                            f"plain HMC")
+    if d["flow_batch"] is None:
+        d["flow_batch"] = max(1, min(m, 16))
+    fb = _int(d, "flow_batch", source, 1)
+    fms = _int(d, "fermion_max_sites", source, 1)
+    if not isinstance(d["store_configs"], bool):
+        raise _config_error(f"workflow {source}: store_configs = {d['store_configs']!r}: "
+                            f"expected true or false")
+    hs = d["hmc_seed"]
+    if hs is not None and (not isinstance(hs, list) or len(hs) != 4 or any(
+            isinstance(x, bool) or not isinstance(x, int) for x in hs)):
+        raise _config_error(f"workflow {source}: hmc_seed = {hs!r}: expected a list of 4 "
+                            f"integers (Chroma's RNG/Seed elems)")
+    if not isinstance(d["device"], str):
+        raise _config_error(f"workflow {source}: device = {d['device']!r}: expected a torch "
+                            f"device name like 'cpu' or 'cuda'")
+    from .engines import EngineConfig
+
+    EngineConfig.from_value(d["engine"], where=f"workflow {source}: engine")
+    run_dir = path("run_dir")
+    store = Path(d["store"]) if isinstance(d["store"], str) and d["store"] else None
+    if store is None:
+        raise _config_error(f"workflow {source}: store = {d['store']!r}: expected a file name")
+    return Workflow(source=source, hmc_input=hmc_input.resolve(), trajectories=n, cycles=cycles,
+                    flow_steps=m, model=model.resolve() if model else None, engine=d["engine"],
+                    run_dir=run_dir.resolve(), seed=seed, flow_batch=fb,
+                    store=store if store.is_absolute() else run_dir.resolve() / store,
+                    store_configs=d["store_configs"],
+                    hmc_seed=tuple(hs) if hs is not None else None, device=d["device"],
+                    fermion_max_sites=fms, raw=dict(data))
+
+
+# -- what the run needs from the hmc input XML ----------------------------------------------
+@dataclass
+class XMLFacts:
+    """The parts of a Chroma ``hmc`` input the drop-in loop uses (read leniently: Chroma may
+    run elements the built-in engine does not)."""
+
+    source: str
+    tree: Any
+    nrow: tuple[int, ...]
+    seed: tuple[int, ...]
+    start_update: int
+    save_prefix: str
+    cfg_type: str
+    cfg_file: str
+    monomials: dict[str, dict[str, Any]]
+    hamiltonian: list[str]
+
+
+def _need(el: Any, path: str, source: str) -> str:
+    found = el.find(path)
+    if found is None:
+        raise _config_error(f"{source}: missing required element /Params/{path}")
+    return (found.text or "").strip()
+
+
+def _ints(text: str, what: str, source: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split())
+    except ValueError:
+        raise _config_error(f"{source}: {what}: expected integers, got {text!r}") from None
+
+
+def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
+    """Parse the user's ``hmc`` input for lattice, monomials, seed, counters and save prefix
+    (:class:`~bridge.errors.ConfigError` naming the file and element path otherwise)."""
+    from lxml import etree
+
+    source = os.fspath(path)
+    try:
+        tree = etree.parse(source)
+    except OSError as exc:
+        raise FileNotFoundError(f"{source}: cannot read the hmc input ({exc})") from exc
+    except etree.XMLSyntaxError as exc:
+        raise _config_error(f"{source}: not well-formed XML: {exc}") from exc
+    root = tree.getroot()
+    if root.tag != "Params":
+        raise _config_error(f"{source}: expected root element <Params> of Chroma's hmc input, "
+                            f"got <{root.tag}>")
+    nrow = _ints(_need(root, "HMCTrj/nrow", source), "/Params/HMCTrj/nrow", source)
+    if len(nrow) != 4 or min(nrow) < 1:
+        raise _config_error(f"{source}: /Params/HMCTrj/nrow: expected 4 positive extents, got "
+                            f"{nrow}")
+    seed_el = root.findall("MCControl/RNG/Seed/elem")
+    seed = _ints(" ".join((e.text or "") for e in seed_el), "/Params/MCControl/RNG/Seed",
+                 source)
+    if len(seed) != 4:
+        raise _config_error(f"{source}: /Params/MCControl/RNG/Seed: expected 4 elems, got "
+                            f"{len(seed)}")
+    start = _ints(_need(root, "MCControl/StartUpdateNum", source),
+                  "/Params/MCControl/StartUpdateNum", source)
+    for tag in ("NWarmUpUpdates", "NProductionUpdates", "NUpdatesThisRun", "SaveInterval"):
+        _ints(_need(root, f"MCControl/{tag}", source), f"/Params/MCControl/{tag}", source)
+    prefix = _need(root, "MCControl/SavePrefix", source)
+    if not prefix:
+        raise _config_error(f"{source}: /Params/MCControl/SavePrefix is empty")
+    cfg_type = _need(root, "MCControl/Cfg/cfg_type", source)
+    cfg_file = (root.findtext("MCControl/Cfg/cfg_file") or "").strip()
+    monomials: dict[str, dict[str, Any]] = {}
+    for i, el in enumerate(root.findall("HMCTrj/Monomials/elem")):
+        where = f"/Params/HMCTrj/Monomials/elem[{i}]"
+        name = (el.findtext("Name") or "").strip()
+        mid = (el.findtext("NamedObject/monomial_id") or "").strip()
+        if not name or not mid:
+            raise _config_error(f"{source}: {where}: expected Name and NamedObject/monomial_id")
+        info: dict[str, Any] = {"kind": name, "where": where}
+        if name == "GAUGE_MONOMIAL":
+            info["action"] = (el.findtext("GaugeAction/Name") or "").strip()
+            beta = (el.findtext("GaugeAction/beta") or "").strip()
+            try:
+                info["beta"] = float(beta)
+            except ValueError:
+                raise _config_error(f"{source}: {where}/GaugeAction/beta: expected a number, "
+                                    f"got {beta!r}") from None
+            bc = el.findtext("GaugeAction/GaugeBC/Name")
+            state = el.find("GaugeAction/GaugeState")
+            info["gauge_bc"] = (bc or "").strip() or ("GaugeState" if state is not None
+                                                      else "PERIODIC_GAUGEBC")
+            info["aniso"] = el.find("GaugeAction/AnisoParam") is not None
+        elif name in _FERMION_KINDS:
+            fa = el.find("FermionAction")
+            if fa is None:
+                raise _config_error(f"{source}: {where}: missing FermionAction")
+            info["fermact"] = (fa.findtext("FermAct") or "").strip()
+            kappa, mass = fa.findtext("Kappa"), fa.findtext("Mass")
+            try:
+                if kappa is not None:
+                    info["kappa"] = float(kappa)
+                elif mass is not None:
+                    info["kappa"] = 1.0 / (2.0 * (float(mass) + 4.0))
+            except ValueError:
+                raise _config_error(f"{source}: {where}/FermionAction: Kappa/Mass is not a "
+                                    f"number") from None
+            if "kappa" not in info:
+                raise _config_error(f"{source}: {where}/FermionAction: give Kappa or Mass")
+            info["c_sw"] = float(fa.findtext("clovCoeff") or 0.0)
+            info["fermbc"] = (fa.findtext("FermionBC/FermBC") or "").strip()
+            info["boundary"] = _ints(fa.findtext("FermionBC/boundary") or "1 1 1 -1",
+                                     f"{where}/FermionAction/FermionBC/boundary", source)
+            info["aniso"] = fa.find("AnisoParam") is not None
+        monomials[mid] = info
+    ham = [(e.text or "").strip() for e in root.findall("HMCTrj/Hamiltonian/monomial_ids/elem")]
+    if not ham:
+        raise _config_error(f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids: expected at "
+                            f"least one monomial id")
+    for mid in ham:
+        if mid not in monomials:
+            raise _config_error(f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids: unknown "
+                                f"monomial id {mid!r} (defined: {sorted(monomials)})")
+    return XMLFacts(source, tree, nrow, seed, start[0], prefix, cfg_type, cfg_file, monomials,
+                    ham)
+
+
+def gauge_beta(facts: XMLFacts) -> float:
+    """Total Wilson coupling of the Hamiltonian's gauge monomials."""
+    return sum(m["beta"] for mid, m in facts.monomials.items()
+               if mid in facts.hamiltonian and m["kind"] == "GAUGE_MONOMIAL")
+
+
+def flow_action(facts: XMLFacts, *, max_sites: int = 256
+                ) -> tuple[Callable[[Any], Any], str]:
+    """The action ``S(U)`` of the XML's Hamiltonian for the flow steps, and its description.
+
+    Wilson gauge monomials (periodic gauge boundary, isotropic) give ``beta sum (1 - Re tr P /
+    Nc)``; Nf = 2 Wilson/clover monomials add ``-log det(D^dag D)`` computed exactly
+    (:func:`bridge.fermions.exact_logdet`, dense: refused beyond ``max_sites`` lattice sites).
+    Anything else is refused with a :class:`~bridge.errors.ConfigError` that says why; plain
+    HMC (no flow steps) stays possible."""
+    from .lattice import Lattice
+
+    vol = Lattice(facts.nrow).volume
+    parts: list[tuple[str, dict[str, Any]]] = []
+    desc = []
+    for mid in facts.hamiltonian:
+        m = facts.monomials[mid]
+        where = f"{facts.source}: {m['where']}"
+        if m["kind"] == "GAUGE_MONOMIAL":
+            if m["action"] != "WILSON_GAUGEACT" or m["aniso"]:
+                raise _config_error(
+                    f"{where}: flow steps support the isotropic WILSON_GAUGEACT, got "
+                    f"{m['action']!r}{' with AnisoParam' if m['aniso'] else ''}; run plain HMC "
+                    f"(no model, flow_steps 0) or change the gauge action")
+            if m["gauge_bc"] != "PERIODIC_GAUGEBC":
+                raise _config_error(
+                    f"{where}: flow steps support PERIODIC_GAUGEBC, got {m['gauge_bc']!r}; the "
+                    f"flow's action must have the engine's boundary conditions")
+            parts.append(("gauge", m))
+            desc.append(f"{mid}: Wilson gauge, beta = {m['beta']}")
+        elif m["kind"] in _FERMION_KINDS:
+            if m["fermact"] not in ("WILSON", "CLOVER") or m["aniso"]:
+                raise _config_error(f"{where}: flow steps support isotropic WILSON and CLOVER "
+                                    f"fermions, got FermAct {m['fermact']!r}")
+            if m["fermbc"] not in ("SIMPLE_FERMBC", ""):
+                raise _config_error(f"{where}: flow steps support SIMPLE_FERMBC, got "
+                                    f"{m['fermbc']!r}")
+            if vol > max_sites:
+                raise _config_error(
+                    f"{where}: {m['kind']}: flow steps with fermions use the exact determinant "
+                    f"(dense, dimension 12 V), limited to fermion_max_sites = {max_sites} "
+                    f"lattice sites; the lattice {' '.join(map(str, facts.nrow))} has {vol}. "
+                    f"Run plain HMC (no model, flow_steps 0), a smaller lattice, or raise "
+                    f"fermion_max_sites in the workflow")
+            parts.append(("fermion", m))
+            desc.append(f"{mid}: Nf=2 {m['fermact']} kappa = {m['kappa']}, c_sw = {m['c_sw']}, "
+                        f"boundary {' '.join(map(str, m['boundary']))} (exact determinant)")
+        else:
+            raise _config_error(
+                f"{where}: flow steps support GAUGE_MONOMIAL and {list(_FERMION_KINDS)}, got "
+                f"{m['kind']!r}; run plain HMC (no model, flow_steps 0) for this input")
+
+    def action(u: Any) -> Any:
+        from .fermions import exact_logdet
+        from .gauge import wilson_action
+
+        total = None
+        for kind, m in parts:
+            if kind == "gauge":
+                s = wilson_action(u, m["beta"])
+            else:
+                s = -exact_logdet(u, m["kappa"], c_sw=m["c_sw"], boundary=m["boundary"],
+                                  max_dim=12 * max_sites).to(u.real.dtype)
+            total = s if total is None else total + s
+        return total
+
+    return action, "; ".join(desc)
+
+
+# -- segment input XML --------------------------------------------------------------------------
+def _set(parent: Any, tag: str, text: str) -> None:
+    from lxml import etree
+
+    el = parent.find(tag)
+    if el is None:
+        el = etree.SubElement(parent, tag)
+    el.text = text
+
+
+def segment_xml(facts: XMLFacts, *, start_cfg: str | None, start_update: int, n: int,
+                save_prefix: str, seed: tuple[int, ...]) -> bytes:
+    """The user's input rewritten for one segment: ``Cfg`` -> ``SZINQIO`` at ``start_cfg``
+    (unchanged when None: the first segment starts as the user's input does, a relative
+    ``cfg_file`` made absolute), ``StartUpdateNum``, ``NProductionUpdates = start + n``,
+    ``NUpdatesThisRun = SaveInterval = n``, ``SavePrefix`` and the RNG seed."""
+    from lxml import etree
+
+    tree = copy.deepcopy(facts.tree)
+    root = tree.getroot()
+    mc = root.find("MCControl")
+    cfg = mc.find("Cfg")
+    if start_cfg is not None:
+        for c in list(cfg):
+            cfg.remove(c)
+        for tag, text in (("cfg_type", "SZINQIO"), ("cfg_file", start_cfg),
+                          ("reunit", "false")):
+            etree.SubElement(cfg, tag).text = text
+    elif facts.cfg_type not in ("UNIT", "DISORDERED", "WEAK_FIELD") and facts.cfg_file:
+        f = Path(facts.cfg_file)
+        if not f.is_absolute():
+            cfg.find("cfg_file").text = str(Path(facts.source).resolve().parent / f)
+    _set(mc, "StartUpdateNum", str(start_update))
+    _set(mc, "NProductionUpdates", str(start_update + n))
+    _set(mc, "NUpdatesThisRun", str(n))
+    _set(mc, "SaveInterval", str(n))
+    _set(mc, "SavePrefix", save_prefix)
+    for el, v in zip(mc.findall("RNG/Seed/elem"), seed, strict=True):
+        el.text = str(int(v))
+    etree.indent(tree, space="  ")
+    return etree.tostring(tree, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from .io.lime import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def _utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _rel(p: Path, base: Path) -> str:
+    try:
+        return str(p.relative_to(base))
+    except ValueError:
+        return str(p)
+
+
+def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: XMLFacts) -> None:
+    """A flow for another lattice, group or coupling than the XML's: ConfigError naming both."""
+    from .errors import ConfigError
+
+    where = f"workflow {wf.source}: model {wf.model} vs hmc_input {facts.source}"
+    group = str(meta.get("group", getattr(getattr(model, "group", None), "name", "?")))
+    if group != "SU(3)" or int(meta.get("nd", 0)) != 4:
+        raise ConfigError(f"{where}: the flow is for {meta.get('nd')}D {group}, Chroma's hmc "
+                          f"input is 4D SU(3)")
+    train = meta.get("train", {})
+    mrow = tuple(int(x) for x in train.get("nrow", ()))
+    if mrow != facts.nrow:
+        raise ConfigError(f"{where}: the flow was trained on nrow {' '.join(map(str, mrow))}, "
+                          f"the XML has nrow {' '.join(map(str, facts.nrow))}")
+    beta = gauge_beta(facts)
+    mbeta = float(train.get("beta", math.nan))
+    if not abs(mbeta - beta) <= 1e-12 * max(1.0, abs(beta)):
+        raise ConfigError(f"{where}: the flow was trained at beta = {mbeta}, the XML's gauge "
+                          f"action has beta = {beta}")
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run_workflow` did."""
+
+    run_dir: Path
+    store: Path
+    cycles_done: int
+    cycles_total: int
+    updates: int
+    engine: str
+    reason: str
+    finished: bool
+
+
+# -- the loop ---------------------------------------------------------------------------------
+class _Run:
+    """One invocation of the drop-in loop (state in ``run_dir/state.json``)."""
+
+    def __init__(self, wf: Workflow, log: Callable[[str], None],
+                 hook: Callable[[str, int], None] | None, engine: Any) -> None:
+        from .engines import EngineConfig, discover_engine
+
+        self.wf, self.log, self.hook = wf, log, hook
+        self.facts = xml_facts(wf.hmc_input)
+        self.engine = engine or discover_engine(
+            EngineConfig.from_value(wf.engine, where=f"workflow {wf.source}: engine"),
+            device=wf.device)
+        if self.engine.name == "builtin":  # the built-in engine must understand every element
+            from .io.chroma_xml import read_hmc_input
+
+            read_hmc_input(wf.hmc_input)
+        self.model = self.meta = self.action = None
+        self.action_desc = "none (plain HMC)"
+        if wf.flow_steps > 0:
+            from .commands_flows import load_model
+            from .sampler import check_flow
+
+            self.model, self.meta = load_model(wf.model)
+            _check_model(self.model, self.meta, wf, self.facts)
+            self.action, self.action_desc = flow_action(self.facts,
+                                                        max_sites=wf.fermion_max_sites)
+            import torch
+
+            from .gauge import unit_gauge
+            from .lattice import Lattice
+
+            check_flow(self.model, unit_gauge(Lattice(self.facts.nrow), "SU3", 1,
+                                              dtype=torch.complex128))
+        self.seg_dir = wf.run_dir / "segments"
+        self.stem = Path(self.facts.save_prefix).name
+        self.state_path = wf.run_dir / "state.json"
+        self.fingerprint = {
+            "hmc_input_sha256": _sha256(wf.hmc_input),
+            "model_sha256": (_sha256(wf.model / "checkpoint.pt" if wf.model.is_dir()
+                                     else wf.model) if wf.model and wf.flow_steps else None),
+            "trajectories": wf.trajectories, "flow_steps": wf.flow_steps, "seed": wf.seed,
+            "flow_batch": wf.flow_batch,
+            "hmc_seed": list(wf.hmc_seed) if wf.hmc_seed else None,
+        }
+
+    # -- state ----------------------------------------------------------------------------
+    def load_state(self) -> dict[str, Any]:
+        from .errors import ConfigError
+
+        if not self.state_path.exists():
+            return {"format": STATE_FORMAT, "version": 1, "fingerprint": self.fingerprint,
+                    "cycle": 0, "phase": "start", "update": 0,
+                    "hmc_update": self.facts.start_update, "current_cfg": None,
+                    "hmc_seed": list(self.wf.hmc_seed or self.facts.seed), "versions": {},
+                    "invocations": 0}
+        try:
+            st = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{self.state_path}: cannot read the run state ({exc}); expected "
+                              f"the JSON written by qcd-bridge run") from exc
+        if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+            raise ConfigError(f"{self.state_path}: not a qcd-bridge run state (format "
+                              f"{st.get('format') if isinstance(st, dict) else None!r}, expected "
+                              f"{STATE_FORMAT!r})")
+        for key, want in self.fingerprint.items():
+            have = st["fingerprint"].get(key)
+            if have != want:
+                raise ConfigError(
+                    f"{self.state_path}: this run directory was started with {key} = {have!r}, "
+                    f"the workflow {self.wf.source} now gives {want!r}; resume with the original "
+                    f"settings or choose a new run_dir")
+        return st
+
+    def save_state(self, st: dict[str, Any]) -> None:
+        st["updated"] = _utc()
+        _write_json(self.state_path, st)
+
+    # -- provenance -------------------------------------------------------------------------
+    def provenance(self, st: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        prov = {
+            "started": self.started, "host": platform.node(), "python": sys.version.split()[0],
+            "torch": torch.__version__, "engine": self.engine.provenance(),
+            "workflow_file": self.wf.source, "workflow": self.wf.raw,
+            "hmc_input": str(self.wf.hmc_input),
+            "hmc_input_xml": self.wf.hmc_input.read_text(errors="replace"),
+            "fingerprint": self.fingerprint, "flow_action": self.action_desc,
+            "seeds": {"workflow_seed": self.wf.seed, "hmc_seed_first_segment":
+                      list(self.wf.hmc_seed or self.facts.seed),
+                      "flow_chain_seed": "rng_key(seed, cycle)"},
+            "engine_versions": st.get("versions", {}),
+            "cycles_at_start": self.cycle_at_start, "cycles_now": st["cycle"],
+        }
+        if self.meta is not None:
+            prov["model"] = {"path": str(self.wf.model), "meta": self.meta}
+        first = self.seg_dir / "cycle_00000.ini.xml"
+        if first.exists():
+            prov["first_segment_xml"] = first.read_text(errors="replace")
+        return prov
+
+    def write_provenance(self, st: dict[str, Any], index: int) -> None:
+        import h5py
+
+        prov = self.provenance(st)
+        path = self.wf.run_dir / "provenance.json"
+        entries = json.loads(path.read_text()) if path.exists() else []
+        entries = entries[:index] + [prov]
+        _write_json(path, entries)
+        with h5py.File(self.wf.store, "a") as h5:
+            grp = h5.require_group("provenance")
+            name = f"run_{index:03d}"
+            if name in grp:
+                del grp[name]
+            grp.create_dataset(name, data=json.dumps(prov, sort_keys=True, default=str),
+                               dtype=h5py.string_dtype("utf-8"))
+
+    # -- store ----------------------------------------------------------------------------
+    def store_updates(self, store: Any, rows: list[dict[str, Any]]) -> None:
+        """Append per-update series; rows already committed (a phase redone after an
+        interruption between the store and the state file) are skipped."""
+        import numpy as np
+
+        for name in ("w_plaq", "kernel", "accepted", "delta", "acc_prob", "warmup"):
+            last = -1
+            if name in store.measurement_names:
+                _, trajs = store.measurement(name)
+                last = int(trajs[-1]) if len(trajs) else -1
+            keep = [r for r in rows if r["update"] > last]
+            if keep:
+                store.append_measurement(name, np.array([r["update"] for r in keep]),
+                                         np.array([float(r[name]) for r in keep]))
+
+    def store_config(self, store: Any, u: Any, update: int, accepted: bool,
+                     params: dict[str, Any], seed: Any) -> None:
+        if not self.wf.store_configs:
+            return
+        last = store.last_traj
+        if last is not None and update <= last:
+            return
+        store.append(u, traj=update, accepted=accepted, params=params, seed=seed)
+
+    # -- phases ---------------------------------------------------------------------------
+    def hmc_segment(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
+        from .engines import EngineFailed, read_hmc_output
+        from .errors import ChecksumError, FormatError
+        from .gauge import mesplq
+        from .io.chroma_xml import write_xml
+        from .io.ildg import read_ildg
+
+        c, h, n = st["cycle"], st["hmc_update"], self.wf.trajectories
+        self.seg_dir.mkdir(parents=True, exist_ok=True)
+        prefix = self.seg_dir / self.stem
+        start = None if st["current_cfg"] is None else str(self.wf.run_dir / st["current_cfg"])
+        xml = segment_xml(self.facts, start_cfg=start, start_update=h, n=n,
+                          save_prefix=str(prefix), seed=tuple(st["hmc_seed"]))
+        tag = f"cycle_{c:05d}"
+        inp, out = self.seg_dir / f"{tag}.ini.xml", self.seg_dir / f"{tag}.out.xml"
+        log = self.seg_dir / f"{tag}.log.xml"
+        cfg = Path(f"{prefix}_cfg_{h + n}.lime")
+        restart = Path(f"{prefix}_restart_{h + n}.xml")
+        for stale in (cfg, restart, out, log):  # left by an interrupted attempt
+            if stale.exists():
+                stale.unlink()
+        write_xml(inp, xml)
+        t0 = time.time()
+        self.engine.run_hmc(inp, out, log_xml=log, workdir=self.seg_dir)
+        seconds = time.time() - t0
+        what = (f"{self.engine.name} engine, segment {tag} (input {inp}, SavePrefix {prefix}, "
+                f"updates {h + 1}..{h + n})")
+        if not cfg.exists():
+            others = sorted(p.name for p in self.seg_dir.glob(f"{self.stem}_cfg_*.lime"))
+            raise EngineFailed(f"{what}: finished without writing the expected configuration "
+                               f"{cfg}; configurations present: {others or 'none'}")
+        if cfg.stat().st_mtime < t0 - 2.0:
+            raise EngineFailed(f"{what}: {cfg} predates this engine run: the engine did not "
+                               f"write it")
+        u, info = read_ildg(cfg)
+        if tuple(info.nrow) != self.facts.nrow:
+            raise FormatError(f"{what}: {cfg} holds a {' '.join(map(str, info.nrow))} lattice, "
+                              f"the input's nrow is {' '.join(map(str, self.facts.nrow))}: not "
+                              f"the configuration this engine run was supposed to write")
+        if info.checksum == "mismatch":
+            raise ChecksumError(f"{what}: {cfg}: SciDAC checksum mismatch")
+        u = u.contiguous()
+        plaq = float(mesplq(u).w_plaq[0])
+        # the restart XML: names this configuration and the next update number
+        seed = list(st["hmc_seed"])
+        if not restart.exists():
+            raise EngineFailed(f"{what}: finished without writing the restart XML {restart}")
+        rfacts = xml_facts(restart)
+        if Path(rfacts.cfg_file).name != cfg.name or rfacts.start_update != h + n:
+            raise EngineFailed(f"{what}: the restart XML {restart} points at "
+                               f"{rfacts.cfg_file!r} with StartUpdateNum {rfacts.start_update}, "
+                               f"expected {cfg.name} and {h + n}")
+        seed = list(rfacts.seed)
+        records = []
+        if out.exists():
+            records, versions = read_hmc_output(out)
+            st["versions"].update(versions)
+            self.engine.versions.update(versions)
+            nums = [r.update_no for r in records]
+            if nums != list(range(h + 1, h + n + 1)):
+                raise FormatError(f"{what}: the output XML {out} lists updates {nums}, expected "
+                                  f"{h + 1}..{h + n}")
+            reported = records[-1].w_plaq
+            tol = 1e-10 if info.precision == 64 else 2e-6
+            if math.isfinite(reported) and abs(reported - plaq) > tol:
+                raise ChecksumError(
+                    f"{what}: {cfg} has w_plaq {plaq:.15g}, but the engine's output XML {out} "
+                    f"reports {reported:.15g} for update {h + n} (tolerance {tol:g}): the file "
+                    f"is not the configuration this engine run wrote")
+        else:
+            self.log(f"warning: {what}: no output XML {out}; per-trajectory deltaH and "
+                     f"plaquettes are not recorded (NaN)")
+        u0 = st["update"]
+        rows = []
+        for k in range(n):
+            r = records[k] if records else None
+            rows.append({
+                "update": u0 + k + 1, "kernel": 0,
+                "w_plaq": (r.w_plaq if r else (plaq if k == n - 1 else math.nan)),
+                "accepted": (math.nan if r is None or r.accepted is None else float(r.accepted)),
+                "delta": r.delta_h if r else math.nan, "acc_prob": r.acc_prob if r else math.nan,
+                "warmup": float(r.warmup) if r else math.nan})
+        self.store_updates(store, rows)
+        self.store_config(store, u, u0 + n, bool(records[-1].accepted) if records else True,
+                          {"kernel": "hmc", "cycle": c, "file": _rel(cfg, self.wf.run_dir),
+                           "engine": self.engine.name, "hmc_update_no": h + n,
+                           "beta": gauge_beta(self.facts), "w_plaq": plaq},
+                          list(st["hmc_seed"]))
+        st.update(phase="hmc_done", update=u0 + n, hmc_update=h + n, hmc_seed=seed,
+                  current_cfg=_rel(cfg, self.wf.run_dir))
+        acc = [r.accepted for r in records if r.accepted is not None and not r.warmup]
+        dh = [r.delta_h for r in records if not r.warmup]
+        self._line = (f"hmc {n} traj ({h + 1}..{h + n}) "
+                      + (f"acc {sum(acc) / len(acc):.2f} " if acc else "")
+                      + (f"<dH> {sum(dh) / len(dh):+.3f} " if dh else "")
+                      + f"{seconds:.1f} s")
+        self._plaq = plaq
+        return st
+
+    def flow_block(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
+        import torch
+
+        from .gauge import mesplq
+        from .io.ildg import read_ildg, write_ildg
+        from .rng import rng_key
+        from .sampler import flow_metropolis_kernel
+
+        c, m = st["cycle"], self.wf.flow_steps
+        t0 = time.perf_counter()
+        u, _ = read_ildg(self.wf.run_dir / st["current_cfg"], nrow=self.facts.nrow)
+        u = u.contiguous().to(self.wf.device)
+        kernel = flow_metropolis_kernel(self.model, self.action, batch_size=self.wf.flow_batch,
+                                        name="flow")
+        chain_seed = rng_key(self.wf.seed, c)
+        state = kernel.init(u, seed=chain_seed, step=0)
+        rows = []
+        u0 = st["update"]
+        n_acc = 0
+        for j in range(m):
+            state, info = kernel.step(state)
+            acc = bool(info.accepted[0])
+            n_acc += acc
+            with torch.no_grad():
+                plaq = float(mesplq(state.U).w_plaq[0])
+            rows.append({"update": u0 + j + 1, "kernel": 1, "w_plaq": plaq,
+                         "accepted": float(acc), "delta": float(info.delta[0]),
+                         "acc_prob": float(info.acc_prob[0]), "warmup": 0.0})
+        out = self.seg_dir / f"{self.stem}_cfg_{st['hmc_update']}_flow.lime"
+        rxml = (f"<?xml version=\"1.0\"?>\n<qcd_bridge_flow><cycle>{c}</cycle><flow_steps>{m}"
+                f"</flow_steps><accepted>{n_acc}</accepted><chain_seed>{chain_seed}</chain_seed>"
+                f"<hmc_update>{st['hmc_update']}</hmc_update></qcd_bridge_flow>")
+        write_ildg(out, state.U.cpu(), precision=64, record_xml=rxml, overwrite=True)
+        self.store_updates(store, rows)
+        self.store_config(store, state.U.cpu(), u0 + m, n_acc > 0,
+                          {"kernel": "flow", "cycle": c, "file": _rel(out, self.wf.run_dir),
+                           "flow_steps": m, "flow_accepted": n_acc,
+                           "beta": gauge_beta(self.facts), "w_plaq": rows[-1]["w_plaq"]},
+                          [self.wf.seed, c])
+        st.update(phase="start", cycle=c + 1, update=u0 + m,
+                  current_cfg=_rel(out, self.wf.run_dir))
+        self._line += (f" | flow {m} steps acc {n_acc / m:.2f} "
+                       f"{time.perf_counter() - t0:.1f} s")
+        self._plaq = rows[-1]["w_plaq"]
+        return st
+
+    def run(self, max_cycles: int | None) -> RunSummary:
+        from .io.hdf5 import EnsembleStore
+
+        self.wf.run_dir.mkdir(parents=True, exist_ok=True)
+        st = self.load_state()
+        self.started = _utc()
+        self.cycle_at_start = st["cycle"]
+        index = int(st.get("invocations", 0))
+        st["invocations"] = index + 1
+        self.log(f"qcd-bridge run: {self.engine.describe()}")
+        self.log(f"  run directory {self.wf.run_dir}; cycle {st['cycle']}/{self.wf.cycles}"
+                 f"{' (resuming)' if index else ''}; flow action: {self.action_desc}")
+        EnsembleStore(self.wf.store, "a", nrow=self.facts.nrow, ensemble=self.stem.replace(
+            "|", "_") or "ens").close()
+        self.write_provenance(st, index)
+        self.save_state(st)
+        done = 0
+        store = EnsembleStore(self.wf.store, "a")
+        try:
+            while st["cycle"] < self.wf.cycles and (max_cycles is None or done < max_cycles):
+                c = st["cycle"]
+                t0 = time.perf_counter()
+                self._line, self._plaq = "", math.nan
+                if st["phase"] == "start":
+                    st = self.hmc_segment(st, store)
+                    self.save_state(st)
+                    if self.hook:
+                        self.hook("hmc", c)
+                if self.wf.flow_steps > 0:
+                    st = self.flow_block(st, store)
+                else:
+                    st.update(phase="start", cycle=c + 1)
+                self.save_state(st)
+                if self.hook:
+                    self.hook("flow", c)
+                done += 1
+                self.log(f"cycle {c + 1}/{self.wf.cycles}: {self._line.strip(' |')}; w_plaq "
+                         f"{self._plaq:.6f}; {time.perf_counter() - t0:.1f} s")
+        finally:
+            store.close()
+            self.write_provenance(st, index)
+        return RunSummary(self.wf.run_dir, self.wf.store, st["cycle"], self.wf.cycles,
+                          st["update"], self.engine.name, self.engine.reason,
+                          st["cycle"] >= self.wf.cycles)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_workflow(
+    workflow: Workflow | str | os.PathLike[str],
+    *,
+    max_cycles: int | None = None,
+    log: Callable[[str], None] | None = _stderr,
+    hook: Callable[[str, int], None] | None = None,
+    engine: Any = None,
+) -> RunSummary:
+    """Run (or resume) a workflow; ``max_cycles`` limits the cycles of this call; ``hook(phase,
+    cycle)`` is called after each phase ("hmc", "flow") once its state is saved; ``engine``
+    overrides discovery (an :class:`~bridge.engines.Engine`).  Every input is validated (XML,
+    model, lattice/action match, engine) before anything runs."""
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    if max_cycles is not None and max_cycles < 0:
+        raise _config_error(f"max_cycles: expected a non-negative integer, got {max_cycles}")
+    return _Run(wf, log or (lambda s: None), hook, engine).run(max_cycles)
+
+
+# -- command line -------------------------------------------------------------------------------
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``qcd-bridge run``."""
+    p = sub.add_parser(
+        "run", help="alternate HMC segments (Chroma or built-in) with flow-Metropolis steps",
+        description="Run the drop-in hybrid loop of a workflow file (JSON or TOML): HMC segments "
+                    "of N trajectories in Chroma's hmc (or the built-in engine) from your own "
+                    "hmc input XML, each followed by M flow-Metropolis steps; resumes when "
+                    "rerun.  See docs/dropin.md.")
+    p.add_argument("workflow", help="workflow file (.json or .toml)")
+    p.add_argument("--max-cycles", type=int, default=None,
+                   help="run at most this many cycles in this call (the run resumes later)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_run_cmd)
+
+
+def _run_cmd(args: argparse.Namespace) -> int:
+    s = run_workflow(args.workflow, max_cycles=args.max_cycles,
+                     log=None if args.quiet else _stderr)
+    state = "finished" if s.finished else "stopped (rerun the command to continue)"
+    print(f"{state}: {s.cycles_done}/{s.cycles_total} cycles, {s.updates} updates; engine "
+          f"{s.engine}; ensemble {s.store}")
+    return 0
