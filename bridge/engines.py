@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lxml import etree
-
 from . import __version__
 from .errors import BridgeError, ConfigError, FormatError
 
@@ -149,54 +147,27 @@ class HMCUpdateRecord:
     seconds: float = math.nan
 
 
-def _float(el: etree._Element | None, path: str) -> float:
-    if el is None:
-        return math.nan
-    text = el.findtext(path)
-    try:
-        return float(text) if text is not None else math.nan
-    except ValueError:
-        return math.nan
-
-
 def read_hmc_output(path: str | os.PathLike[str]) -> tuple[list[HMCUpdateRecord], dict[str, str]]:
     """The updates of Chroma's (or the built-in engine's) ``hmc`` output XML and its
-    ``ProgramInfo/code_version`` entries (e.g. ``{"chroma": "3.44.1", "qdp": "1.46.1"}``).
+    ``ProgramInfo/code_version`` entries (e.g. ``{"chroma": "3.44.1", "qdp": "1.46.1"}``),
+    through :func:`bridge.io.chroma_output.read_output` (element paths of docs/formats.md 4.1;
+    a missing, malformed or foreign file is an error naming it)."""
+    from .io.chroma_output import read_output
 
-    Element paths from docs/formats.md 4.1.  A missing or malformed file is a
-    :class:`~bridge.errors.FormatError` naming it."""
-    spath = os.fspath(path)
-    try:
-        root = etree.parse(spath).getroot()
-    except OSError as exc:
-        raise FormatError(f"{spath}: cannot read the hmc output XML ({exc})") from exc
-    except etree.XMLSyntaxError as exc:
-        raise FormatError(f"{spath}: the hmc output XML is not well-formed ({exc})") from exc
-    if root.tag != "hmc":
-        raise FormatError(f"{spath}: expected root element <hmc> of an hmc output XML, got "
-                          f"<{root.tag}>")
-    versions = {c.tag: (c.text or "").strip()
-                for c in root.findall("ProgramInfo/code_version/*") if isinstance(c.tag, str)}
+    parsed = read_output(path)
+    if parsed.get("program") != "hmc":
+        raise FormatError(f"{os.fspath(path)}: expected Chroma's hmc output (root <hmc>), got "
+                          f"the output of {parsed.get('program')!r}")
     out = []
-    for up in root.findall("doHMC/MCUpdates/elem/Update"):
-        no = up.findtext("update_no")
-        try:
-            update_no = int(no) if no is not None else -1
-        except ValueError:
-            raise FormatError(f"{spath}: Update/update_no: expected an integer, got "
-                              f"{no!r}") from None
-        trj = up.find("HMCTrajectory")
-        acc = None if trj is None else trj.findtext("AcceptP")
-        plaq = math.nan
-        for p in up.findall("InlineObservables/elem/Plaquette"):
-            plaq = _float(p, "w_plaq")
+    for u in parsed["updates"]:
+        plaq = u.get("plaquette") or {}
+        secs = u.get("seconds_for_trajectory")
         out.append(HMCUpdateRecord(
-            update_no=update_no,
-            warmup=(up.findtext("WarmUpP") or "false").strip() == "true",
-            delta_h=_float(trj, "deltaH"), acc_prob=_float(trj, "AccProb"),
-            accepted=None if acc is None else acc.strip() == "true",
-            w_plaq=plaq, seconds=_float(up, "seconds_for_trajectory")))
-    return out, versions
+            update_no=int(u["update_no"]), warmup=bool(u["warmup"]),
+            delta_h=float(u["deltaH"]), acc_prob=float(u["AccProb"]),
+            accepted=bool(u["AcceptP"]), w_plaq=float(plaq.get("w_plaq", math.nan)),
+            seconds=math.nan if secs is None else float(secs)))
+    return out, dict(parsed.get("code_version") or {})
 
 
 def resolve_executable(value: str, *, setting: str, which: Which = shutil.which) -> str:
