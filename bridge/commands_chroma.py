@@ -82,7 +82,7 @@ def add_chroma_xml_parser(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--max-cg", type=int, help="CG iteration limit [2000]")
     h.add_argument("--integrator", choices=["LCM_STS_LEAPFROG", "LCM_STS_MIN_NORM_2"],
                    help="MD integrator [LCM_STS_LEAPFROG]")
-    h.add_argument("--lambda", type=float, dest="lambda_",
+    h.add_argument("--lambda", type=float, dest="lambda_", metavar="LAMBDA",
                    help="2MN lambda (LCM_STS_MIN_NORM_2) [Chroma's 0.1931833275037836]")
     h.add_argument("--tau", type=float, help="trajectory length tau0 [1.0]")
     h.add_argument("--md-steps", type=int, help="outer integrator steps [10]")
