@@ -304,12 +304,13 @@ def observable_names(s: dict[str, Any]) -> list[str]:
 
 def measure(u: Any, action: Any, names: Sequence[str]) -> dict[str, Any]:
     """Observables per chain (numpy ``[C]``): the action (cached by the chain), the plaquette
-    (Chroma's ``w_plaq``), the topological charge (geometric for 2D U(1), clover without
-    smoothing in 4D: :func:`bridge.observables.field_strength.topological_charge`) and the real
+    (Chroma's ``w_plaq``), the topological charge (geometric for 2D U(1), rounded to the integer
+    it is up to floating-point noise; clover without smoothing in 4D: :func:`bridge.observables.field_strength.topological_charge`) and the real
     part of the Polyakov loop in the time direction (Chroma's normalisation)."""
     import torch
 
     from .gauge import mesplq, polyakov_loop
+    from .lattice import Lattice
     from .observables.field_strength import topological_charge
 
     out: dict[str, Any] = {}
@@ -321,6 +322,8 @@ def measure(u: Any, action: Any, names: Sequence[str]) -> dict[str, Any]:
                 v = mesplq(u).w_plaq
             elif name == "topological_charge":
                 v = topological_charge(u)
+                if Lattice.of(u).nd == 2:  # geometric charge: an integer up to rounding
+                    v = torch.round(v)
             else:
                 v = polyakov_loop(u).real
             out[name] = v.detach().to(torch.float64).cpu().numpy()

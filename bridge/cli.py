@@ -20,10 +20,12 @@ def _nrow(values: Sequence[str]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-# -- demo: the main job on a small default --------------------------------------------------------
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+# -- field: a random or unit configuration and its basic observables -----------------------------
+def add_field_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``qcd-bridge field`` (the former ``demo``; ``demo`` is now the end-to-end hybrid
+    sampler demo of :mod:`bridge.demo`)."""
     p = sub.add_parser(
-        "demo",
+        "field",
         help="generate a gauge configuration and print its action, plaquettes and Polyakov loops",
         description=(
             "Generate a (hot, Haar-random or cold, unit) gauge configuration, print its Wilson "
@@ -44,10 +46,10 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                    help="floating-point precision in bits")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=_run_demo)
+    p.set_defaults(func=_run_field)
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def _run_field(args: argparse.Namespace) -> int:
     import torch
 
     from . import gauge
@@ -84,7 +86,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(json.dumps({"nrow": list(lat.nrow), "group": args.group, "beta": args.beta,
                           "start": args.start, "seed": args.seed, "configs": rows}))
         return 0
-    print(f"qcd-bridge demo: {args.group} on {lat} ({lat.volume} sites), beta = {args.beta}, "
+    print(f"qcd-bridge field: {args.group} on {lat} ({lat.volume} sites), beta = {args.beta}, "
           f"{args.start} start, seed {args.seed}, {args.precision}-bit on {args.device}")
     for r in rows:
         print(f"config {r['config']}: S_W = {r['action']:.10f}  |F| = {r['force_norm']:.6f}")
@@ -148,13 +150,14 @@ _SUBCOMMANDS = [
     "bridge.run:add_run_parser",
     "bridge.chains:add_chain_parser",
     "bridge.commands_chroma:add_chroma_xml_parser",
+    "bridge.demo:add_demo_parser",
 ]
 
 
 def _registrars():
     import importlib
 
-    regs = [add_demo_parser, add_hmc_parser]
+    regs = [add_field_parser, add_hmc_parser]
     for entry in _SUBCOMMANDS:
         module, func = entry.split(":")
         regs.append(getattr(importlib.import_module(module), func))

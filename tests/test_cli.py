@@ -1,4 +1,4 @@
-"""The command line: help, the demo job, error reporting."""
+"""The command line: help, the `field` command (the former demo), error reporting."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
-    assert "demo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for cmd in ("demo", "field", "chain", "train", "validate"):
+        assert cmd in out
 
 
-def test_demo_cold_start_is_exact(capsys):
-    assert main(["demo", "--nrow", "4", "4", "2", "6", "--start", "cold", "--json"]) == 0
+def test_field_cold_start_is_exact(capsys):
+    assert main(["field", "--nrow", "4", "4", "2", "6", "--start", "cold", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     cfg = out["configs"][0]
     assert out["nrow"] == [4, 4, 2, 6]
@@ -25,8 +27,8 @@ def test_demo_cold_start_is_exact(capsys):
     assert cfg["poly_loop"] == [[1.0, 0.0]] * 4
 
 
-def test_demo_hot_start_is_reproducible_and_disordered(capsys):
-    args = ["demo", "--nrow", "4", "4", "4", "4", "--seed", "7", "--json"]
+def test_field_hot_start_is_reproducible_and_disordered(capsys):
+    args = ["field", "--nrow", "4", "4", "4", "4", "--seed", "7", "--json"]
     main(args)
     a = json.loads(capsys.readouterr().out)
     main(args)
@@ -36,15 +38,15 @@ def test_demo_hot_start_is_reproducible_and_disordered(capsys):
     assert abs(a["configs"][0]["w_plaq"]) < 0.1
 
 
-def test_demo_human_output(capsys):
-    assert main(["demo", "--nrow", "4", "4", "--group", "U1", "--batch", "2"]) == 0
+def test_field_human_output(capsys):
+    assert main(["field", "--nrow", "4", "4", "--group", "U1", "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "config 1:" in out and "s_plaq = n/a (2D)" in out
 
 
 def test_bad_input_is_reported(capsys):
-    assert main(["demo", "--nrow", "4", "0", "4", "4"]) == 1
+    assert main(["field", "--nrow", "4", "0", "4", "4"]) == 1
     err = capsys.readouterr().err
-    assert "qcd-bridge demo: error: nrow: every extent must be positive, got (4, 0, 4, 4)" in err
-    assert main(["demo", "--group", "SO3"]) == 1
+    assert "qcd-bridge field: error: nrow: every extent must be positive, got (4, 0, 4, 4)" in err
+    assert main(["field", "--group", "SO3"]) == 1
     assert "group: expected 'U1', 'SU2', 'SU3'" in capsys.readouterr().err

@@ -1,0 +1,46 @@
+"""``qcd-bridge demo`` end to end with shrunk settings: training, hybrid and HMC chains, the
+validation report, the exact-plaquette comparison; reuse of an earlier demo directory and
+refusal of a foreign one."""
+
+from __future__ import annotations
+
+import json
+
+from bridge.cli import main
+
+SMALL = ["--nrow", "4", "4", "--beta", "1.5", "--chains", "2", "--steps", "40", "--therm",
+         "5", "--md-steps", "4", "--bootstrap", "20", "--no-progress"]
+
+
+def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", *SMALL, "--train-seconds", "2", "--train-steps", "3", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    for f in ("report/report.md", "report/summary.json", "report/hist_plaquette.png",
+              "report/hist_topological_charge.png", "report/residuals.png",
+              "model/checkpoint.pt", "hybrid/chain.h5", "hmc/chain.h5", "demo.json"):
+        assert (out / f).exists(), f
+    assert "plaquette vs exact (character expansion, 4x4, beta = 1.5): exact 0.596344" in text
+    assert "hybrid" in text and "hmc" in text and "exact" in text
+    assert f"the report is {out / 'report' / 'report.md'}" in text
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["validation"] == "PASS" and [r["sampler"] for r in demo["rows"]] == [
+        "hybrid", "hmc"]
+    assert set(demo["rows"][0]["acceptance"]) == {"hmc", "flow"}
+    # an earlier demo's directory is reused, with an existing model (no training)
+    rc = main(["demo", *SMALL, "--model", str(out / "model"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and f"using the flow in {out / 'model'}" in text
+    assert "training" not in text
+
+
+def test_demo_refuses_a_foreign_directory_and_bad_settings(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "precious.txt").write_text("keep")
+    assert main(["demo", *SMALL, "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "qcd-bridge demo: error: --out " in err and "holds no earlier demo" in err
+    assert (tmp_path / "x" / "precious.txt").read_text() == "keep"
+    assert main(["demo", "--steps", "5", "--therm", "5", "--out", str(tmp_path / "y")]) == 1
+    assert "--steps 5: expected more cycles than --therm 5 + 1" in capsys.readouterr().err
