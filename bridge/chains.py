@@ -305,8 +305,9 @@ def observable_names(s: dict[str, Any]) -> list[str]:
 def measure(u: Any, action: Any, names: Sequence[str]) -> dict[str, Any]:
     """Observables per chain (numpy ``[C]``): the action (cached by the chain), the plaquette
     (Chroma's ``w_plaq``), the topological charge (geometric for 2D U(1), rounded to the integer
-    it is up to floating-point noise; clover without smoothing in 4D: :func:`bridge.observables.field_strength.topological_charge`) and the real
-    part of the Polyakov loop in the time direction (Chroma's normalisation)."""
+    it is up to floating-point noise; clover without smoothing in 4D:
+    :func:`bridge.observables.field_strength.topological_charge`) and the real part of the
+    Polyakov loop in the time direction (Chroma's normalisation)."""
     import torch
 
     from .gauge import mesplq, polyakov_loop
