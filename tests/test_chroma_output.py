@@ -242,6 +242,7 @@ def test_cli_parse(tmp_path, capsys):
            "2 2 2 3" in cap.err  # the store keeps one lattice
     m.write_text(CHROMA_FIXTURE.replace("2 2 2 3", "4 4 4 8"))
     assert main(["chroma-xml", "parse", str(m), "--into", str(store)]) == 0
+    capsys.readouterr()
     with EnsembleStore(store, "r") as st:
         assert st.measurement("hmc.deltaH")[1].tolist() == [1, 2]
         assert st.measurement("chroma.QTop[k5=0.05]@wf.qtop")[1].tolist() == [40]
