@@ -399,7 +399,7 @@ _E0 = "/chroma/Param/InlineMeasurements/elem"
      "POINT_SOURCE; got 'SHELL_SOURCE'"),
     (_source(t_srce="0 0 0 9"), _UNIT, "t_srce: 0 0 0 9 lies outside the lattice 4 4 4 4"),
     (_source() + _prop(act="OVERLAP"), _UNIT, "FermAct: the built-in chroma supports the fermion "
-     "actions WILSON, CLOVER; got 'OVERLAP'"),
+     "actions WILSON, CLOVER, UNPRECONDITIONED_WILSON, UNPRECONDITIONED_CLOVER; got 'OVERLAP'"),
     (_source() + _prop(extra="<AnisoParam><anisoP>true</anisoP></AnisoParam>"), _UNIT,
      "anisoP: anisotropic actions are not supported"),
     (_source() + _prop() + _sink() + _hadspec(mom2="1"), _UNIT,

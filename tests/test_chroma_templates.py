@@ -365,3 +365,23 @@ def test_fallback_continues_from_szinqio_and_measures(tmp_path, monkeypatch):
     assert s["chroma.WilsonFlow.wflow_gact4i"][1].shape == (1, 5)
     assert s["chroma.Plaquette.w_plaq"][1][0] == pytest.approx(out["observables"]["w_plaq"])
     assert Path("prop.lime").exists() and Path("flowed.lime").exists()
+
+
+def test_fallback_parser_requires_chromas_fermion_action_kinds():
+    root = _hmc("wilson_unprec")
+    root.find("HMCTrj/Monomials/elem/FermionAction/FermAct").text = "WILSON"
+    with pytest.raises(ConfigError, match=r"^in.xml: /Params/HMCTrj/Monomials/elem\[0\]/"
+                       r"FermionAction/FermAct: TWO_FLAVOR_UNPREC_FERM_MONOMIAL needs an "
+                       r"unpreconditioned fermion action \(UNPRECONDITIONED_WILSON or "
+                       r"UNPRECONDITIONED_CLOVER\), got 'WILSON'$"):
+        parse_hmc_input(etree.ElementTree(root), "in.xml")
+    root = _hmc("clover_eo")
+    root.find("HMCTrj/Monomials/elem/FermionAction/FermAct").text = "UNPRECONDITIONED_CLOVER"
+    with pytest.raises(ConfigError, match=r"TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL needs an "
+                       r"even-odd preconditioned fermion action \(WILSON or CLOVER\), got "
+                       r"'UNPRECONDITIONED_CLOVER'"):
+        parse_hmc_input(etree.ElementTree(root), "in.xml")
+    inp = parse_hmc_input(etree.ElementTree(_hmc("clover_unprec_nested")), "in.xml")
+    params = inp.monomials["wilson_two_flav"].params
+    assert params["fermact"] == "CLOVER" and params["c_sw"] == 1.2
+    assert params["fermact_name"] == "UNPRECONDITIONED_CLOVER"
