@@ -391,7 +391,7 @@ def test_plaquette_agrees_with_plain_hmc_fast(tmp_path):
 
 @pytest.mark.slow
 def test_plaquette_agrees_with_plain_hmc(tmp_path):
-    _compare_with_hmc(tmp_path, cycles=400, beta=0.3)
+    _compare_with_hmc(tmp_path, cycles=300, beta=0.2)
 
 
 def test_run_dir_survives_a_moved_flow_file(setup):
