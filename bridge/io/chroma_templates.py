@@ -400,8 +400,10 @@ def _walk(node: Node, el: etree._Element, path: str, strict: bool, out: list[str
         value = (key_el.text or "").strip() if key_el is not None else None
         if value is not None and value in node.variants:
             children.update(node.variants[value])
-        elif value is not None and value in (node.choices or ()):
-            is_open = True  # a Chroma object whose parameters are not described here
+        elif value is not None:
+            # a Chroma object whose parameters are not described here, or a wrong key (reported
+            # once, at the key, not again for every parameter of the object)
+            is_open = True
     present = [c for c in el if isinstance(c.tag, str)]
     for name, (child, required) in children.items():
         found = [c for c in present if c.tag == name]
