@@ -520,6 +520,7 @@ class _Run:
             from .sampler import check_flow
 
             self.model, self.meta = load_model(wf.model)
+            self.model.to(wf.device)
             _check_model(self.model, self.meta, wf, self.facts)
             self.action, self.action_desc = flow_action(self.facts,
                                                         max_sites=wf.fermion_max_sites)
