@@ -747,8 +747,8 @@ def run_chains(
         state = kernel.init(u0, seed=seed)
         cycle, elapsed0 = 0, 0.0
         f = ChainFile(h5path, "w", attrs=attrs, n_chains=c, observables=names)
-        if rank == 0:
-            (out / "config.json").write_text(json.dumps(s, indent=2) + "\n")
+    if rank == 0:  # read back by --resume (with the new --steps after a resume)
+        (out / "config.json").write_text(json.dumps(s, indent=2) + "\n")
     steps = int(s["steps"])
     save_every, ck_every = int(s["save_every"]), int(s["checkpoint_every"])
     ildg = len(s["nrow"]) == 4 and s["group"] == "su3"

@@ -234,6 +234,10 @@ def test_cli_resume_extends_the_chain_identically(tmp_path, model_dir):
     _same(read_chain(tmp_path / "a" / "chain.h5"), read_chain(tmp_path / "b" / "chain.h5"))
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert s["cycles"] == 9 and set(s["acceptance"]) == {"hmc", "flow"}
+    # the settings of the resumed run are kept: resuming again without --steps does nothing
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["steps"] == 9
+    assert main(["chain", "--out", str(tmp_path / "a"), "--resume", "--no-progress"]) == 0
+    _same(read_chain(tmp_path / "a" / "chain.h5"), read_chain(tmp_path / "b" / "chain.h5"))
 
 
 # ---------------------------------------------------------------- ranks
