@@ -332,6 +332,14 @@ def test_fallback_runs_every_hmc_template(case, tmp_path, monkeypatch):
         assert u["AcceptP"] in (True, False) and 0 <= u["AccProb"] <= 1
         assert u["deltaH"] == pytest.approx(u["deltaKE"] + u["deltaPE"], abs=1e-9)
         assert 0 < u["plaquette"]["w_plaq"] <= 1 and len(u["poly_loop"]) == 4
+    pe_unit = -5.5 * 16 * 6  # Chroma's PE offset: -beta V Nd(Nd-1)/2 is the unit field's PE
+    pe0 = out["updates"][0]["PE_old"]
+    if "weak" in case:  # WEAK_FIELD: small fluctuations about the unit field
+        assert pe_unit < pe0 < 0.9 * pe_unit
+    elif "unit" in case:
+        assert pe0 == pe_unit
+    elif "hot" in case:  # DISORDERED: Haar-random links, <Re tr P / 3> ~ 0
+        assert abs(pe0) < 0.3 * abs(pe_unit)
     assert Path(f"{case}_cfg_2.lime").exists() and Path(f"{case}_restart_2.xml").exists()
     # the restart file Chroma's convention writes is again a valid input
     assert structure_problems(etree.parse(f"{case}_restart_2.xml")) == []

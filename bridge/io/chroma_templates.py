@@ -55,6 +55,7 @@ __all__ = [
     "write_checked",
     "hmc_params_from_dict",
     "measure_params_from_dict",
+    "params_to_dict",
 ]
 
 # -- facts from Chroma's source (docs/formats.md section 4) -----------------------------------
