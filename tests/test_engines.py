@@ -276,3 +276,42 @@ def test_read_hmc_output_errors(tmp_path):
     bad.write_text("<?xml version='1.0'?><Params/>")
     with pytest.raises(FormatError, match=f"{bad}: /Params: expected root <hmc>"):
         read_hmc_output(bad)
+
+
+def test_launcher_prefix_runs_the_fake(tmp_path):
+    """The launcher prefix is really used: a fake `mpirun -n 2` that records and execs."""
+    import torch
+
+    from bridge.gauge import unit_gauge
+    from bridge.io.ildg import write_ildg
+    from bridge.lattice import Lattice
+
+    write_ildg(tmp_path / "template.lime",
+               unit_gauge(Lattice((4, 4, 4, 4)), "SU3", 1, dtype=torch.complex128))
+    hmc = write_fake_chroma(tmp_path, template=tmp_path / "template.lime")
+    script = f'#!/bin/sh\nprintf "%s" "$*" > {tmp_path}/launch\nshift 2\nexec "$@"\n'
+    launcher = make_executable(tmp_path / "mpirun", script)
+    eng = discover_engine(None, env={ENV_HMC: str(hmc), ENV_LAUNCHER: f"{launcher} -n 2"},
+                          which=no_path)
+    eng.run_hmc(_input(tmp_path), tmp_path / "run" / "seg.out.xml")
+    assert (tmp_path / "launch").read_text().startswith(f"-n 2 {hmc.resolve()} -i ")
+    assert (tmp_path / "run" / "pg_cfg_3.lime").exists()
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: ~3-6 s on a loaded machine
+def test_builtin_engine_as_subprocess(tmp_path):
+    from lxml import etree
+
+    inp = _input(tmp_path)
+    tree = etree.parse(str(inp))
+    mc = tree.getroot().find("MCControl")
+    mc.find("NUpdatesThisRun").text = "1"
+    mc.find("NWarmUpUpdates").text = "0"
+    tree.getroot().find("HMCTrj/MDIntegrator/Integrator/n_steps").text = "2"
+    tree.write(str(inp))
+    eng = discover_engine({"kind": "builtin", "in_process": False}, env={}, which=no_path)
+    run = eng.run_hmc(inp, tmp_path / "run" / "seg.out.xml")
+    assert run.command[1:4] == ["-m", "bridge.cli", "hmc"]
+    assert (tmp_path / "run" / "pg_cfg_1.lime").exists()
+    records, versions = read_hmc_output(run.output_xml)
+    assert [r.update_no for r in records] == [1] and versions["qcd_bridge"]
