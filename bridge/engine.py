@@ -250,10 +250,14 @@ def run_hmc(
         obs = _elem(el, "InlineObservables")
         _plaquette_xml(_elem(obs, "elem"), state.U, update_no)
         poly = None
-        for m in inp.measurements:
-            if m["name"] == "POLYAKOV_LOOP" and update_no % m["frequency"] == 0:
+        for m in inp.measurements:  # the user's inline measurements, in input order
+            if update_no % m["frequency"]:
+                continue
+            if m["name"] == "POLYAKOV_LOOP":
                 _polyakov_xml(_elem(obs, "elem"), state.U, update_no)
                 poly = complex(polyakov_loop(state.U)[0])
+            elif m["name"] == "PLAQUETTE":  # in addition to the default one, as in Chroma
+                _plaquette_xml(_elem(obs, "elem"), state.U, update_no)
         _elem(el, "seconds_for_measurements", _fmt(time.perf_counter() - t_meas))
         records.append({
             "update_no": update_no, "warmup": warm, "accepted": bool(info.accepted[0]),

@@ -393,3 +393,27 @@ def test_fallback_parser_requires_chromas_fermion_action_kinds():
     params = inp.monomials["wilson_two_flav"].params
     assert params["fermact"] == "CLOVER" and params["c_sw"] == 1.2
     assert params["fermact_name"] == "UNPRECONDITIONED_CLOVER"
+
+
+def test_cli_measure_from_json_and_inline_plaquette_in_hmc(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("m.json").write_text(json.dumps({"nrow": [2, 2, 2, 2], "cfg": "unit", "polyakov": True,
+                                          "qtop": 0.05}))
+    assert main(["chroma-xml", "measure", "--config", "m.json", "-o", "m.ini.xml"]) == 0
+    root = etree.parse("m.ini.xml").getroot()
+    assert [e.findtext("Name") for e in root.findall("Param/InlineMeasurements/elem")] == [
+        "PLAQUETTE", "POLYAKOV_LOOP", "QTOP_NAIVE"]
+    assert root.findtext("Cfg/cfg_type") == "UNIT"
+    assert main(["chroma", "-i", "m.ini.xml", "-o", "m.out.xml", "--quiet"]) == 0
+    out = read_output("m.out.xml")
+    assert out["measurements"][0]["values"]["w_plaq"] == 1.0
+    assert out["measurements"][2]["values"] == {"k5": 0.05, "qtop": 0.0}
+    # a PLAQUETTE inline measurement in an hmc input: a second Plaquette group, as in Chroma
+    root = _hmc("pure_gauge_unit_leapfrog")
+    meas = root.find("MCControl/InlineMeasurements")
+    meas.append(load_template("meas_plaquette.xml"))
+    write_checked("h.ini.xml", root)
+    assert main(["hmc", "-i", "h.ini.xml", "-o", "h.out.xml", "--quiet"]) == 0
+    groups = [e[0].tag for e in etree.parse("h.out.xml").findall(
+        "doHMC/MCUpdates/elem/Update/InlineObservables/elem")]
+    assert groups == ["Plaquette", "PolyakovLoop", "Plaquette"] * 2
