@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from bridge.cli import main
+from bridge.flows import make_flow
+from bridge.train import TrainConfig, Trainer
 
 SMALL = ["--nrow", "4", "4", "--beta", "1.5", "--chains", "2", "--steps", "40", "--therm",
          "5", "--md-steps", "4", "--bootstrap", "20", "--no-progress"]
@@ -28,11 +32,22 @@ def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
     assert demo["validation"] == "PASS" and [r["sampler"] for r in demo["rows"]] == [
         "hybrid", "hmc"]
     assert set(demo["rows"][0]["acceptance"]) == {"hmc", "flow"}
-    # an earlier demo's directory is reused, with an existing model (no training)
-    rc = main(["demo", *SMALL, "--model", str(out / "model"), "--out", str(out)])
+
+
+def test_demo_reuses_an_earlier_demo_directory_with_a_given_model(tmp_path, capsys):
+    model = tmp_path / "model"
+    torch.manual_seed(0)
+    flow = make_flow("U1", 2, n_layers=2, k=4, hidden=(4,))
+    Trainer(flow, TrainConfig(nrow=[4, 4], beta=1.5, batch=4)).save(model / "checkpoint.pt")
+    out = tmp_path / "demo"
+    (out / "hybrid").mkdir(parents=True)
+    (out / "hybrid" / "chain.h5").write_text("left over from an earlier demo")
+    (out / "demo.json").write_text("{}")
+    rc = main(["demo", *SMALL, "--model", str(model), "--out", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0 and f"using the flow in {out / 'model'}" in text
-    assert "training" not in text
+    assert rc == 0 and f"using the flow in {model}" in text
+    assert "training" not in text and not (out / "model").exists()
+    assert (out / "report" / "report.md").exists()
 
 
 def test_demo_refuses_a_foreign_directory_and_bad_settings(tmp_path, capsys):
