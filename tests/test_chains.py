@@ -334,6 +334,15 @@ def test_four_dimensional_su3_fields_also_go_to_ildg(tmp_path):
     for c in range(2):
         u, _ = read_gauge(tmp_path / "run" / "cfg" / f"chain{c}_cfg_2.lime")
         assert torch.equal(u[0], links[c])
+    # a gauge file as the start of every chain; one of another lattice is refused
+    start = str(tmp_path / "run" / "cfg" / "chain1_cfg_2.lime")
+    s, _ = _settings(tmp_path, None, name="from_file", group="su3", nrow=[2, 2, 2, 4],
+                     beta=5.5, chains=2, steps=1, md_steps=2, start=start)
+    run_chains(s, progress=False, rank=0, world=1)
+    s, _ = _settings(tmp_path, None, name="bad", group="su3", nrow=[2, 2, 4, 4], start=start)
+    with pytest.raises(ConfigError, match=r"--start .*chain1_cfg_2.lime: the file holds a 3x3 "
+                                          r"field on Lattice\(2x2x2x4\), the chain needs SU3"):
+        run_chains(s, progress=False, rank=0, world=1)
 
 
 def test_progress_bar_line_and_tty_detection():
