@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -39,6 +40,7 @@ from bridge.sampler import flat_infos
 from bridge.train import TrainConfig, Trainer
 
 NROW, BETA = [4, 4], 1.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +256,7 @@ def test_two_ranks_run_rank_seeded_chains(tmp_path, model_dir):
     cmd = [sys.executable, "-m", "bridge.cli", "chain", "--model", str(model_dir), "--chains",
            "2", "--steps", "4", "--md-steps", "3", "--schedule", "hmc:1,flow:1", "--seed", "5",
            "--out", str(out), "--no-progress"]
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
              for r in range(2)]
     outs = []
