@@ -520,7 +520,8 @@ class _Run:
             from .sampler import check_flow
 
             self.model, self.meta = load_model(wf.model)
-            self.model.to(wf.device)
+            if wf.device != "cpu":  # load_model builds the flow on the CPU
+                self.model.to(wf.device)
             _check_model(self.model, self.meta, wf, self.facts)
             self.action, self.action_desc = flow_action(self.facts,
                                                         max_sites=wf.fermion_max_sites)
