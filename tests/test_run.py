@@ -402,3 +402,24 @@ def test_run_dir_survives_a_moved_flow_file(setup):
     shutil.move(setup / "run" / state["current_cfg"], setup / "moved.lime")
     with pytest.raises((FileNotFoundError, ConfigError, FormatError), match="_flow.lime"):
         run_workflow(wf, log=None)
+
+
+def test_nf2_input_with_exact_determinant(tmp_path):
+    """Nf = 2 Wilson (the reference input on 2^3 x 4): the built-in engine runs the pseudofermion
+    HMC, the flow steps use S_g - log det(D^dag D)."""
+    from bridge.flows import make_flow
+    from bridge.train import TrainConfig, Trainer
+
+    write_xml(tmp_path, src=NF2, nrow="2 2 2 4", beta=1.0, n_steps=5, tau0=0.5)
+    torch.manual_seed(3)
+    model = make_flow("SU3", 4, n_layers=2, hidden=(4,), k=2, period=2)
+    Trainer(model, TrainConfig(nrow=[2, 2, 2, 4], beta=1.0)).save(tmp_path / "flow" /
+                                                                  "checkpoint.pt")
+    s = run_workflow(write_workflow(tmp_path, cycles=2, trajectories=2, flow_steps=2), log=None)
+    assert s.finished and s.updates == 8
+    data = store_series(s.store)
+    assert list(data["kernel"][0]) == [0, 0, 1, 1] * 2
+    assert np.isfinite(data["delta"][0]).all()
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())[0]
+    assert "Nf=2 WILSON kappa = 0.1" in prov["flow_action"]
+    assert "exact determinant" in prov["flow_action"]
