@@ -260,6 +260,11 @@ def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
     prefix = _need(root, "MCControl/SavePrefix", source)
     if not prefix:
         raise _config_error(f"{source}: /Params/MCControl/SavePrefix is empty")
+    volfmt = _need(root, "MCControl/SaveVolfmt", source)
+    if volfmt != "SINGLEFILE":
+        raise _config_error(f"{source}: /Params/MCControl/SaveVolfmt: the drop-in loop reads the "
+                            f"single file <SavePrefix>_cfg_<N>.lime, expected SINGLEFILE, got "
+                            f"{volfmt!r}")
     cfg_type = _need(root, "MCControl/Cfg/cfg_type", source)
     cfg_file = (root.findtext("MCControl/Cfg/cfg_file") or "").strip()
     monomials: dict[str, dict[str, Any]] = {}

@@ -321,6 +321,24 @@ def test_workflow_messages(tmp_path):
         assert wf.run_dir == tmp_path / "run" and wf.flow_steps == 0
 
 
+def test_xml_facts_messages(tmp_path):
+    path = write_xml(tmp_path)
+    tree = etree.parse(str(path))
+    tree.getroot().find("MCControl/SaveVolfmt").text = "MULTIFILE"
+    tree.write(str(path))
+    with pytest.raises(ConfigError, match=r"hmc.ini.xml: /Params/MCControl/SaveVolfmt: .* "
+                                          r"expected SINGLEFILE, got 'MULTIFILE'"):
+        xml_facts(path)
+    tree.getroot().find("MCControl/SaveVolfmt").text = "SINGLEFILE"
+    tree.getroot().find("HMCTrj/nrow").text = "4 4 4"
+    tree.write(str(path))
+    with pytest.raises(ConfigError, match=r"/Params/HMCTrj/nrow: expected 4 positive extents"):
+        xml_facts(path)
+    path.write_text("<chroma/>")
+    with pytest.raises(ConfigError, match=r"expected root element <Params> of Chroma's hmc"):
+        xml_facts(path)
+
+
 def test_builtin_engine_validates_the_xml_first(tmp_path):
     path = write_xml(tmp_path)
     tree = etree.parse(str(path))
