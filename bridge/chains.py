@@ -658,14 +658,6 @@ def _start_field(s: dict[str, Any], seed: int, dtype: Any, device: Any) -> Any:
     return u
 
 
-def _to_device(model: Any, device: Any) -> None:
-    """Move the model's parameters and buffers in place (``GaugeCouplingLayer`` defines its own
-    ``_apply``, so ``nn.Module.to`` cannot be used on a flow)."""
-    for t in [*model.parameters(), *model.buffers()]:
-        if t.device != device:
-            t.data = t.data.to(device)
-
-
 def _paths(out: Path, rank: int, world: int) -> tuple[Path, Path]:
     suffix = "" if world == 1 else f".rank{rank}"
     return out / f"chain{suffix}.h5", out / f"checkpoint{suffix}.pt"
@@ -710,7 +702,7 @@ def run_chains(
     device = torch.device(s["device"])
     dtype = torch.complex128 if s["precision"] == 64 else torch.complex64
     if model is not None:
-        _to_device(model, device)
+        model.to(device)
     kernel, knames = build_kernel(s, model)
     names = observable_names(s)
     c = int(s["chains"])

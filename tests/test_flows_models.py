@@ -83,3 +83,17 @@ def test_whole_model_logdet_matches_autograd(group):
     model = _model(group, 2, 2, n_layers=4)
     u = random_gauge(Lattice((2, 2)), group, 1, generator=torch.Generator().manual_seed(6))
     assert_logdet_matches_autograd(model, u, atol=1e-8)
+
+
+def test_model_moves_with_nn_module_to():
+    # a flow is an nn.Module: .to(device/dtype) must move every layer (a layer method that
+    # shadowed nn.Module._apply once broke this)
+    model = _model("U1", 2, 4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        u, lq = model.sample(2, (8, 8), generator=g)
+        assert model.to("cpu") is model
+        model.to(torch.float32)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        model.to(torch.float64)
+        torch.testing.assert_close(model.log_prob(u), lq, atol=1e-5, rtol=0)

@@ -159,7 +159,7 @@ class GaugeCouplingLayer(nn.Module):
         x = torch.stack(feats, dim=1).to(wdt)
         return self.net(x).movedim(1, -1).to(u.real.dtype)  # [B, *lattice, n_params]
 
-    def _apply(self, u: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _couple(self, u: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         lat = self._check(u)
         mu, nu = self.mask.mu, self.mask.nu
         idx = self.mask.active_sites(lat, u.device).flatten().nonzero().squeeze(1)
@@ -172,7 +172,7 @@ class GaugeCouplingLayer(nn.Module):
         return out, logj.sum(-1)
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._apply(u, inverse=False)
+        return self._couple(u, inverse=False)
 
     def reverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._apply(u, inverse=True)
+        return self._couple(u, inverse=True)
