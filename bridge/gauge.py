@@ -16,6 +16,7 @@ real for anti-Hermitian P and F).  In components, ``F = sum_a (d_a S) T_a`` with
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "staple",
     "wilson_action",
     "wilson_force",
+    "wilson_force_reference",
     "plaquette_loops",
     "clover_planes",
     "clover_field_strength",
@@ -141,19 +143,144 @@ def plaquette_field(u: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
     return mm(mm(umu, lat.shift(unu, mu)), dagger(mm(unu, lat.shift(umu, nu))))
 
 
+def _daggered(u: torch.Tensor) -> torch.Tensor:
+    """``U^dagger`` as a plain (contiguous, conjugation applied) tensor: ``matmul`` would
+    otherwise materialise a conjugate-transposed operand on every call."""
+    return torch.empty_like(u).copy_(dagger(u))
+
+
+def _plane_plaquette(lat: Lattice, umu: torch.Tensor, unu: torch.Tensor, udmu: torch.Tensor,
+                     udnu: torch.Tensor, mu: int, nu: int) -> torch.Tensor:
+    """``P_{mu nu}(x) = A B^dagger`` with ``A = U_mu(x) U_nu(x+mu)`` and
+    ``B^dagger = U_mu(x+nu)^dagger U_nu(x)^dagger`` (``ud*``: the daggered links, see
+    :func:`_daggered`): the one place the plaquette matrix is built, so that the action computed
+    alone and the one the force leaves behind (:func:`_cache_traces`) agree bit for bit."""
+    return mm(mm(umu, lat.shift(unu, mu)), mm(lat.shift(udmu, nu), udnu))
+
+
+def _plane_trace(p: torch.Tensor, nc: int) -> torch.Tensor:
+    """``Re Tr P / Nc`` per site of a plaquette field ``[batch, *L, Nc, Nc]``."""
+    return torch.diagonal(p, dim1=-2, dim2=-1).real.sum(-1) / nc
+
+
+class _PlaneTables(NamedTuple):
+    """Index tables of the all-planes-at-once plaquette kernel for one lattice and device
+    (sites flattened to ``V``, planes ``p`` in :meth:`Lattice.planes` order)."""
+
+    mu: torch.Tensor  # [P] first direction of each plane
+    nu: torch.Tensor  # [P] second direction
+    umu: torch.Tensor  # [P*V] into links [nd*V]: U_mu(x)
+    unu: torch.Tensor  # U_nu(x)
+    unu_fwd: torch.Tensor  # U_nu(x + mu)
+    umu_fwd: torch.Tensor  # U_mu(x + nu)
+    back_nu: torch.Tensor  # [P*V] into [P*V]: f_p(x - nu)
+    back_mu: torch.Tensor  # f_p(x - mu)
+
+
+_PLANE_TABLES: dict[tuple[tuple[int, ...], torch.device], _PlaneTables] = {}
+
+
+def _plane_tables(lat: Lattice, device: torch.device) -> _PlaneTables:
+    key = (lat.nrow, device)
+    if key not in _PLANE_TABLES:
+        v = lat.volume
+        site = torch.arange(v, device=device).reshape(1, *lat.shape)
+        fwd = [lat.shift(site, d).reshape(v) for d in range(lat.nd)]
+        bwd = [lat.shift(site, d, -1).reshape(v) for d in range(lat.nd)]
+        planes = lat.planes()
+        mus = [m for m, _ in planes]
+        nus = [n for _, n in planes]
+        ar = torch.arange(v, device=device)
+
+        def cat(parts):
+            return torch.cat(parts).contiguous()
+
+        _PLANE_TABLES[key] = _PlaneTables(
+            mu=torch.tensor(mus, device=device),
+            nu=torch.tensor(nus, device=device),
+            umu=cat([m * v + ar for m in mus]),
+            unu=cat([n * v + ar for n in nus]),
+            unu_fwd=cat([n * v + fwd[m] for m, n in planes]),
+            umu_fwd=cat([m * v + fwd[n] for m, n in planes]),
+            back_nu=cat([p * v + bwd[n] for p, (_, n) in enumerate(planes)]),
+            back_mu=cat([p * v + bwd[m] for p, (m, _) in enumerate(planes)]),
+        )
+    return _PLANE_TABLES[key]
+
+
+_ALL_PLANES_MAX_SITES = 512
+"""Fields with at most this many sites (times the batch) build all planes in one set of batched
+products (7 ``matmul`` calls per force instead of 7 per plane: small fields are bound by the
+fixed cost of each call); larger ones go plane by plane (better cache use)."""
+
+
+def _use_all_planes(u: torch.Tensor, lat: Lattice) -> bool:
+    return int(u.shape[0]) * lat.volume <= _ALL_PLANES_MAX_SITES
+
+
+def _all_plaquettes(u: torch.Tensor, lat: Lattice, tab: _PlaneTables):
+    """``(P, U_mu, U_nu)`` for all planes at once, each ``[batch, n_planes * V, Nc, Nc]``
+    (``P = U_mu(x) U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dagger``)."""
+    b, n = int(u.shape[0]), int(u.shape[-1])
+    links = u.reshape(b, lat.nd * lat.volume, n, n)
+    umu = links.index_select(1, tab.umu)
+    unu = links.index_select(1, tab.unu)
+    a = mm(umu, links.index_select(1, tab.unu_fwd))
+    bm = mm(unu, links.index_select(1, tab.umu_fwd))
+    return mm(a, dagger(bm)), umu, unu
+
+
+def _all_plane_traces(p: torch.Tensor, lat: Lattice, nc: int) -> torch.Tensor:
+    b = int(p.shape[0])
+    return _plane_trace(p, nc).reshape(b, len(lat.planes()), *lat.shape)
+
+
+# A few plaquette-trace fields [batch, n_planes, *L] of recently seen gauge fields, keyed by the
+# tensor's identity (weak reference) and version counter, so that an in-place change or a new
+# tensor never hits a stale entry.  The Wilson force fills it as a by-product (the plaquettes it
+# builds anyway), so the action and ``mesplq`` at the end of an MD trajectory cost nothing.
+_TRACE_CACHE: list[tuple[weakref.ref, int, torch.Tensor]] = []
+_TRACE_CACHE_SIZE = 4
+
+
+def _cached_traces(u: torch.Tensor) -> torch.Tensor | None:
+    if u.requires_grad:
+        return None
+    for ref, version, tr in _TRACE_CACHE:
+        if ref() is u and version == u._version:
+            return tr
+    return None
+
+
+def _cache_traces(u: torch.Tensor, tr: torch.Tensor) -> None:
+    if u.requires_grad or tr.requires_grad:
+        return
+    _TRACE_CACHE[:] = [e for e in _TRACE_CACHE if e[0]() is not None and e[0]() is not u]
+    _TRACE_CACHE.append((weakref.ref(u), u._version, tr))
+    del _TRACE_CACHE[:-_TRACE_CACHE_SIZE]
+
+
 def plaquette_traces(u: torch.Tensor) -> torch.Tensor:
     """``Re Tr P_{mu nu}(x) / Nc`` for every plane in :meth:`Lattice.planes` order, shape
-    ``[batch, n_planes, t, ..., x]``.  Only two products per plane: ``Re Tr(A B^dagger)`` with
-    ``A = U_mu(x) U_nu(x+mu)`` and ``B = U_nu(x) U_mu(x+nu)``."""
+    ``[batch, n_planes, t, ..., x]``.  Three products per plane (``P = A B^dagger``, see
+    :func:`_plane_plaquette`); reused without any product when :func:`wilson_force` has just
+    been evaluated on the same, unmodified tensor."""
     lat = Lattice.of(u)
     _, nc = lat.check_gauge(u)
-    out = []
-    for mu, nu in lat.planes():
-        umu, unu = u[:, mu], u[:, nu]
-        a = mm(umu, lat.shift(unu, mu))
-        b = mm(unu, lat.shift(umu, nu))
-        out.append((a * b.conj()).real.sum((-1, -2)) / nc)
-    return torch.stack(out, dim=1)
+    cached = _cached_traces(u)
+    if cached is not None:
+        return cached.clone()
+    if _use_all_planes(u, lat):
+        p, _, _ = _all_plaquettes(u, lat, _plane_tables(lat, u.device))
+        tr = _all_plane_traces(p, lat, nc)
+    else:
+        ud = _daggered(u)
+        tr = torch.stack([
+            _plane_trace(_plane_plaquette(lat, u[:, mu], u[:, nu], ud[:, mu], ud[:, nu], mu, nu),
+                         nc) for mu, nu in lat.planes()
+        ], dim=1)
+    _cache_traces(u, tr)
+    return tr.clone()
 
 
 def staple(u: torch.Tensor, mu: int) -> torch.Tensor:
@@ -218,8 +345,119 @@ def plaquette_loops(u: torch.Tensor) -> torch.Tensor:
     return torch.stack(loops, dim=1)
 
 
+def _add_shifted_(acc: torch.Tensor, f: torch.Tensor, dim: int, alpha: float) -> None:
+    """``acc(x) += alpha f(x - e)`` in place, ``e`` the unit step along tensor axis ``dim``
+    (periodic): two slab additions, no rolled copy of ``f``."""
+    n = f.shape[dim]
+    if n == 1:
+        acc.add_(f, alpha=alpha)
+        return
+    acc.narrow(dim, 1, n - 1).add_(f.narrow(dim, 0, n - 1), alpha=alpha)
+    acc.narrow(dim, 0, 1).add_(f.narrow(dim, n - 1, 1), alpha=alpha)
+
+
+_TA_MATRICES: dict[tuple[int, bool, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _ta_matrix(nc: int, special: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The projection ``M -> TA(M)`` as a real ``(2 Nc^2) x (2 Nc^2)`` matrix acting on the
+    interleaved (re, im) entries of ``M`` (row vector convention, ``t @ T``)."""
+    key = (nc, special, dtype, device)
+    if key not in _TA_MATRICES:
+        n2 = nc * nc
+        eye = torch.eye(n2, dtype=torch.complex128)
+        basis = eye.reshape(n2, nc, nc)  # basis matrices E_k
+        rows = []
+        for k in range(n2):
+            for part in (1.0, 1j):
+                m = part * basis[k]
+                a = 0.5 * (m - m.conj().transpose(-1, -2))
+                if special and nc > 1:
+                    a = a - torch.diagonal(a).sum() / nc * torch.eye(nc, dtype=a.dtype)
+                rows.append(torch.view_as_real(a).reshape(2 * n2))
+        _TA_MATRICES[key] = torch.stack(rows).to(dtype=dtype, device=device)
+    return _TA_MATRICES[key]
+
+
+def _project_algebra_gemm(m: torch.Tensor, special: bool, coeff) -> torch.Tensor:
+    """``coeff * TA(m)`` (see :func:`bridge.groups.project_algebra`) as one real GEMM of the
+    entries with a fixed ``18 x 18`` matrix for SU(3): elementwise transposes of 3x3 blocks are
+    ~10x slower on the CPU."""
+    n = m.shape[-1]
+    mr = torch.view_as_real(m.contiguous())
+    real = mr.dtype
+    t = _ta_matrix(n, special, real, m.device)
+    if not isinstance(coeff, torch.Tensor):
+        t = t * float(coeff)
+    out = torch.view_as_complex(torch.matmul(mr.reshape(-1, 2 * n * n), t).view(mr.shape))
+    # a tensor beta multiplies out of place: the dtype promotes as ``coeff * TA(m)`` did
+    return out * coeff if isinstance(coeff, torch.Tensor) else out
+
+
 def wilson_force(u: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
     """Force of the Wilson action in the convention of this module's docstring::
+
+        F_mu(x) = beta / (2 Nc) * TA[U_mu(x) A_mu(x)]
+
+    Derivation: only the plaquettes containing ``U_mu(x)`` vary, ``S_link = -beta/Nc Re Tr(U A)``;
+    ``d_a S = -beta/Nc Re Tr(T_a U A)`` and ``sum_a T_a Re Tr(T_a M) = -TA(M)/2`` for the
+    generators normalised to ``Tr(T_a T_b) = -delta_ab/2``.  For U(1), TA is the plain
+    anti-Hermitian part, ``F = i beta/2 Im(U A)``.
+
+    Implementation (tested against :func:`wilson_force_reference`, which sums
+    :func:`plaquette_loops`): plane by plane with 7 colour products, using ``TA(M^dag) = -TA(M)``
+    so that no loop is ever daggered: with ``P = P_{mu nu}(x)``, ``X = U_nu^dag P U_nu`` and
+    ``Y = U_mu^dag P U_mu``, ``TA[U_mu A_mu]`` collects ``P(x) - X(x - nu)`` and
+    ``TA[U_nu A_nu]`` collects ``Y(x - mu) - P(x)``.  The backward shifts are slab additions into
+    one accumulator, the projection is done in place, and the plaquette traces are left in a
+    cache for :func:`wilson_action` / :func:`mesplq` on the same tensor.
+    """
+    _check_beta(beta)
+    lat = Lattice.of(u)
+    _, nc = lat.check_gauge(u)
+    group = _group_of(u, None)
+    coeff = beta / (2.0 * nc)
+    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
+        coeff = coeff.reshape(-1, *([1] * (lat.nd + 3)))
+    if u.requires_grad and torch.is_grad_enabled():
+        return wilson_force_reference(u, beta)
+    if _use_all_planes(u, lat):
+        return _wilson_force_all_planes(u, lat, nc, group.special, coeff)
+    acc = torch.zeros_like(u)
+    ud = _daggered(u)
+    traces = []
+    for mu, nu in lat.planes():
+        umu, unu, udmu, udnu = u[:, mu], u[:, nu], ud[:, mu], ud[:, nu]
+        p = _plane_plaquette(lat, umu, unu, udmu, udnu, mu, nu)
+        traces.append(_plane_trace(p, nc))
+        amu, anu = acc[:, mu], acc[:, nu]
+        _add_shifted_(amu, mm(udnu, mm(p, unu)), 1 + lat.axis(nu), -1.0)
+        _add_shifted_(anu, mm(udmu, mm(p, umu)), 1 + lat.axis(mu), 1.0)
+        amu.add_(p)
+        anu.sub_(p)
+    _cache_traces(u, torch.stack(traces, dim=1))
+    return _project_algebra_gemm(acc, group.special, coeff)
+
+
+def _wilson_force_all_planes(u: torch.Tensor, lat: Lattice, nc: int, special: bool, coeff):
+    """:func:`wilson_force` for small fields: every plane in one set of batched products, the
+    backward shifts as one gather each, the accumulation as two ``index_add_``."""
+    tab = _plane_tables(lat, u.device)
+    b, v, nplanes = int(u.shape[0]), lat.volume, len(lat.planes())
+    p, umu, unu = _all_plaquettes(u, lat, tab)
+    _cache_traces(u, _all_plane_traces(p, lat, nc))
+    x = mm(dagger(unu), mm(p, unu)).index_select(1, tab.back_nu)  # X(x - nu)
+    y = mm(dagger(umu), mm(p, umu)).index_select(1, tab.back_mu)  # Y(x - mu)
+    acc = torch.zeros(b, lat.nd, v * nc * nc, dtype=u.dtype, device=u.device)
+    acc.index_add_(1, tab.mu, (p - x).view(b, nplanes, v * nc * nc))
+    acc.index_add_(1, tab.nu, (y - p).view(b, nplanes, v * nc * nc))
+    return _project_algebra_gemm(acc.view(u.shape), special, coeff)
+
+
+def wilson_force_reference(u: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """Reference (straightforward) form of :func:`wilson_force`, which is tested against it.
+
+    Force of the Wilson action in the convention of this module's docstring::
 
         F_mu(x) = beta / (2 Nc) * TA[U_mu(x) A_mu(x)]
 

@@ -35,6 +35,7 @@ __all__ = [
     "random_algebra",
     "project_algebra",
     "expm_algebra",
+    "expm_algebra_mul",
     "reunitarize",
     "project_to_group",
     "eigenphases",
@@ -215,8 +216,87 @@ def _xi0(w: torch.Tensor) -> torch.Tensor:
     return torch.sinc(w / math.pi)
 
 
-def _expm_su3(x: torch.Tensor) -> torch.Tensor:
-    """exp of traceless anti-Hermitian 3x3 ``X`` by Cayley-Hamilton, exact in closed form.
+def _su3_exp_coefficients(
+    c0: torch.Tensor, c1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Morningstar-Peardon ``(f0, f1, f2)`` of ``exp(iQ) = f0 + f1 Q + f2 Q^2`` from
+    ``c0 = det Q`` and ``c1 = Tr Q^2 / 2`` (real tensors of any shape); see :func:`_expm_su3`.
+
+    Only per-matrix scalars are computed here (cheap next to the 3x3 work)."""
+    rdt = c0.dtype
+    neg = c0 < 0
+    tiny = torch.finfo(rdt).tiny ** 0.5
+    small = c1 <= tiny
+    c1s = torch.where(small, torch.ones_like(c1), c1)
+    sq = torch.sqrt(c1s * (1.0 / 3.0))
+    c0max = 2.0 * sq * sq * sq
+    theta3 = torch.arccos(torch.clamp(c0.abs() / c0max, -1.0, 1.0)) * (1.0 / 3.0)
+    u = sq * torch.cos(theta3)
+    w = torch.sqrt(c1s) * torch.sin(theta3)
+    u2, w2 = u * u, w * w
+    cw, xi = torch.cos(w), _xi0(w)
+    # real arithmetic: e^{2iu} = (c2, s2), e^{-iu} = (cu, -su)
+    c2, s2 = torch.cos(2.0 * u), torch.sin(2.0 * u)
+    cu, su = torch.cos(u), torch.sin(u)
+    inv = 1.0 / (9.0 * u2 - w2)
+    # h0 = (u2 - w2) e^{2iu} + e^{-iu} (8 u2 cw + i 2u (3u2 + w2) xi)
+    a0, b0 = 8.0 * u2 * cw, 2.0 * u * (3.0 * u2 + w2) * xi
+    h0r = (u2 - w2) * c2 + cu * a0 + su * b0
+    h0i = (u2 - w2) * s2 + cu * b0 - su * a0
+    # h1 = 2u e^{2iu} - e^{-iu} (2u cw - i (3u2 - w2) xi)
+    a1, b1 = 2.0 * u * cw, -(3.0 * u2 - w2) * xi
+    h1r = 2.0 * u * c2 - (cu * a1 + su * b1)
+    h1i = 2.0 * u * s2 - (cu * b1 - su * a1)
+    # h2 = e^{2iu} - e^{-iu} (cw + i 3u xi)
+    a2, b2 = cw, 3.0 * u * xi
+    h2r = c2 - (cu * a2 + su * b2)
+    h2i = s2 - (cu * b2 - su * a2)
+    # c0 < 0: f_j -> (-1)^j conj(f_j), i.e. flip the sign of the imaginary part of f0, f2 and of
+    # the real part of f1
+    sgn = torch.where(neg, -inv, inv)
+    f0 = torch.complex(h0r * inv, h0i * sgn)
+    f1 = torch.complex(h1r * sgn, h1i * inv)
+    f2 = torch.complex(h2r * inv, h2i * sgn)
+    one = torch.ones_like(f0)
+    f0 = torch.where(small, one, f0)
+    f1 = torch.where(small, 1j * one, f1)
+    f2 = torch.where(small, -0.5 * one, f2)
+    return f0, f1, f2
+
+
+def _expm_su3(
+    x: torch.Tensor, scale: float = 1.0, right: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``exp(scale X)`` (times ``right`` if given) for traceless anti-Hermitian 3x3 ``X``, by
+    Cayley-Hamilton, exact in closed form.
+
+    Morningstar & Peardon, hep-lat/0311018, eqs. (19)-(34): with ``Q = -i scale X`` (Hermitian,
+    traceless), ``exp(iQ) = f0 + f1 Q + f2 Q^2``, ``c0 = det Q = Tr Q^3 / 3``,
+    ``c1 = Tr Q^2 / 2``, ``theta = arccos(c0 / c0max)``, ``c0max = 2 (c1/3)^{3/2}``,
+    ``u = sqrt(c1/3) cos(theta/3)``, ``w = sqrt(c1) sin(theta/3)``, and for ``c0 < 0`` the
+    symmetry ``f_j(-c0, c1) = (-1)^j conj(f_j(c0, c1))`` (eq. 34).  The denominator
+    ``9u^2 - w^2 >= 2 c1`` never vanishes except at Q = 0, where the exact limit
+    ``f = (1, i, -1/2)`` is used.
+
+    Work per matrix: one product ``X^2``, ``c0 = -scale^3 Im Tr(X^2 X) / 3``,
+    ``c1 = -scale^2 Re Tr X^2 / 2`` and ``exp = f0 + (-i f1 scale) X + (-f2 scale^2) X^2``
+    assembled in place (the scale is folded into the scalars, never applied to a 3x3 field);
+    :func:`_expm_su3_reference` is the straightforward form it is tested against.
+    """
+    x2 = mm(x, x)
+    c1 = torch.diagonal(x2, dim1=-2, dim2=-1).real.sum(-1) * (-0.5 * scale * scale)
+    c0 = (x2 * x.transpose(-1, -2)).sum((-1, -2)).imag * (-(scale**3) / 3.0)
+    f0, f1, f2 = _su3_exp_coefficients(c0, c1)
+    e = x * (f1 * (-1j * scale)).unsqueeze(-1).unsqueeze(-1)
+    e.addcmul_(x2, (f2 * (-scale * scale)).unsqueeze(-1).unsqueeze(-1))
+    torch.diagonal(e, dim1=-2, dim2=-1).add_(f0.unsqueeze(-1))
+    return e if right is None else mm(e, right)
+
+
+def _expm_su3_reference(x: torch.Tensor) -> torch.Tensor:
+    """Reference (straightforward) form of :func:`_expm_su3`, kept for the tests.
+
+    exp of traceless anti-Hermitian 3x3 ``X`` by Cayley-Hamilton, exact in closed form.
 
     Morningstar & Peardon, hep-lat/0311018, eqs. (19)-(34): with ``Q = -i X`` (Hermitian,
     traceless), ``exp(iQ) = f0 + f1 Q + f2 Q^2``, ``c0 = det Q = Tr Q^3 / 3``,
@@ -292,6 +372,16 @@ def expm_algebra(x: torch.Tensor) -> torch.Tensor:
     if n == 3:
         return _expm_su3(x)
     return _expm_eigh(x)
+
+
+def expm_algebra_mul(x: torch.Tensor, u: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``exp(scale * X) @ U`` for anti-Hermitian ``X`` (traceless for N >= 2): the link update
+    of the molecular dynamics.  For SU(3) the scale is folded into the Cayley-Hamilton scalars
+    (no scaled copy of ``X``); otherwise ``mm(expm_algebra(scale * x), u)``."""
+    n = _check_matrix(x, "x")
+    if n == 3:
+        return _expm_su3(x, float(scale), u)
+    return mm(expm_algebra(x * scale if scale != 1.0 else x), u)
 
 
 # -- projections ----------------------------------------------------------------------------------

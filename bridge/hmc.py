@@ -64,7 +64,14 @@ class HMCInfo(NamedTuple):
 
 
 def kinetic_energy(p: torch.Tensor) -> torch.Tensor:
-    """Chroma's ``mesKE``: ``sum_{x,mu} Tr(P^dagger P)`` per configuration."""
+    """Chroma's ``mesKE``: ``sum_{x,mu} Tr(P^dagger P)`` per configuration, computed as the sum
+    of ``|P_ab|^2`` over all entries (the same number; no colour product)."""
+    pr = torch.view_as_real(p.resolve_conj()) if p.is_conj() else torch.view_as_real(p)
+    return pr.reshape(p.shape[0], -1).square().sum(1)
+
+
+def _kinetic_energy_reference(p: torch.Tensor) -> torch.Tensor:
+    """The literal ``sum_{x,mu} Re Tr(P^dagger P)`` (kept for the tests)."""
     return trace(mm(dagger(p), p)).real.flatten(1).sum(1)
 
 
@@ -151,9 +158,14 @@ def hmc_kernel(
             ub, pb, _ = integrator(u1, -p1, tau)
             rev_dh = (kinetic_energy(pb) + total_action(monomials, ub)) - (ke0 + pe0)
             rev_du = (ub - u0).abs().flatten(1).amax(1)
-        sel = accepted.reshape(-1, *([1] * (u0.dim() - 1)))
-        u_new = torch.where(sel, u1, u0)
-        s_new = torch.where(accepted, s1, state.action)
+        if bool(accepted.all()):
+            u_new, s_new = u1, s1
+        elif not bool(accepted.any()):
+            u_new, s_new = u0, state.action
+        else:
+            sel = accepted.reshape(-1, *([1] * (u0.dim() - 1)))
+            u_new = torch.where(sel, u1, u0)
+            s_new = torch.where(accepted, s1, state.action)
         info = HMCInfo(
             trajectory=state.trajectory,
             warmup=is_warm,

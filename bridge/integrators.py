@@ -26,7 +26,7 @@ import torch
 
 from .actions import Monomial
 from .errors import PhysicsError
-from .groups import expm_algebra, mm
+from .groups import expm_algebra_mul
 
 __all__ = [
     "Scheme",
@@ -149,10 +149,12 @@ class Integrator:
         self, u: torch.Tensor, p: torch.Tensor, tau: float
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
         counts: dict[str, int] = {m.name: 0 for m in self.monomials}
-        u, p = self._run(0, u, p, float(tau), counts)
+        u, p, _ = self._run(0, u, p, float(tau), counts)
         return u, p, counts
 
-    def _run(self, i: int, u, p, dt: float, counts: dict[str, int]):
+    def _run(self, i: int, u, p, dt: float, counts: dict[str, int], owned: bool = False):
+        """Run level ``i`` over ``dt``.  ``owned``: ``p`` is a tensor this call made (so it may
+        be updated in place); the caller's momentum is never modified."""
         lvl = self.levels[i]
         eps = dt / lvl.n_steps
         last = i == len(self.levels) - 1
@@ -163,16 +165,22 @@ class Integrator:
                 f = self.force(i, u)
                 for m in lvl.monomials:
                     counts[m.name] += 1
-                if not bool(torch.isfinite(torch.view_as_real(f)).all()):
+                # one reduction instead of an elementwise isfinite pass: a NaN or Inf entry (or
+                # an overflowing force) makes the sum non-finite
+                if not bool(torch.isfinite(torch.view_as_real(f).sum())):
                     names = ", ".join(m.name for m in lvl.monomials)
                     raise PhysicsError(
                         f"integrator level {i} ({lvl.scheme.name}): non-finite force from "
                         f"monomial(s) {names}; step size eps = {eps:g} may be too large or the "
                         f"field is corrupted"
                     )
-                p = p - (c * eps) * f
+                if owned:
+                    p.sub_(f, alpha=c * eps)
+                else:
+                    p = torch.sub(p, f, alpha=c * eps)
+                    owned = True
             elif last:
-                u = mm(expm_algebra((c * eps) * p), u)
+                u = expm_algebra_mul(p, u, c * eps)
             else:
-                u, p = self._run(i + 1, u, p, c * eps, counts)
-        return u, p
+                u, p, owned = self._run(i + 1, u, p, c * eps, counts, owned)
+        return u, p, owned

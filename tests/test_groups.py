@@ -135,3 +135,30 @@ def test_bad_dtype_and_shape():
         G.haar("SU3", (2,), dtype=torch.int32)
     with pytest.raises(ValueError, match=r"x: expected square matrices .* got shape \(3, 2\)"):
         G.expm_algebra(torch.zeros(3, 2, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize("scale", [1e-9, 0.3, 2.0, 7.0])
+def test_expm_su3_fast_matches_reference(scale, device, dtype, generator):
+    """The optimised Cayley-Hamilton exponential (scalars in real arithmetic, scale folded in,
+    assembled in place) against the straightforward reference, to rounding."""
+    x = G.random_algebra("SU3", (4, 50), generator=generator, dtype=dtype, device=device)
+    u = G.haar("SU3", (4, 50), generator=generator, dtype=dtype, device=device)
+    ref = G._expm_su3_reference(scale * x)
+    tol = _tol(dtype, 1e-13) * max(1.0, scale)
+    assert float((G.expm_algebra(scale * x) - ref).abs().max()) < tol
+    assert float((G.expm_algebra_mul(x, u, scale) - G.mm(ref, u)).abs().max()) < tol
+    # the special points of test_expm_su3_special_points through the scaled path
+    z = torch.zeros(3, 3, 3, dtype=dtype, device=device)
+    z[1] = 1j * torch.diag(torch.tensor([1.0, 1.0, -2.0])).to(dtype)
+    z[2] = -z[1]
+    eye = torch.eye(3, dtype=dtype, device=device).expand(3, 3, 3)
+    assert float((G.expm_algebra_mul(z, eye, scale) - G._expm_su3_reference(scale * z))
+                 .abs().max()) < tol
+
+
+@pytest.mark.parametrize("group", ["U1", "SU2", "SU4"])
+def test_expm_algebra_mul_other_groups(group, generator):
+    x = G.random_algebra(group, (40,), generator=generator)
+    u = G.haar(group, (40,), generator=generator)
+    ref = G.mm(G.expm_algebra(0.7 * x), u)
+    assert float((G.expm_algebra_mul(x, u, 0.7) - ref).abs().max()) < 1e-13

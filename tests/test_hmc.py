@@ -218,3 +218,12 @@ def test_bad_parameters():
         Scheme("bad", (("P", 0.3), ("Q", 1.0)), 2)
     with pytest.raises(ValueError, match="tau0: expected a positive trajectory length, got 0.0"):
         hmc_kernel(Integrator([Level(scheme("LCM_STS_LEAPFROG"), 1, [GaugeMonomial(1.0)])]), 0.0)
+
+
+def test_kinetic_energy_matches_trace_form(generator):
+    """``sum |P_ab|^2`` equals the literal ``Re Tr P^dagger P`` to rounding."""
+    from bridge.groups import random_algebra
+    from bridge.hmc import _kinetic_energy_reference
+
+    p = random_algebra("SU3", (3, 4, 2, 2, 2, 2), generator=generator)
+    assert torch.allclose(kinetic_energy(p), _kinetic_energy_reference(p), rtol=1e-14, atol=0)
