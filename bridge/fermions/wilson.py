@@ -155,6 +155,23 @@ def _row_tables() -> list[tuple[tuple[tuple[int, complex], ...], ...]]:
 
 _ROWS = _row_tables()
 
+
+def _spin_matrices(dagger: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, R)`` of the gather kernel in complex128: ``P[2k + j, s]`` projects a 4-spinor onto
+    row ``j`` of the half spinor of term ``k`` of :data:`_TERMS` (``B = [1, +/-K_mu]``,
+    ``B^dag B = 1 -/+ gamma_mu`` for a forward/backward hop), ``R = [B_0^dag ... B_7^dag]``
+    (``[4, 16]``) reconstructs and sums the 8 terms.  ``dagger``: the same for
+    ``H^dag = gamma_5 H gamma_5`` (every ``K`` with the opposite sign)."""
+    g = gamma_matrices(torch.complex128)
+    eye = torch.eye(2, dtype=torch.complex128)
+    ps, rs = [], []
+    for mu, step in _TERMS:
+        sign = -float(step) if dagger else float(step)
+        b = torch.cat([eye, -sign * g[mu][:2, 2:]], dim=1)  # [1, s K_mu], K_mu = -g[:2, 2:]
+        ps.append(b)
+        rs.append(b.conj().T)
+    return torch.cat(ps, dim=0), torch.cat(rs, dim=1)
+
 # kernel term order: the swapping directions (x, y) first, forward (+1) and backward (-1)
 _TERMS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (0, -1), (1, -1), (2, 1), (3, 1), (2, -1),
                                        (3, -1))
@@ -498,12 +515,22 @@ class WilsonDirac:
                                   for pj, _ in _ROWS[mu][1]], device=self.device)
             self._coef[dtype] = {"k": kt, "low_sw": lw[:4], "low_ns": lw[4:], "gP": g_p,
                                  "gL": g_l, "lo_idx": lo_idx, "w_idx": w_idx}
+            for dag in (False, True):
+                pm, rm = _spin_matrices(dag)
+                self._coef[dtype][f"P{int(dag)}"] = pm.to(dtype=dtype, device=self.device)
+                self._coef[dtype][f"R{int(dag)}"] = rm.to(dtype=dtype, device=self.device)
         return self._coef[dtype]
 
     def _hop_kernel(
-        self, psi: torch.Tensor, links: Sequence[torch.Tensor], geo: _Geometry
+        self,
+        psi: torch.Tensor,
+        links: Sequence[torch.Tensor],
+        geo: _Geometry,
+        dagger: bool = False,
+        scale: float = 1.0,
     ) -> torch.Tensor:
-        """``sum_mu [(1 - g_mu) U_mu(x) psi(x+mu) + (1 + g_mu) U_mu(x-mu)^dag psi(x-mu)]``.
+        """``scale * sum_mu [(1 - g_mu) U_mu(x) psi(x+mu) + (1 + g_mu) U_mu(x-mu)^dag psi(x-mu)]``
+        (``dagger``: ``gamma_5 H gamma_5``, i.e. ``1 +/- g_mu``).
 
         ``psi[B, R, *L, 4, Nc]`` (full lattice or one parity, see :class:`_Geometry`).  With the
         half-spinor projections ``B^{-/+} = [1, +/-K_mu]`` (``1 -/+ g_mu = B^dag B``) each of the
@@ -519,7 +546,16 @@ class WilsonDirac:
         all); both give identical results.
         """
         if psi.numel() // (4 * psi.shape[-1]) < _FUSED_MIN_SITES:
-            return self._hop_gather(psi, links, geo)
+            return self._hop_gather(psi, links, geo, dagger, scale)
+        if dagger:
+            return apply_gamma5(self._hop_kernel(apply_gamma5(psi), links, geo, False, scale))
+        out = self._hop_fused(psi, links, geo)
+        return out.mul_(scale) if scale != 1.0 else out
+
+    def _hop_fused(
+        self, psi: torch.Tensor, links: Sequence[torch.Tensor], geo: _Geometry
+    ) -> torch.Tensor:
+        """The fused-projection kernel of :meth:`_hop_kernel` (large fields)."""
         up = psi[..., :2, :]
         lo = psi[..., 2:, :]
         nc = psi.shape[-1]
@@ -540,7 +576,43 @@ class WilsonDirac:
         out[..., 2:, :] = (sw.flip(-2) + ns).view(h.shape)
         return out
 
+    def _stacked_links(self, links: Sequence[torch.Tensor], v: int) -> torch.Tensor:
+        key = id(links)
+        if key not in self._stacked:
+            nc = links[0].shape[-1]
+            self._stacked[key] = (links, torch.stack(list(links), dim=6).view(
+                links[0].shape[0], 1, v * 8, nc, nc))
+        return self._stacked[key][1]
+
     def _hop_gather(
+        self,
+        psi: torch.Tensor,
+        links: Sequence[torch.Tensor],
+        geo: _Geometry,
+        dagger: bool = False,
+        scale: float = 1.0,
+    ) -> torch.Tensor:
+        """The hopping term in four whole-field ops (for small fields, where every op costs
+        ~5-20 us whatever its size): the 8 half spinors of every source site as one contraction
+        with the constant ``[16, 4]`` spin matrix ``P`` (a single GEMM inside ``einsum``), one
+        ``index_select`` gathering each target's 8 neighbours, one ``matmul`` against the 8
+        stacked links, and reconstruction plus sum over the terms as one contraction with the
+        ``[4, 16]`` matrix ``R`` (``scale`` folded into it).  ``dagger`` swaps in the matrices
+        of ``gamma_5 H gamma_5``.  :meth:`_hop_gather_reference` is the previous form."""
+        b, r = psi.shape[:2]
+        v = psi.shape[2] * psi.shape[3] * psi.shape[4] * psi.shape[5]
+        nc = psi.shape[-1]
+        c = self._coefficients(psi.dtype)
+        lst = self._stacked_links(links, v)
+        rm = c[f"R{int(dagger)}"]
+        if scale != 1.0:
+            rm = rm * scale
+        h = torch.einsum("ks,brvsc->brvkc", c[f"P{int(dagger)}"], psi.reshape(b, r, v, 4, nc))
+        h = h.reshape(b, r, v * 8, 2, nc).index_select(2, geo.gather_index(psi.device))
+        w = torch.matmul(h, lst).view(b, r, v, 16, nc)
+        return torch.einsum("sk,brvkc->brvsc", rm, w).reshape(psi.shape)
+
+    def _hop_gather_reference(
         self, psi: torch.Tensor, links: Sequence[torch.Tensor], geo: _Geometry
     ) -> torch.Tensor:
         """The hopping term in a handful of whole-field ops (for small fields): all 8 half
@@ -552,11 +624,7 @@ class WilsonDirac:
         v = lat[0] * lat[1] * lat[2] * lat[3]
         nc = psi.shape[-1]
         c = self._coefficients(psi.dtype)
-        key = id(links)
-        if key not in self._stacked:
-            self._stacked[key] = (links, torch.stack(list(links), dim=6).view(
-                links[0].shape[0], 1, v * 8, nc, nc))
-        lst = self._stacked[key][1]
+        lst = self._stacked_links(links, v)
         up = psi[..., :2, :].unsqueeze(-3)
         lo = psi[..., 2:, :].index_select(-2, c["lo_idx"]).view(*psi.shape[:-2], 8, 2, nc)
         h = torch.addcmul(up, lo, c["gP"]).reshape(b, r, v * 8, 2, nc)
@@ -584,19 +652,21 @@ class WilsonDirac:
     def _diag(self, p5: torch.Tensor) -> torch.Tensor:
         return p5 if self._a is None else _clover_apply(self._a, p5)
 
+    def _apply5(self, p5: torch.Tensor, dagger: bool = False) -> torch.Tensor:
+        """``s (A - kappa H) p5`` (``dagger``: ``gamma_5 D gamma_5``), the factors folded into the
+        hop and one in-place add."""
+        out = self._hop_kernel(p5, self._links, self._geo, dagger, -self.kappa * self.scale)
+        return out.add_(self._diag(p5), alpha=self.scale)
+
     def apply(self, psi: torch.Tensor) -> torch.Tensor:
         """``D psi`` (or Chroma's ``M psi`` with ``normalisation="chroma"``)."""
-        p5 = self._in(psi)
-        out = self._diag(p5) - self.kappa * self._hop(p5)
-        if self.scale != 1.0:
-            out = out * self.scale
-        return self._out(out)
+        return self._out(self._apply5(self._in(psi)))
 
     __call__ = apply
 
     def apply_dagger(self, psi: torch.Tensor) -> torch.Tensor:
         """``D^dag psi = gamma_5 D gamma_5 psi`` (gamma_5-hermiticity)."""
-        return apply_gamma5(self.apply(apply_gamma5(psi)))
+        return self._out(self._apply5(self._in(psi), dagger=True))
 
     def apply_normal(self, psi: torch.Tensor) -> torch.Tensor:
         """``D^dag D psi`` (Hermitian, positive)."""
@@ -670,10 +740,13 @@ class WilsonDirac:
             self._merge_lattice(self._in(psi_e, True, "psi_e"), self._in(psi_o, True, "psi_o"))
         )
 
-    def _hop_eo5(self, src: torch.Tensor, target: int) -> torch.Tensor:
-        """``H_{target, 1-target} src`` on compact fields ``[B, R, t, z, y, x/2, 4, Nc]``."""
+    def _hop_eo5(
+        self, src: torch.Tensor, target: int, dagger: bool = False, scale: float = 1.0
+    ) -> torch.Tensor:
+        """``scale H_{target, 1-target} src`` on compact fields ``[B, R, t, z, y, x/2, 4, Nc]``
+        (``dagger``: ``gamma_5 H gamma_5``)."""
         eo = self._eo_setup()
-        return self._hop_kernel(src, eo[f"links{target}"], eo[f"geo{target}"])
+        return self._hop_kernel(src, eo[f"links{target}"], eo[f"geo{target}"], dagger, scale)
 
     def hopping_eo(self, psi_o: torch.Tensor) -> torch.Tensor:
         """``H_eo psi_o`` (odd -> even sites)."""
@@ -689,9 +762,26 @@ class WilsonDirac:
         eo = self._eo_setup()
         return _clover_apply(eo[("ainv" if inverse else "a") + str(parity)], p5)
 
-    def _schur5(self, x5: torch.Tensor) -> torch.Tensor:
-        tmp = self._adiag(self._hop_eo5(x5, 0), 0, inverse=True)
-        out = self._adiag(x5, 1) - (self.kappa**2) * self._hop_eo5(tmp, 1)
+    def _schur5(self, x5: torch.Tensor, dagger: bool = False) -> torch.Tensor:
+        """``K x`` (``dagger``: ``K^dag x = gamma_5 K gamma_5 x``, as ``A`` commutes with
+        gamma_5 and ``H^dag = gamma_5 H gamma_5``); the factors ``-kappa^2 s`` and ``s`` are
+        folded into the second hop and one in-place add."""
+        tmp = self._adiag(self._hop_eo5(x5, 0, dagger), 0, inverse=True)
+        out = self._hop_eo5(tmp, 1, dagger, -(self.kappa**2) * self.scale)
+        return out.add_(self._adiag(x5, 1), alpha=self.scale)
+
+    def _schur5_reference(self, x5: torch.Tensor) -> torch.Tensor:
+        """The literal ``s (A_oo - kappa^2 H_oe A_ee^{-1} H_eo)`` (kept for the tests)."""
+        eo = self._eo_setup()
+
+        def hop(f: torch.Tensor, target: int) -> torch.Tensor:
+            links, geo = eo[f"links{target}"], eo[f"geo{target}"]
+            if f.numel() // (4 * f.shape[-1]) < _FUSED_MIN_SITES:
+                return self._hop_gather_reference(f, links, geo)
+            return self._hop_fused(f, links, geo)
+
+        tmp = self._adiag(hop(x5, 0), 0, inverse=True)
+        out = self._adiag(x5, 1) - (self.kappa**2) * hop(tmp, 1)
         return out * self.scale if self.scale != 1.0 else out
 
     def schur(self, psi_o: torch.Tensor) -> torch.Tensor:
@@ -701,11 +791,12 @@ class WilsonDirac:
 
     def schur_dagger(self, psi_o: torch.Tensor) -> torch.Tensor:
         """``K^dag = gamma_5 K gamma_5`` (``A`` commutes with gamma_5, ``H^dag = g5 H g5``)."""
-        return apply_gamma5(self.schur(apply_gamma5(psi_o)))
+        return self._out(self._schur5(self._in(psi_o, True, "psi_o"), dagger=True))
 
     def schur_normal(self, psi_o: torch.Tensor) -> torch.Tensor:
         """``K^dag K psi_o`` (Hermitian positive, on odd sites)."""
-        return self.schur_dagger(self.schur(psi_o))
+        x5 = self._in(psi_o, True, "psi_o")
+        return self._out(self._schur5(self._schur5(x5), dagger=True))
 
     def schur_rhs(self, b: torch.Tensor) -> torch.Tensor:
         """Odd-site source of the Schur system: ``b_o + kappa H_oe A_ee^{-1} b_e`` (compact)."""
@@ -852,7 +943,7 @@ class WilsonDirac:
         """
         xo, yo = self._in(x_o, True, "x_o"), self._in(y_o, True, "y_o")
         ze = self._adiag(self._hop_eo5(xo, 0), 0, inverse=True)
-        we = self._adiag(apply_gamma5(self._hop_eo5(apply_gamma5(yo), 0)), 0, inverse=True)
+        we = self._adiag(self._hop_eo5(yo, 0, dagger=True), 0, inverse=True)
         xh, yh = self._merge_lattice(ze, xo), self._merge_lattice(we, yo)
         g = -(self.kappa**2) * self._hop_bilinear(xh, yh)
         if self._clover is not None:
