@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import BridgeError, ConfigError, FormatError
+from .errors import ConfigError, EngineFailed, FormatError
 
 __all__ = [
     "ENV_HMC", "ENV_CHROMA", "ENV_LAUNCHER", "ENGINE_KINDS",
@@ -55,11 +55,6 @@ ENV_LAUNCHER = "QCD_BRIDGE_MPI_LAUNCHER"
 ENGINE_KINDS = ("auto", "chroma", "builtin")
 
 Which = Callable[[str], "str | None"]
-
-
-class EngineFailed(BridgeError, RuntimeError):
-    """An engine did not do what was asked: a non-zero exit status, or an expected output file
-    (configuration, restart XML, output XML) that it did not write."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ __all__ = [
     "ConvergenceError",
     "ConfigError",
     "PhysicsError",
+    "EngineFailed",
 ]
 
 
@@ -35,3 +36,8 @@ class ConfigError(BridgeError, ValueError):
 
 class PhysicsError(BridgeError, FloatingPointError):
     """A field or force became NaN/Inf, or a parameter makes the physics ill-defined."""
+
+
+class EngineFailed(BridgeError, RuntimeError):
+    """An engine (Chroma or the built-in one) did not do what was asked: a non-zero exit status,
+    or an expected output file (configuration, restart XML, output XML) that it did not write."""
