@@ -229,18 +229,16 @@ def _run_measure(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from lxml import etree
-
+    from .errors import ConfigError
     from .io.chroma_templates import structure_problems
+    from .io.chroma_xml import parse_xml_file
 
     bad = 0
     for path in args.inputs:
         try:
-            tree = etree.parse(path)
-        except OSError as exc:
-            raise FileNotFoundError(f"{path}: cannot read ({exc})") from exc
-        except etree.XMLSyntaxError as exc:
-            print(f"{path}: not well-formed XML: {exc}")
+            tree = parse_xml_file(path, "the input")
+        except ConfigError as exc:  # not well-formed: reported, the other files still checked
+            print(exc)
             bad += 1
             continue
         problems = structure_problems(tree, strict=not args.lenient)

@@ -230,15 +230,10 @@ def _ints(text: str, what: str, source: str) -> tuple[int, ...]:
 def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
     """Parse the user's ``hmc`` input for lattice, monomials, seed, counters and save prefix
     (:class:`~bridge.errors.ConfigError` naming the file and element path otherwise)."""
-    from lxml import etree
+    from .io.chroma_xml import parse_xml_file
 
     source = os.fspath(path)
-    try:
-        tree = etree.parse(source)
-    except OSError as exc:
-        raise FileNotFoundError(f"{source}: cannot read the hmc input ({exc})") from exc
-    except etree.XMLSyntaxError as exc:
-        raise _config_error(f"{source}: not well-formed XML: {exc}") from exc
+    tree = parse_xml_file(source, "the hmc input")
     root = tree.getroot()
     if root.tag != "Params":
         raise _config_error(f"{source}: expected root element <Params> of Chroma's hmc input, "
@@ -304,7 +299,15 @@ def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
                                     f"number") from None
             if "kappa" not in info:
                 raise _config_error(f"{source}: {where}/FermionAction: give Kappa or Mass")
-            info["c_sw"] = float(fa.findtext("clovCoeff") or 0.0)
+            try:
+                info["c_sw"] = [float(fa.findtext(t)) for t in ("clovCoeff", "clovCoeffR",
+                                                                 "clovCoeffT")
+                                if fa.find(t) is not None]
+            except ValueError:
+                raise _config_error(f"{source}: {where}/FermionAction: a clovCoeff is not a "
+                                    f"number") from None
+            info["fermstate"] = (fa.findtext("FermState/Name") or "").strip() or (
+                "FermState" if fa.find("FermState") is not None else "")
             info["fermbc"] = (fa.findtext("FermionBC/FermBC") or "").strip()
             info["boundary"] = _ints(fa.findtext("FermionBC/boundary") or "1 1 1 -1",
                                      f"{where}/FermionAction/FermionBC/boundary", source)
@@ -358,12 +361,35 @@ def flow_action(facts: XMLFacts, *, max_sites: int = 256
             parts.append(("gauge", m))
             desc.append(f"{mid}: Wilson gauge, beta = {m['beta']}")
         elif m["kind"] in _FERMION_KINDS:
-            if m["fermact"] not in ("WILSON", "CLOVER") or m["aniso"]:
+            # Chroma's WILSON/CLOVER are even-odd preconditioned, UNPRECONDITIONED_* not: the
+            # same det(D^dag D) up to a constant (the monomial/action pairing is the engine's)
+            act = m["fermact"].removeprefix("UNPRECONDITIONED_")
+            if act not in ("WILSON", "CLOVER") or m["aniso"]:
                 raise _config_error(f"{where}: flow steps support isotropic WILSON and CLOVER "
-                                    f"fermions, got FermAct {m['fermact']!r}")
-            if m["fermbc"] not in ("SIMPLE_FERMBC", ""):
-                raise _config_error(f"{where}: flow steps support SIMPLE_FERMBC, got "
-                                    f"{m['fermbc']!r}")
+                                    f"fermions (or their UNPRECONDITIONED_ forms), got FermAct "
+                                    f"{m['fermact']!r}{' with AnisoParam' if m['aniso'] else ''}")
+            if m["kind"] == "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL" and act == "CLOVER":
+                raise _config_error(
+                    f"{where}: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with FermAct CLOVER: "
+                    f"Chroma's monomial leaves out det(A_ee) of the clover term, so the engine "
+                    f"does not sample det(D^dag D) and the flow steps would target another "
+                    f"distribution; use TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL, or run plain "
+                    f"HMC (no model, flow_steps 0)")
+            if m["fermstate"]:
+                raise _config_error(
+                    f"{where}/FermionAction/FermState: flow steps support unsmeared fermions "
+                    f"(no FermState), got {m['fermstate']!r}; the flow's action must be the "
+                    f"engine's")
+            if m["fermbc"] != "SIMPLE_FERMBC":
+                raise _config_error(
+                    f"{where}/FermionAction/FermionBC/FermBC: flow steps support "
+                    f"SIMPLE_FERMBC, got {m['fermbc'] or 'no FermionBC'!r}")
+            csw = m["c_sw"]
+            if act == "CLOVER" and (not csw or len(set(csw)) != 1):
+                raise _config_error(
+                    f"{where}/FermionAction: flow steps support isotropic clover (clovCoeff, or "
+                    f"equal clovCoeffR and clovCoeffT), got clover coefficients {csw}")
+            m = {**m, "c_sw": csw[0] if act == "CLOVER" else 0.0}
             if vol > max_sites:
                 raise _config_error(
                     f"{where}: {m['kind']}: flow steps with fermions use the exact determinant "
@@ -414,16 +440,14 @@ def segment_xml(facts: XMLFacts, *, start_cfg: str | None, start_update: int, n:
     ``NUpdatesThisRun = SaveInterval = n``, ``SavePrefix`` and the RNG seed."""
     from lxml import etree
 
+    from .io.chroma_xml import set_szinqio_start
+
     tree = copy.deepcopy(facts.tree)
     root = tree.getroot()
     mc = root.find("MCControl")
     cfg = mc.find("Cfg")
     if start_cfg is not None:
-        for c in list(cfg):
-            cfg.remove(c)
-        for tag, text in (("cfg_type", "SZINQIO"), ("cfg_file", start_cfg),
-                          ("reunit", "false")):
-            etree.SubElement(cfg, tag).text = text
+        set_szinqio_start(root, start_cfg, facts.source)
     elif facts.cfg_type not in ("UNIT", "DISORDERED", "WEAK_FIELD") and facts.cfg_file:
         f = Path(facts.cfg_file)
         if not f.is_absolute():

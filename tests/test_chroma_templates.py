@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shlex
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -171,7 +174,11 @@ def test_structure_fermion_rules_from_chromas_source():
                for p in structure_problems(root))
     root = _hmc("clover_eo")
     root.find("HMCTrj/Monomials/elem/Name").text = "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL"
-    assert any("cannot take the CLOVER action" in p for p in structure_problems(root))
+    assert structure_problems(root) == [
+        "/Params/HMCTrj/Monomials/elem[0]: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with FermAct "
+        "CLOVER leaves out det(A_ee) of the clover term (Chroma runs it, but samples another "
+        "distribution than Nf=2 clover); use TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL, or add an "
+        "N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL with the same action to the Hamiltonian"]
     root = _hmc("clover_eo")
     fa = root.find("HMCTrj/Monomials/elem/FermionAction")
     fa.remove(fa.find("clovCoeff"))
@@ -179,6 +186,27 @@ def test_structure_fermion_rules_from_chromas_source():
     problems = structure_problems(root)
     assert any("expected exactly one of Kappa or Mass" in p for p in problems)
     assert any("the CLOVER action needs clovCoeff" in p for p in problems)
+
+
+def test_structure_accepts_constdet_clover_with_the_even_even_logdet():
+    """Chroma's constdet monomial takes CLOVER (it casts to EvenOddPrecWilsonTypeFermAct);
+    with N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL for det(A_ee) it is exact Nf=2 clover, the
+    layout of Chroma's tests/hmc/hmc.eoprec_clover.mgproto.ini.xml."""
+    root = _hmc("clover_eo")
+    mono = root.find("HMCTrj/Monomials/elem")
+    mono.find("Name").text = "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL"
+    ee = etree.Element("elem")
+    etree.SubElement(ee, "Name").text = "N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL"
+    ee.append(copy.deepcopy(mono.find("FermionAction")))
+    etree.SubElement(ee, "num_flavors").text = "2"
+    etree.SubElement(etree.SubElement(ee, "NamedObject"), "monomial_id").text = "logdet_ee"
+    mono.addprevious(ee)
+    for ids in ("HMCTrj/Hamiltonian/monomial_ids", "HMCTrj/MDIntegrator/Integrator/monomial_ids"):
+        etree.SubElement(root.find(ids), "elem").text = "logdet_ee"
+    assert structure_problems(root) == []
+    root.find("HMCTrj/Monomials/elem/num_flavors").text = "two"
+    assert structure_problems(root) == [
+        "/Params/HMCTrj/Monomials/elem[0]/num_flavors: expected an integer, got 'two'"]
 
 
 def test_structure_strict_and_lenient_unknown_elements():
@@ -310,6 +338,45 @@ def test_cli_measure_and_check(tmp_path, capsys, reference_dir):
     bad.write_text(out.read_text().replace("<cfg_type>SZINQIO", "<cfg_type>ILDG"))
     assert main(["chroma-xml", "check", str(bad)]) == 1
     assert "/chroma/Cfg/cfg_type: 'ILDG' is not one of Chroma's names" in capsys.readouterr().out
+    # a file that does not parse is reported and the others are still checked
+    torn = tmp_path / "torn.xml"
+    torn.write_text(out.read_text()[:200])
+    assert main(["chroma-xml", "check", str(torn), str(out)]) == 1
+    text = capsys.readouterr().out
+    assert f"{torn}: not well-formed XML: " in text and f"{out}: ok (chroma input)" in text
+    assert main(["chroma-xml", "check", str(tmp_path / "nope.xml")]) == 1
+    assert "nope.xml: cannot read the input" in capsys.readouterr().err
+
+
+def _canonical(el: etree._Element) -> tuple:
+    """Tag, value (numbers compared as numbers, so 1.0e-10 == 1e-10) and children."""
+    text = (el.text or "").strip()
+    try:
+        value: Any = tuple(float(v) for v in text.split())
+    except ValueError:
+        value = text
+    return (el.tag, value, tuple(_canonical(c) for c in el if isinstance(c.tag, str)))
+
+
+def test_rendered_inputs_equal_chromas_example_inputs(reference_dir):
+    """The templates with the reference runs' parameters give the inputs Chroma ran
+    (../shared/reference/chroma), element for element; only MonitorForces (a diagnostic
+    print) differs for the pure-gauge run."""
+    runs = [("chroma/pure_gauge_b5.5_4x4/hmc.ini.xml",
+             {"nrow": [4, 4, 4, 4], "beta": 5.5, "tau": 1.0, "md_steps": 10, "n_warmup": 20,
+              "n_updates": 5020, "save_interval": 500, "prefix": "pg_b5.5_4x4", "start": "unit",
+              "seed": [12345, 0, 0, 0], "reverse_check_every": 50}),
+            ("chroma/nf2_b1.0_k0.1_4x4/hmc.ini.xml",
+             {"nrow": [4, 4, 4, 4], "beta": 1.0, "kappa": 0.1, "rsd_cg": 1e-10, "tau": 0.5,
+              "md_steps": 5, "n_updates": 15100, "save_interval": 10,
+              "prefix": "nf2_b1.0_k0.1_4x4", "start": "hot", "reverse_check_every": 100})]
+    for rel, params in runs:
+        ref = etree.parse(str(reference_dir / rel)).getroot()
+        got = render_hmc(hmc_params_from_dict(params))
+        if "pure_gauge" in rel:
+            assert ref.findtext("MCControl/MonitorForces") == "true"
+            ref.find("MCControl/MonitorForces").text = "false"
+        assert _canonical(got) == _canonical(ref), rel
 
 
 def test_cli_help_has_examples(capsys):
@@ -417,3 +484,22 @@ def test_cli_measure_from_json_and_inline_plaquette_in_hmc(tmp_path, monkeypatch
     groups = [e[0].tag for e in etree.parse("h.out.xml").findall(
         "doHMC/MCUpdates/elem/Update/InlineObservables/elem")]
     assert groups == ["Plaquette", "PolyakovLoop", "Plaquette"] * 2
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("doc", ["chroma.md", "dropin.md"])
+def test_docs_show_what_the_command_writes(doc, tmp_path):
+    """Every "writes (unchanged output):" XML block of the user guides is what the command
+    before it writes today."""
+    text = (DOCS / doc).read_text()
+    pairs = re.findall(r"```\n(qcd-bridge chroma-xml [^`]*?)\n```\s*\nwrites \(unchanged "
+                       r"output\):\s*\n```xml\n([^`]*)```", text)
+    assert len(pairs) == {"chroma.md": 2, "dropin.md": 1}[doc], f"docs/{doc}"
+    for i, (command, shown) in enumerate(pairs):
+        argv = shlex.split(command.replace("\\\n", " "))[1:]
+        k = argv.index("-o")
+        argv[k + 1] = str(tmp_path / f"{i}.xml")
+        assert main(argv) == 0
+        assert (tmp_path / f"{i}.xml").read_text() == shown, f"docs/{doc}: {command}"

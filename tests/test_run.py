@@ -375,6 +375,62 @@ def test_flow_action_fermions_and_refusals(tmp_path):
         flow_action(xml_facts(small))
 
 
+def _edit_fermion(src: Path, dst: Path, edit) -> Path:
+    tree = etree.parse(str(src))
+    edit(tree.getroot().find("HMCTrj/Monomials/elem"))
+    tree.write(str(dst))
+    return dst
+
+
+def test_flow_action_matches_the_engines_fermion_action(tmp_path):
+    """The flow steps' action is the one Chroma samples: unpreconditioned actions and clover
+    coefficients are read as Chroma reads them; what would silently differ is refused."""
+    from bridge.fermions import exact_logdet
+    from bridge.gauge import random_gauge, wilson_action
+    from bridge.lattice import Lattice
+    from bridge.rng import generator
+
+    small = write_xml(tmp_path, src=NF2, nrow="2 2 2 2", beta=1.0, name="nf2.xml")
+    u = random_gauge(Lattice((2, 2, 2, 2)), "SU3", 2, generator=generator(1))
+
+    def clover(mono, name="TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL", act="CLOVER",
+               coeffs=(("clovCoeff", "1.1"),)):
+        mono.find("Name").text = name
+        fa = mono.find("FermionAction")
+        fa.find("FermAct").text = act
+        for tag, text in coeffs:
+            fa.find("Kappa").addnext(etree.Element(tag))
+            fa.find(tag).text = text
+
+    # UNPRECONDITIONED_CLOVER with clovCoeffR = clovCoeffT: det of the clover operator
+    unprec = _edit_fermion(small, tmp_path / "unprec.xml", lambda m: clover(
+        m, "TWO_FLAVOR_UNPREC_FERM_MONOMIAL", "UNPRECONDITIONED_CLOVER",
+        (("clovCoeffR", "1.1"), ("clovCoeffT", "1.1"))))
+    action, desc = flow_action(xml_facts(unprec))
+    assert "Nf=2 UNPRECONDITIONED_CLOVER kappa = 0.1, c_sw = 1.1" in desc
+    want = wilson_action(u, 1.0) - exact_logdet(u, 0.1, c_sw=1.1, boundary=(1, 1, 1, -1))
+    torch.testing.assert_close(action(u), want)
+    refusals = [
+        (lambda m: clover(m, "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL"),
+         r"elem\[0\]: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with FermAct CLOVER: Chroma's "
+         r"monomial leaves out det\(A_ee\)"),
+        (lambda m: clover(m, coeffs=(("clovCoeffR", "1.1"), ("clovCoeffT", "0.9"))),
+         r"elem\[0\]/FermionAction: flow steps support isotropic clover .* got clover "
+         r"coefficients \[1.1, 0.9\]"),
+        (lambda m: clover(m, coeffs=()), r"got clover coefficients \[\]"),
+        (lambda m: etree.SubElement(etree.SubElement(m.find("FermionAction"), "FermState"),
+                                    "Name").__setattr__("text", "STOUT_FERM_STATE"),
+         r"elem\[0\]/FermionAction/FermState: flow steps support unsmeared fermions \(no "
+         r"FermState\), got 'STOUT_FERM_STATE'"),
+        (lambda m: m.find("FermionAction").remove(m.find("FermionAction/FermionBC")),
+         r"FermionBC/FermBC: flow steps support SIMPLE_FERMBC, got 'no FermionBC'"),
+    ]
+    for i, (edit, message) in enumerate(refusals):
+        path = _edit_fermion(small, tmp_path / f"bad{i}.xml", edit)
+        with pytest.raises(ConfigError, match=message):
+            flow_action(xml_facts(path))
+
+
 # -- the plaquette of the hybrid chain against plain HMC -----------------------------------------
 def _mean_err(x: np.ndarray, blocks: int = 10) -> tuple[float, float]:
     b = x[: len(x) // blocks * blocks].reshape(blocks, -1).mean(axis=1)

@@ -35,7 +35,7 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from .chroma_xml import CfgSpec, _Node, read_seed
+from .chroma_xml import CfgSpec, _Node, parse_xml_file, read_seed
 
 __all__ = [
     "Measurement",
@@ -528,11 +528,4 @@ def parse_chroma_input(tree: etree._ElementTree, source: str = "<input>") -> Chr
 def read_chroma_input(path: str | os.PathLike[str]) -> ChromaMeasureInput:
     """Parse a Chroma ``chroma`` input file (:class:`ConfigError` naming file and element path
     for anything unsupported; ``FileNotFoundError`` if it cannot be read)."""
-    spath = os.fspath(path)
-    try:
-        tree = etree.parse(spath, etree.XMLParser(remove_blank_text=False))
-    except OSError as exc:
-        raise FileNotFoundError(f"{spath}: cannot read chroma input ({exc})") from exc
-    except etree.XMLSyntaxError as exc:
-        raise ConfigError(f"{spath}: not well-formed XML: {exc}") from exc
-    return parse_chroma_input(tree, spath)
+    return parse_chroma_input(parse_xml_file(path, "chroma input"), os.fspath(path))

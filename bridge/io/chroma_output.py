@@ -290,14 +290,11 @@ def parse_chroma_output(tree: etree._ElementTree | etree._Element,
 
 def read_output(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse an ``hmc`` or ``chroma`` output file (chosen by its root element)."""
+    from .chroma_xml import parse_xml_file
+
     spath = os.fspath(path)
-    try:
-        tree = etree.parse(spath, etree.XMLParser(huge_tree=True))
-    except OSError as exc:
-        raise FileNotFoundError(f"{spath}: cannot read Chroma output ({exc})") from exc
-    except etree.XMLSyntaxError as exc:
-        raise FormatError(f"{spath}: not well-formed XML (an interrupted run writes an "
-                          f"incomplete file): {exc}") from exc
+    tree = parse_xml_file(spath, "Chroma output", error=FormatError, huge=True,
+                          hint=" (an interrupted run writes an incomplete file)")
     root = tree.getroot()
     if root.tag == "hmc":
         return parse_hmc_output(tree, spath)

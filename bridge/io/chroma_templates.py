@@ -12,7 +12,7 @@ are collected in ``docs/formats.md`` section 4) -- before it is written atomical
 ``hmc``  (:class:`HMCParams`, :func:`render_hmc`)
     pure gauge, or Nf=2 Wilson/clover fermions with ``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL``
     (Wilson), ``TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL`` (clover: its even-even determinant is
-    not constant, so Chroma's constdet monomial refuses the clover action) or
+    not constant, and Chroma's constdet monomial would leave it out) or
     ``TWO_FLAVOR_UNPREC_FERM_MONOMIAL`` (``UNPRECONDITIONED_WILSON``/``UNPRECONDITIONED_CLOVER``);
     ``LCM_STS_LEAPFROG`` / ``LCM_STS_MIN_NORM_2`` with an optional nested gauge
     ``SubIntegrator``; ``UNIT``, ``WEAK_FIELD``, ``DISORDERED`` or ``SZINQIO`` start.
@@ -70,7 +70,7 @@ TWO_FLAVOR_MONOMIALS = ("TWO_FLAVOR_UNPREC_FERM_MONOMIAL",
 MONOMIALS = ("GAUGE_MONOMIAL", *TWO_FLAVOR_MONOMIALS,
              "ONE_FLAVOR_UNPREC_FERM_RAT_MONOMIAL", "ONE_FLAVOR_EOPREC_CONSTDET_FERM_RAT_MONOMIAL",
              "ONE_FLAVOR_EOPREC_LOGDET_FERM_RAT_MONOMIAL",
-             "N_FLAVOR_LOGDET_DIAG_FERM_MONOMIAL")
+             "N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL", "N_FLAVOR_LOGDET_DIAG_FERM_MONOMIAL")
 INTEGRATORS = ("LCM_STS_LEAPFROG", "LCM_TST_LEAPFROG", "LCM_STS_MIN_NORM_2", "LCM_TST_MIN_NORM_2",
                "LCM_STS_FORCE_GRAD", "LCM_4MN4FP", "LCM_4MN5FP", "LCM_4MN5FV",
                "LCM_CREUTZ_GOCKSCH_4", "LCM_EXP_S", "LCM_EXP_T", "LCM_EXP_S_DTAU",
@@ -218,9 +218,11 @@ _TWO_FLAVOR = {"InvertParam": _req(INVERT), "FermionAction": _req(FERMACT),
 
 
 def _monomial_check(el: etree._Element, path: str) -> list[str]:
-    """Chroma casts the fermion action to the kind the monomial needs: the unpreconditioned
-    monomial an ``UNPRECONDITIONED_*`` action, the eo-prec ones ``WILSON``/``CLOVER``; the
-    constant-determinant monomial refuses clover (its even-even block depends on the links)."""
+    """Chroma casts the fermion action to the kind the monomial needs (and aborts otherwise):
+    the unpreconditioned monomial an ``UNPRECONDITIONED_*`` action, the eo-prec ones
+    ``WILSON``/``CLOVER`` (``eoprec_constdet_two_flavor_monomial_w.cc``: a cast to
+    ``EvenOddPrecWilsonTypeFermAct``, which the clover action passes; see :func:`_hmc_check`
+    for the clover determinant)."""
     name = (el.findtext("Name") or "").strip()
     act = (el.findtext("FermionAction/FermAct") or "").strip()
     where = f"{path}/FermionAction/FermAct"
@@ -230,15 +232,14 @@ def _monomial_check(el: etree._Element, path: str) -> list[str]:
     if "_EOPREC_" in name and act in UNPREC_FERMACTS:
         return [f"{where}: {name} needs an even-odd preconditioned action "
                 f"({' or '.join(EO_FERMACTS)}), got {act!r}"]
-    if name == "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL" and act == "CLOVER":
-        return [f"{where}: {name} cannot take the CLOVER action (its even-even determinant "
-                f"is not constant); use TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL"]
     return []
 
 
 MONOMIAL = _keyed("Name", MONOMIALS, {}, {
     "GAUGE_MONOMIAL": {"GaugeAction": _req(_GAUGEACT), **_NAMED_MONOMIAL},
     **{m: _TWO_FLAVOR for m in TWO_FLAVOR_MONOMIALS},
+    "N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL": {  # eoprec_logdet_ee_monomial_w.cc
+        "FermionAction": _req(FERMACT), "num_flavors": _req(INT), **_NAMED_MONOMIAL},
 }, check=_monomial_check)
 
 
@@ -306,9 +307,36 @@ MEASUREMENT = _keyed("Name", MEASUREMENTS, {"Frequency": _opt(INT), "xml_file": 
 })
 
 
+def _clover_det_check(el: etree._Element, path: str) -> list[str]:
+    """``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL`` with ``CLOVER``: Chroma runs it, but the
+    monomial leaves out ``det(A_ee)^2`` of the clover term (it depends on the links), so the
+    Hamiltonian must also hold an ``N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL`` (as in Chroma's
+    ``tests/hmc/hmc.eoprec_clover.mgproto.ini.xml``); otherwise another distribution than Nf=2
+    clover is sampled."""
+    monomials = el.findall("HMCTrj/Monomials/elem")
+    ham = {(e.text or "").strip() for e in el.findall("HMCTrj/Hamiltonian/monomial_ids/elem")}
+
+    def used(m: etree._Element) -> bool:
+        return (m.findtext("NamedObject/monomial_id") or "").strip() in ham
+
+    if any(used(m) and (m.findtext("Name") or "").strip()
+           == "N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL" for m in monomials):
+        return []
+    return [f"{path}/HMCTrj/Monomials/elem[{i}]: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with "
+            f"FermAct CLOVER leaves out det(A_ee) of the clover term (Chroma runs it, but "
+            f"samples another distribution than Nf=2 clover); use "
+            f"TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL, or add an "
+            f"N_FLAVOR_LOGDET_EVEN_EVEN_FERM_MONOMIAL with the same action to the Hamiltonian"
+            for i, m in enumerate(monomials)
+            if used(m) and (m.findtext("Name") or "").strip()
+            == "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL"
+            and (m.findtext("FermionAction/FermAct") or "").strip() == "CLOVER"]
+
+
 def _hmc_check(el: etree._Element, path: str) -> list[str]:
-    """Monomial ids: unique; the Hamiltonian and every integrator level use only defined ids."""
-    out = []
+    """Monomial ids: unique; the Hamiltonian and every integrator level use only defined ids;
+    the clover determinant is complete (:func:`_clover_det_check`)."""
+    out = _clover_det_check(el, path)
     ids = [(e.findtext("NamedObject/monomial_id") or "").strip()
            for e in el.findall("HMCTrj/Monomials/elem")]
     dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -26,6 +26,8 @@ __all__ = [
     "read_hmc_input",
     "parse_hmc_input",
     "restart_xml",
+    "set_szinqio_start",
+    "parse_xml_file",
     "write_xml",
 ]
 
@@ -430,16 +432,41 @@ def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>") -> HMCInp
                     integrator=integ, tree=tree)
 
 
-def read_hmc_input(path: str | os.PathLike[str]) -> HMCInput:
-    """Parse a Chroma ``hmc`` input file (raises :class:`ConfigError` naming file and path)."""
+def parse_xml_file(path: str | os.PathLike[str], what: str, *,
+                   error: type[Exception] = ConfigError, hint: str = "",
+                   huge: bool = False) -> etree._ElementTree:
+    """Parse an XML file, white space kept: ``FileNotFoundError`` ("``path``: cannot read
+    ``what`` (...)") when it cannot be read, ``error`` ("``path``: not well-formed XML``hint``:
+    ...") when it does not parse.  ``huge``: lift lxml's size limits (large outputs)."""
     spath = os.fspath(path)
     try:
-        tree = etree.parse(spath, etree.XMLParser(remove_blank_text=False))
+        return etree.parse(spath, etree.XMLParser(remove_blank_text=False, huge_tree=huge))
     except OSError as exc:
-        raise FileNotFoundError(f"{spath}: cannot read hmc input ({exc})") from exc
+        raise FileNotFoundError(f"{spath}: cannot read {what} ({exc})") from exc
     except etree.XMLSyntaxError as exc:
-        raise ConfigError(f"{spath}: not well-formed XML: {exc}") from exc
-    return parse_hmc_input(tree, spath)
+        raise error(f"{spath}: not well-formed XML{hint}: {exc}") from exc
+
+
+def read_hmc_input(path: str | os.PathLike[str]) -> HMCInput:
+    """Parse a Chroma ``hmc`` input file (raises :class:`ConfigError` naming file and path)."""
+    return parse_hmc_input(parse_xml_file(path, "hmc input"), os.fspath(path))
+
+
+def set_szinqio_start(root: etree._Element, cfg_file: str, source: str = "<hmc input>") -> None:
+    """Switch ``/Params/MCControl/Cfg`` of an hmc input (in place) to ``SZINQIO`` at
+    ``cfg_file`` with ``reunit`` false (a continuation reads the configuration bit for bit), as
+    Chroma's restart XML does; the indentation of the old ``Cfg`` children is kept."""
+    cfg = root.find("MCControl/Cfg")
+    if cfg is None:
+        raise ConfigError(f"{source}: missing required element /Params/MCControl/Cfg")
+    tails = [c.tail for c in cfg]
+    for c in list(cfg):
+        cfg.remove(c)
+    for tag, text in (("cfg_type", "SZINQIO"), ("cfg_file", cfg_file), ("reunit", "false")):
+        e = etree.SubElement(cfg, tag)
+        e.text, e.tail = text, tails[0] if tails else None
+    if tails:
+        e.tail = tails[-1]
 
 
 def restart_xml(inp: HMCInput, update_no: int, cfg_file: str) -> bytes:
@@ -450,14 +477,7 @@ def restart_xml(inp: HMCInput, update_no: int, cfg_file: str) -> bytes:
     update number determine the continuation."""
     tree = copy.deepcopy(inp.tree)
     root = tree.getroot()
-    cfg = root.find("MCControl/Cfg")
-    for c in list(cfg):
-        cfg.remove(c)
-    cfg.text = "\n      "
-    for tag, text in (("cfg_type", "SZINQIO"), ("cfg_file", cfg_file), ("reunit", "false")):
-        e = etree.SubElement(cfg, tag)
-        e.text, e.tail = text, "\n      "
-    e.tail = "\n    "
+    set_szinqio_start(root, cfg_file, inp.source)
     root.find("MCControl/StartUpdateNum").text = str(update_no)
     return etree.tostring(tree, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
