@@ -7,7 +7,9 @@ Chroma's own timings on the same kind of machine (scalar build, one core).
     (d) pure gauge 4^4, beta 5.5, tau 1, 10 leapfrog steps            Chroma 0.019 s/traj
 
 Each run thermalises briefly from a random start (so that CG counts are representative), then
-times --ntraj trajectories.  Prints a table and writes JSON.
+times --ntraj trajectories: wall-clock seconds and the process CPU seconds (``time.process_time``,
+the fair number on a shared machine where other jobs steal the core), with the load average
+before and after each run.  Prints a table and writes JSON.
 
     python benchmarks/bench_hmc.py [--runs a b d] [--ntraj 5] [--threads 1] [--device cpu]
 """
@@ -15,6 +17,7 @@ times --ntraj trajectories.  Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -50,22 +53,28 @@ def run_one(spec: dict, ntraj: int, ntherm: int, device: torch.device) -> dict:
     st = k.init(random_gauge(lat, "SU3", 1, generator=gen, device=device), seed=2)
     for _ in range(ntherm):
         st, _ = k.step(st)
-    secs, iters, acc = [], [], []
+    secs, cpus, iters, acc = [], [], [], []
+    load0 = os.getloadavg()[0]
     for _ in range(ntraj):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         st, info = k.step(st)
         if device.type == "cuda":
             torch.cuda.synchronize()
         secs.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         iters.append(info.solver_iterations)
         acc.append(float(info.accepted.double().mean()))
     s = sorted(secs)[len(secs) // 2]
+    c = sorted(cpus)[len(cpus) // 2]
     return {**{k_: v for k_, v in spec.items()}, "device": str(device),
             "seconds_per_traj_median": s, "seconds_per_traj_mean": sum(secs) / len(secs),
+            "cpu_seconds_per_traj_median": c, "cpu_seconds_per_traj_mean": sum(cpus) / len(cpus),
             "cg_iterations_per_traj": sum(iters) / len(iters), "acceptance": sum(acc) / len(acc),
-            "ratio_to_chroma": s / spec["chroma"], "ntraj": ntraj}
+            "ratio_to_chroma": s / spec["chroma"], "cpu_ratio_to_chroma": c / spec["chroma"],
+            "load_average_before": load0, "load_average_after": os.getloadavg()[0],
+            "ntraj": ntraj}
 
 
 def main() -> None:
@@ -82,14 +91,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {dev}")
-    print(f"{'run':<36} {'s/traj':>9} {'Chroma':>8} {'ratio':>7} {'CG it':>7} {'acc':>5}")
+    print(f"{'run':<36} {'s/traj':>9} {'cpu s':>9} {'Chroma':>8} {'ratio':>7} {'cpu rat':>7} "
+          f"{'CG it':>7} {'acc':>5} {'load':>9}")
     rows = []
     for r in args.runs:
         row = run_one(RUNS[r], args.ntraj, args.ntherm, dev)
         rows.append(row)
-        print(f"{row['label']:<36} {row['seconds_per_traj_median']:9.4f} {row['chroma']:8.3f} "
-              f"{row['ratio_to_chroma']:7.2f} {row['cg_iterations_per_traj']:7.0f} "
-              f"{row['acceptance']:5.2f}")
+        print(f"{row['label']:<36} {row['seconds_per_traj_median']:9.4f} "
+              f"{row['cpu_seconds_per_traj_median']:9.4f} {row['chroma']:8.3f} "
+              f"{row['ratio_to_chroma']:7.2f} {row['cpu_ratio_to_chroma']:7.2f} "
+              f"{row['cg_iterations_per_traj']:7.0f} {row['acceptance']:5.2f} "
+              f"{row['load_average_before']:4.1f}-{row['load_average_after']:.1f}")
     write_results(args.out, rows, device=str(dev))
 
 

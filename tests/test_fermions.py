@@ -801,15 +801,20 @@ def test_heat_bath_reproduces_determinant_ratio(cpu_generator, cls, c_sw):
     assert abs(float(expected) - 1) > 3 * err  # the ratio is resolved, not trivially 1
 
 
+@pytest.mark.parametrize("kernel", ["gather", "fused"])
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64], ids=["f64", "f32"])
 @pytest.mark.parametrize("c_sw", [0.0, 1.7])
 @pytest.mark.parametrize("nrow, batch, nrhs", [((4, 4, 4, 4), 1, 1), ((4, 4, 2, 4), 2, 3),
                                                 ((8, 4, 4, 8), 1, 2)])
-def test_fast_kernels_match_reference(dtype, c_sw, nrow, batch, nrhs, cpu_generator):
+def test_fast_kernels_match_reference(kernel, dtype, c_sw, nrow, batch, nrhs, cpu_generator,
+                                      monkeypatch):
     """The optimised hopping kernels (gather with spin matrices, dagger and scale folded in;
     the fused kernel for large fields) and the Schur operator built from them, against the
     reference kernels with explicit gamma_5 and scalar multiplications: float64 to 1e-13,
     complex64 to 1e-5 (relative to the field size, entries are O(1))."""
+    import bridge.fermions.wilson as W
+
+    monkeypatch.setattr(W, "_FUSED_MIN_SITES", 10**9 if kernel == "gather" else 0)
     lat = Lattice(nrow)
     u = random_gauge(lat, "SU3", batch, generator=cpu_generator).to(dtype)
     op = WilsonDirac(u, 0.12, c_sw=c_sw, normalisation="chroma")
