@@ -273,6 +273,20 @@ class _Geometry:
                 torch.add(u_s[..., j, :], l_s[..., pj, :], alpha=sign * kj, out=dst[..., j, :])
         return out
 
+_GEOMETRIES: dict[tuple, _Geometry] = {}
+
+
+def _shared_geometry(
+    shape: tuple[int, ...], parity: int | None, device: torch.device, xmask: torch.Tensor | None
+) -> _Geometry:
+    """One :class:`_Geometry` per (layout, parity, device), shared by all operators so that its
+    neighbour table is built once (the HMC builds a new operator for every force evaluation)."""
+    key = (tuple(shape), parity, device)
+    if key not in _GEOMETRIES:
+        _GEOMETRIES[key] = _Geometry(tuple(shape), xmask)
+    return _GEOMETRIES[key]
+
+
 # ------------------------------------------------------------------------------------------------
 # clover term (the field strength is bridge.gauge.clover_field_strength, Chroma's mesField)
 # ------------------------------------------------------------------------------------------------
@@ -384,7 +398,7 @@ class WilsonDirac:
                     sl = uph[:, mu].narrow(ax - 1, idx, 1)
                     sl.mul_(p)
         self._uph = uph
-        self._geo = _Geometry(lat.shape, None)
+        self._geo = _shared_geometry(lat.shape, None, self.device, None)
         self._coef: dict[torch.dtype, dict[str, torch.Tensor]] = {}
         self._stacked: dict[int, tuple[Sequence[torch.Tensor], torch.Tensor]] = {}
         self._links = self._kernel_links(uph, uph, self._geo)
@@ -527,6 +541,7 @@ class WilsonDirac:
                 pm, rm = _spin_matrices(dag)
                 self._coef[dtype][f"P{int(dag)}"] = pm.to(dtype=dtype, device=self.device)
                 self._coef[dtype][f"R{int(dag)}"] = rm.to(dtype=dtype, device=self.device)
+                self._coef[dtype][f"PR{int(dag)}"] = (pm @ rm).to(dtype=dtype, device=self.device)
             _COEF_CACHE[(dtype, self.device)] = self._coef[dtype]
         return self._coef[dtype]
 
@@ -617,9 +632,35 @@ class WilsonDirac:
         if scale != 1.0:
             rm = rm * scale
         h = torch.einsum("ks,brvsc->brvkc", c[f"P{int(dagger)}"], psi.reshape(b, r, v, 4, nc))
-        h = h.reshape(b, r, v * 8, 2, nc).index_select(2, geo.gather_index(psi.device))
-        w = torch.matmul(h, lst).view(b, r, v, 16, nc)
+        w = self._gather_colour(h, lst, geo)
         return torch.einsum("sk,brvkc->brvsc", rm, w).reshape(psi.shape)
+
+    @staticmethod
+    def _gather_colour(h: torch.Tensor, lst: torch.Tensor, geo: _Geometry) -> torch.Tensor:
+        """Half spinors ``h[B, R, V, 16, Nc]`` of the 8 terms at every source site -> the colour
+        products ``w[B, R, V, 16, Nc]`` at the target sites (one gather, one ``matmul``)."""
+        b, r, v, _, nc = h.shape
+        h = h.reshape(b, r, v * 8, 2, nc).index_select(2, geo.gather_index(h.device))
+        return torch.matmul(h, lst).view(b, r, v, 16, nc)
+
+    def _schur5_gather(self, x5: torch.Tensor, dagger: bool) -> torch.Tensor:
+        """``K x`` (or ``K^dag x``) for Wilson fermions on small fields: the reconstruction of
+        the first hop and the projection of the second are one ``[16, 16]`` spin matrix
+        ``P R`` (with ``-kappa^2 s``), so ``K`` costs three spin contractions instead of four."""
+        eo = self._eo_setup()
+        b, r = x5.shape[:2]
+        v = x5.shape[2] * x5.shape[3] * x5.shape[4] * x5.shape[5]
+        nc = x5.shape[-1]
+        c = self._coefficients(x5.dtype)
+        d = int(dagger)
+        a = -(self.kappa**2) * self.scale
+        pr = c[f"PR{d}"] * a
+        h = torch.einsum("ks,brvsc->brvkc", c[f"P{d}"], x5.reshape(b, r, v, 4, nc))
+        w = self._gather_colour(h, self._stacked_links(eo["links0"], v), eo["geo0"])
+        h = torch.einsum("kj,brvjc->brvkc", pr, w)
+        w = self._gather_colour(h, self._stacked_links(eo["links1"], v), eo["geo1"])
+        out = torch.einsum("sk,brvkc->brvsc", c[f"R{d}"], w).reshape(x5.shape)
+        return out.add_(x5, alpha=self.scale)
 
     def _hop_gather_reference(
         self, psi: torch.Tensor, links: Sequence[torch.Tensor], geo: _Geometry
@@ -697,7 +738,8 @@ class WilsonDirac:
         for p in (0, 1):
             m = o0 if p == 0 else ~o0  # x-offset o_p = 1 at these (t, z, y)
             t, z, y, x = self.lattice.shape
-            geo = _Geometry((t, z, y, x // 2), m.view(1, 1, *m.shape, 1, 1))
+            geo = _shared_geometry((t, z, y, x // 2), p, self.device,
+                                   m.view(1, 1, *m.shape, 1, 1))
             eo[f"geo{p}"] = geo
             eo[f"links{p}"] = self._kernel_links(uph[p], uph[1 - p], geo)
         if self._a is not None:
@@ -775,6 +817,8 @@ class WilsonDirac:
         """``K x`` (``dagger``: ``K^dag x = gamma_5 K gamma_5 x``, as ``A`` commutes with
         gamma_5 and ``H^dag = gamma_5 H gamma_5``); the factors ``-kappa^2 s`` and ``s`` are
         folded into the second hop and one in-place add."""
+        if self._a is None and x5.numel() // (4 * x5.shape[-1]) < _FUSED_MIN_SITES:
+            return self._schur5_gather(x5, dagger)
         tmp = self._adiag(self._hop_eo5(x5, 0, dagger), 0, inverse=True)
         out = self._hop_eo5(tmp, 1, dagger, -(self.kappa**2) * self.scale)
         return out.add_(self._adiag(x5, 1), alpha=self.scale)
