@@ -195,6 +195,30 @@ def _exe_info(path: str | None) -> dict[str, Any] | None:
             "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime))}
 
 
+def _run_files(name: str, cmd: list[str], inp: Path, cwd: Path,
+               env: Mapping[str, str] | None = None) -> tuple[Path, Path]:
+    """Run ``cmd`` in ``cwd`` with stdout and stderr in ``<input stem>.stdout`` / ``.stderr``
+    next to the input XML; returns those paths.  A command that cannot start or exits non-zero
+    is an :class:`EngineFailed` naming the status, the kept input XML, both files and the end
+    of stderr."""
+    stem = inp.name.removesuffix(".xml").removesuffix(".ini")
+    stdout, stderr = inp.with_name(f"{stem}.stdout"), inp.with_name(f"{stem}.stderr")
+    with open(stdout, "wb") as fo, open(stderr, "wb") as fe:
+        try:
+            proc = subprocess.run(cmd, cwd=cwd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
+                                  env=None if env is None else dict(env), check=False)
+        except OSError as exc:
+            raise EngineFailed(f"{name}: cannot start {shlex.join(cmd)} ({exc}); the input XML "
+                               f"is kept at {inp}") from exc
+    if proc.returncode != 0:
+        tail = stderr.read_bytes()[-2000:].decode(errors="replace").strip()
+        raise EngineFailed(
+            f"{name}: {shlex.join(cmd)} exited with status {proc.returncode}; the input XML is "
+            f"kept at {inp}, stderr at {stderr}, stdout at {stdout}"
+            + (f"; stderr ends with: {tail}" if tail else ""))
+    return stdout, stderr
+
+
 class Engine(ABC):
     """Runs a Chroma ``hmc`` input XML through files (module docstring)."""
 
@@ -242,26 +266,10 @@ class ChromaEngine(Engine):
         log = Path(log_xml) if log_xml is not None else out.with_name(
             out.name.replace(".out.xml", "") + ".log.xml")
         cwd = Path(workdir) if workdir is not None else inp.parent
-        stem = inp.name.removesuffix(".xml").removesuffix(".ini")
-        stdout, stderr = inp.with_name(f"{stem}.stdout"), inp.with_name(f"{stem}.stderr")
         cmd = self.command(inp, out, log)
         t0 = time.perf_counter()
-        with open(stdout, "wb") as fo, open(stderr, "wb") as fe:
-            try:
-                proc = subprocess.run(cmd, cwd=cwd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
-                                      check=False)
-            except OSError as exc:
-                raise EngineFailed(f"{self.name}: cannot start {shlex.join(cmd)} ({exc}); the "
-                                   f"input XML is kept at {inp}") from exc
-        run = EngineRun(cmd, inp, out, log, stdout, stderr, proc.returncode,
-                        time.perf_counter() - t0)
-        if proc.returncode != 0:
-            tail = stderr.read_bytes()[-2000:].decode(errors="replace").strip()
-            raise EngineFailed(
-                f"{self.name}: {shlex.join(cmd)} exited with status {proc.returncode}; the input "
-                f"XML is kept at {inp}, stderr at {stderr}, stdout at {stdout}"
-                + (f"; stderr ends with: {tail}" if tail else ""))
-        return run
+        stdout, stderr = _run_files(self.name, cmd, inp, cwd)
+        return EngineRun(cmd, inp, out, log, stdout, stderr, 0, time.perf_counter() - t0)
 
     def provenance(self) -> dict[str, Any]:
         p = super().provenance()
@@ -301,22 +309,12 @@ class BuiltinEngine(Engine):
 
             run_hmc(read_hmc_input(inp), out, device=self.device, progress=False)
             return EngineRun(cmd, inp, out, None, None, None, 0, time.perf_counter() - t0)
-        stem = inp.name.removesuffix(".xml").removesuffix(".ini")
-        stdout, stderr = inp.with_name(f"{stem}.stdout"), inp.with_name(f"{stem}.stderr")
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
         cwd = Path(workdir) if workdir is not None else inp.parent
-        with open(stdout, "wb") as fo, open(stderr, "wb") as fe:
-            proc = subprocess.run(cmd, cwd=cwd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL,
-                                  env=env, check=False)
-        if proc.returncode != 0:
-            tail = stderr.read_bytes()[-2000:].decode(errors="replace").strip()
-            raise EngineFailed(
-                f"{self.name}: {shlex.join(cmd)} exited with status {proc.returncode}; the input "
-                f"XML is kept at {inp}, stderr at {stderr}"
-                + (f"; stderr ends with: {tail}" if tail else ""))
+        stdout, stderr = _run_files(self.name, cmd, inp, cwd, env)
         return EngineRun(cmd, inp, out, None, stdout, stderr, 0, time.perf_counter() - t0)
 
     def provenance(self) -> dict[str, Any]:

@@ -281,6 +281,13 @@ def test_hmc_parameter_errors_name_key_value_and_expectation(change, message):
     ({"pion": True}, "kappa: expected a hopping parameter for the pion, got None"),
     ({"pion": True, "kappa": 0.1, "t_srce": [0, 0, 0, 4]}, "t_srce: expected 4 coordinates "
      "inside (4, 4, 4, 4), got (0, 0, 0, 4)"),
+    ({"pion": True, "kappa": 0.1, "fermion": "clover"}, "csw: expected a clover coefficient "
+     "for --fermion clover, got None"),
+    ({"pion": True, "kappa": 0.1, "csw": 1.0}, "csw: expected no csw for the Wilson action"),
+    ({"pion": True, "kappa": 0.1, "rsd_cg": 2.0}, "rsd_cg: expected a CG residual in (0, 1), "
+     "got 2.0"),
+    ({"pion": True, "kappa": 0.1, "boundary": [1, 1, 1, 2]}, "boundary: expected 4 phases 1 "
+     "or -1"),
     ({"wilson_flow": -1.0}, "wilson_flow: expected a positive flow time, got -1.0"),
     ({"plaquette": False}, "measurements: expected at least one measurement, got 'none'"),
     ({"cfg": ""}, "cfg: expected a configuration file (SZINQIO) or 'unit', got ''"),
@@ -460,6 +467,40 @@ def test_fallback_parser_requires_chromas_fermion_action_kinds():
     params = inp.monomials["wilson_two_flav"].params
     assert params["fermact"] == "CLOVER" and params["c_sw"] == 1.2
     assert params["fermact_name"] == "UNPRECONDITIONED_CLOVER"
+
+
+def test_both_fallback_parsers_read_kappa_or_mass_alike():
+    """Kappa xor Mass (Mass = 1/(2 kappa) - 4) and the clover coefficients are read by one
+    function for the hmc and the chroma input; its errors name the element path."""
+    root = _hmc("clover_eo")
+    fa = root.find("HMCTrj/Monomials/elem/FermionAction")
+    fa.find("Kappa").tag = "Mass"
+    fa.find("Mass").text = "1.0"
+    fa.find("clovCoeff").addnext(etree.Element("clovCoeffT"))
+    fa.find("clovCoeffT").text = "1.2"
+    params = parse_hmc_input(etree.ElementTree(root), "in.xml").monomials[
+        "wilson_two_flav"].params
+    assert params["kappa"] == 0.1 and params["c_sw"] == 1.2
+    fa.find("clovCoeffT").text = "0.9"
+    with pytest.raises(ConfigError, match=r"^in.xml: /Params/HMCTrj/Monomials/elem\[0\]/"
+                       r"FermionAction/clovCoeffT: anisotropic clover coefficients are not "
+                       r"supported \(must equal clovCoeff\)$"):
+        parse_hmc_input(etree.ElementTree(root), "in.xml")
+    fa.find("clovCoeffT").text = "1.2"
+    fa.find("Mass").text = "-4.5"
+    with pytest.raises(ConfigError, match=r"FermionAction/Mass: expected Mass > -4 \(kappa = "
+                       r"1/\(2 \(Mass \+ 4\)\)\), got -4.5"):
+        parse_hmc_input(etree.ElementTree(root), "in.xml")
+    m = render_measure(measure_params_from_dict({"nrow": [2, 2, 2, 2], "cfg": "unit",
+                                                 "pion": True, "kappa": 0.1}))
+    fa = m.find("Param/InlineMeasurements/elem[3]/Param/FermionAction")
+    fa.find("Kappa").tag = "Mass"
+    fa.find("Mass").text = "1.0"
+    assert parse_chroma_input(etree.ElementTree(m), "m.xml").measurements[2].params[
+        "kappa"] == 0.1
+    fa.find("Mass").text = "-4.5"
+    with pytest.raises(ConfigError, match=r"^m.xml: .*/FermionAction/Mass: expected Mass > -4"):
+        parse_chroma_input(etree.ElementTree(m), "m.xml")
 
 
 def test_cli_measure_from_json_and_inline_plaquette_in_hmc(tmp_path, monkeypatch):

@@ -259,6 +259,30 @@ def test_fake_chroma_nonzero_exit_keeps_input_and_stderr(tmp_path):
     assert "cannot allocate" in (tmp_path / "run" / "seg.stderr").read_text()
 
 
+def test_engine_that_cannot_start_or_fails_is_named(tmp_path):
+    """One runner for both subprocess engines: a command that cannot be started, and a
+    non-zero exit, name the command, the status and the kept input, stdout and stderr."""
+    import sys
+
+    from bridge.engines import ChromaEngine, _run_files
+
+    bad = tmp_path / "hmc"
+    bad.write_text("#!/nonexistent/interpreter\n")
+    bad.chmod(0o755)
+    inp = _input(tmp_path)
+    with pytest.raises(EngineFailed, match=rf"chroma: cannot start {bad} -i .*; the input XML "
+                                           rf"is kept at {inp}"):
+        ChromaEngine(str(bad)).run_hmc(inp, tmp_path / "run" / "seg.out.xml")
+    cmd = [sys.executable, "-c", "import sys; print('out'); sys.exit('boom')"]
+    with pytest.raises(EngineFailed) as exc:
+        _run_files("builtin", cmd, inp, tmp_path)
+    msg = str(exc.value)
+    assert "exited with status 1" in msg and f"the input XML is kept at {inp}" in msg
+    assert f"stdout at {tmp_path / 'run' / 'seg.stdout'}" in msg
+    assert msg.endswith("stderr ends with: boom")
+    assert (tmp_path / "run" / "seg.stdout").read_text() == "out\n"
+
+
 def test_read_hmc_output_of_real_chroma():
     out = REFERENCE / "chroma" / "pure_gauge_b5.5_4x4" / "hmc.out.trimmed.xml"
     records, versions = read_hmc_output(out)

@@ -35,7 +35,7 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from .chroma_xml import CfgSpec, _Node, parse_xml_file, read_seed
+from .chroma_xml import CfgSpec, _Node, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
     "Measurement",
@@ -234,31 +234,7 @@ def _fermion_action(fa: _Node, nd: int) -> dict[str, Any]:
     # a propagator is the same for the even-odd preconditioned and the unpreconditioned action
     act = act.removeprefix("UNPRECONDITIONED_")
     out: dict[str, Any] = {"fermact": act}
-    has_kappa = fa.el.find("Kappa") is not None
-    has_mass = fa.el.find("Mass") is not None
-    if has_kappa == has_mass:
-        raise fa._err(f"{fa.path}: give exactly one of Kappa or Mass")
-    if has_kappa:
-        out["kappa"] = fa.real("Kappa")
-        fa.used.add("Mass")
-    else:
-        mass = fa.real("Mass")
-        if mass <= -4.0:
-            raise fa._err(f"{fa.path}/Mass: expected Mass > -4 (kappa = 1/(2 (Mass + 4))), got "
-                          f"{mass}")
-        out["kappa"] = 1.0 / (2.0 * (mass + 4.0))  # Mass = 1/(2 kappa) - 4
-        fa.used.add("Kappa")
-    if not out["kappa"] > 0:
-        raise fa._err(f"{fa.path}/Kappa: expected a positive hopping parameter, got "
-                      f"{out['kappa']}")
-    out["c_sw"] = 0.0
-    if act == "CLOVER":
-        out["c_sw"] = fa.real("clovCoeff")
-        for extra in ("clovCoeffR", "clovCoeffT"):
-            if fa.el.find(extra) is not None and fa.real(extra) != out["c_sw"]:
-                raise fa._err(f"{fa.path}/{extra}: anisotropic clover coefficients are not "
-                              f"supported (must equal clovCoeff)")
-            fa.used.add(extra)
+    out["kappa"], out["c_sw"] = read_kappa_csw(fa, act == "CLOVER")
     aniso = fa.child("AnisoParam", required=False)
     if aniso is not None:
         if aniso.boolean("anisoP", False):

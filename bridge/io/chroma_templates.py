@@ -525,6 +525,23 @@ def _check_boundary(source: str, key: str, b: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in b)
 
 
+def _check_fermion(source: str, f: Any) -> None:
+    """The fields :class:`FermionParams` and :class:`PionParams` share: ``kappa``,
+    ``fermion`` with ``csw``, ``boundary`` (normalised to a tuple), ``rsd_cg``, ``max_cg``."""
+    _check_real(source, "kappa", f.kappa, 0.0, None, "a positive hopping parameter")
+    if f.fermion not in ("wilson", "clover"):
+        raise _fail(source, "fermion", f.fermion, "wilson or clover")
+    if f.fermion == "clover":
+        if f.csw is None:
+            raise _fail(source, "csw", f.csw, "a clover coefficient for --fermion clover")
+        _check_real(source, "csw", f.csw, 0.0, None, "a positive clover coefficient")
+    elif f.csw is not None:
+        raise _fail(source, "csw", f.csw, "no csw for the Wilson action (use clover)")
+    f.boundary = _check_boundary(source, "boundary", f.boundary)
+    _check_real(source, "rsd_cg", f.rsd_cg, 0.0, 1.0, "a CG residual in (0, 1)")
+    _check_positive_int(source, "max_cg", f.max_cg)
+
+
 @dataclass
 class GaugeParams:
     """``GAUGE_MONOMIAL`` with ``WILSON_GAUGEACT`` and periodic boundaries."""
@@ -642,20 +659,9 @@ class HMCParams:
         f = self.fermion
         if f is None:
             return
-        _check_real(source, "kappa", f.kappa, 0.0, None, "a positive hopping parameter")
-        if f.fermion not in ("wilson", "clover"):
-            raise _fail(source, "fermion", f.fermion, "wilson or clover")
+        _check_fermion(source, f)
         if f.precond not in ("eo", "none"):
             raise _fail(source, "precond", f.precond, "eo or none")
-        if f.fermion == "clover":
-            if f.csw is None:
-                raise _fail(source, "csw", f.csw, "a clover coefficient for --fermion clover")
-            _check_real(source, "csw", f.csw, 0.0, None, "a positive clover coefficient")
-        elif f.csw is not None:
-            raise _fail(source, "csw", f.csw, "no csw for the Wilson action (use clover)")
-        f.boundary = _check_boundary(source, "boundary", f.boundary)
-        _check_real(source, "rsd_cg", f.rsd_cg, 0.0, 1.0, "a CG residual in (0, 1)")
-        _check_positive_int(source, "max_cg", f.max_cg)
         if f.predictor not in PREDICTORS:
             raise _fail(source, "predictor", f.predictor, " or ".join(PREDICTORS))
 
@@ -708,23 +714,12 @@ class MeasureParams:
             raise _fail(source, "cfg", self.cfg, "a configuration file (SZINQIO) or 'unit'")
         p = self.pion
         if p is not None:
-            _check_real(source, "kappa", p.kappa, 0.0, None, "a positive hopping parameter")
-            if p.fermion not in ("wilson", "clover"):
-                raise _fail(source, "fermion", p.fermion, "wilson or clover")
-            if p.fermion == "clover":
-                if p.csw is None:
-                    raise _fail(source, "csw", p.csw, "a clover coefficient for clover")
-                _check_real(source, "csw", p.csw, 0.0, None, "a positive clover coefficient")
-            elif p.csw is not None:
-                raise _fail(source, "csw", p.csw, "no csw for the Wilson action (use clover)")
-            p.boundary = _check_boundary(source, "boundary", p.boundary)
+            _check_fermion(source, p)
             if (not isinstance(p.t_srce, (list, tuple)) or len(p.t_srce) != 4
                     or any(not isinstance(c, int) or not 0 <= c < n
                            for c, n in zip(p.t_srce, self.nrow, strict=False))):
                 raise _fail(source, "t_srce", p.t_srce, f"4 coordinates inside {self.nrow}")
             p.t_srce = tuple(p.t_srce)
-            _check_real(source, "rsd_cg", p.rsd_cg, 0.0, 1.0, "a CG residual in (0, 1)")
-            _check_positive_int(source, "max_cg", p.max_cg)
         w = self.wilson_flow
         if w is not None:
             _check_real(source, "wilson_flow", w.wtime, 0.0, None, "a positive flow time")

@@ -215,6 +215,36 @@ def _gauge_monomial(node: _Node) -> dict[str, Any]:
     return {"beta": beta}
 
 
+def read_kappa_csw(fa: _Node, clover: bool) -> tuple[float, float]:
+    """``(kappa, c_sw)`` of a Wilson-type ``FermionAction`` (``wilson_fermact_params_w.cc``,
+    ``clover_fermact_params_w.cc``): exactly one of ``Kappa`` or ``Mass`` (``Mass = 1/(2 kappa)
+    - 4``, so ``Mass > -4``), a positive hopping parameter; for clover ``clovCoeff``, with
+    ``clovCoeffR``/``clovCoeffT`` (Chroma's anisotropic form) only equal to it; ``c_sw`` 0
+    otherwise.  Errors name the element path and the value."""
+    has_kappa = fa.el.find("Kappa") is not None
+    if has_kappa == (fa.el.find("Mass") is not None):
+        raise fa._err(f"{fa.path}: give exactly one of Kappa or Mass")
+    fa.used.update(("Kappa", "Mass"))
+    if has_kappa:
+        kappa = fa.real("Kappa")
+    else:
+        mass = fa.real("Mass")
+        if mass <= -4.0:
+            raise fa._err(f"{fa.path}/Mass: expected Mass > -4 (kappa = 1/(2 (Mass + 4))), got "
+                          f"{mass}")
+        kappa = 1.0 / (2.0 * (mass + 4.0))
+    if not kappa > 0:
+        raise fa._err(f"{fa.path}/Kappa: expected a positive hopping parameter, got {kappa}")
+    c_sw = 0.0
+    if clover:
+        c_sw = fa.real("clovCoeff")
+        for extra in ("clovCoeffR", "clovCoeffT"):
+            if fa.el.find(extra) is not None and fa.real(extra) != c_sw:
+                raise fa._err(f"{fa.path}/{extra}: anisotropic clover coefficients are not "
+                              f"supported (must equal clovCoeff)")
+    return kappa, c_sw
+
+
 def _fermion_monomial(node: _Node) -> dict[str, Any]:
     inv = node.child("InvertParam")
     inv_type = inv.text("invType")
@@ -239,24 +269,10 @@ def _fermion_monomial(node: _Node) -> dict[str, Any]:
                         f"({' or '.join(want)}), got {act!r}")
     params["fermact"] = want[act]
     params["fermact_name"] = act
-    has_kappa = fa.el.find("Kappa") is not None
-    has_mass = fa.el.find("Mass") is not None
-    if has_kappa == has_mass:
-        raise node._err(f"{fa.path}: give exactly one of Kappa or Mass")
-    if has_kappa:
-        params["kappa"] = fa.real("Kappa")
-    else:
-        mass = fa.real("Mass")
-        params["kappa"] = 1.0 / (2.0 * (mass + 4.0))  # Mass = 1/(2 kappa) - 4
-        fa.used.add("Kappa")
-    fa.used.add("Mass")
+    kappa, c_sw = read_kappa_csw(fa, params["fermact"] == "CLOVER")
+    params["kappa"] = kappa
     if params["fermact"] == "CLOVER":
-        params["c_sw"] = fa.real("clovCoeff")
-        # isotropic clover: Chroma's clovCoeffR/T default to clovCoeff
-        for extra in ("clovCoeffR", "clovCoeffT"):
-            if fa.el.find(extra) is not None and fa.real(extra) != params["c_sw"]:
-                raise node._err(f"{fa.path}/{extra}: anisotropic clover coefficients are not "
-                                f"supported (must equal clovCoeff)")
+        params["c_sw"] = c_sw
     bc = fa.child("FermionBC")
     kind = bc.text("FermBC")
     if kind != "SIMPLE_FERMBC":
