@@ -227,6 +227,22 @@ def _ints(text: str, what: str, source: str) -> tuple[int, ...]:
         raise _config_error(f"{source}: {what}: expected integers, got {text!r}") from None
 
 
+def _real(el: Any, rel: str, where: str, source: str, required: bool = False
+          ) -> float | None:
+    """The number in ``el/rel`` (None when absent and not ``required``); errors name the
+    file, the element path and the text."""
+    found = el.find(rel)
+    if found is None:
+        if required:
+            raise _config_error(f"{source}: missing required element {where}/{rel}")
+        return None
+    text = (found.text or "").strip()
+    try:
+        return float(text)
+    except ValueError:
+        raise _config_error(f"{source}: {where}/{rel}: expected a number, got {text!r}") from None
+
+
 def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
     """Parse the user's ``hmc`` input for lattice, monomials, seed, counters and save prefix
     (:class:`~bridge.errors.ConfigError` naming the file and element path otherwise)."""
@@ -272,12 +288,7 @@ def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
         info: dict[str, Any] = {"kind": name, "where": where}
         if name == "GAUGE_MONOMIAL":
             info["action"] = (el.findtext("GaugeAction/Name") or "").strip()
-            beta = (el.findtext("GaugeAction/beta") or "").strip()
-            try:
-                info["beta"] = float(beta)
-            except ValueError:
-                raise _config_error(f"{source}: {where}/GaugeAction/beta: expected a number, "
-                                    f"got {beta!r}") from None
+            info["beta"] = _real(el, "GaugeAction/beta", where, source, required=True)
             bc = el.findtext("GaugeAction/GaugeBC/Name")
             state = el.find("GaugeAction/GaugeState")
             info["gauge_bc"] = (bc or "").strip() or ("GaugeState" if state is not None
@@ -288,24 +299,21 @@ def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
             if fa is None:
                 raise _config_error(f"{source}: {where}: missing FermionAction")
             info["fermact"] = (fa.findtext("FermAct") or "").strip()
-            kappa, mass = fa.findtext("Kappa"), fa.findtext("Mass")
-            try:
-                if kappa is not None:
-                    info["kappa"] = float(kappa)
-                elif mass is not None:
-                    info["kappa"] = 1.0 / (2.0 * (float(mass) + 4.0))
-            except ValueError:
-                raise _config_error(f"{source}: {where}/FermionAction: Kappa/Mass is not a "
-                                    f"number") from None
-            if "kappa" not in info:
-                raise _config_error(f"{source}: {where}/FermionAction: give Kappa or Mass")
-            try:
-                info["c_sw"] = [float(fa.findtext(t)) for t in ("clovCoeff", "clovCoeffR",
-                                                                 "clovCoeffT")
-                                if fa.find(t) is not None]
-            except ValueError:
-                raise _config_error(f"{source}: {where}/FermionAction: a clovCoeff is not a "
-                                    f"number") from None
+            fwhere = f"{where}/FermionAction"
+            kappa, mass = _real(fa, "Kappa", fwhere, source), _real(fa, "Mass", fwhere, source)
+            if (kappa is None) == (mass is None):
+                raise _config_error(f"{source}: {fwhere}: expected exactly one of Kappa or Mass")
+            if mass is not None:
+                if not mass > -4.0:
+                    raise _config_error(f"{source}: {fwhere}/Mass: expected Mass > -4 (kappa = "
+                                        f"1/(2 (Mass + 4))), got {mass}")
+                kappa = 1.0 / (2.0 * (mass + 4.0))
+            if not kappa > 0:
+                raise _config_error(f"{source}: {fwhere}/Kappa: expected a positive hopping "
+                                    f"parameter, got {kappa}")
+            info["kappa"] = kappa
+            info["c_sw"] = [c for c in (_real(fa, t, fwhere, source) for t in (
+                "clovCoeff", "clovCoeffR", "clovCoeffT")) if c is not None]
             info["fermstate"] = (fa.findtext("FermState/Name") or "").strip() or (
                 "FermState" if fa.find("FermState") is not None else "")
             info["fermbc"] = (fa.findtext("FermionBC/FermBC") or "").strip()

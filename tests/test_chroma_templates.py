@@ -449,6 +449,23 @@ def test_fallback_continues_from_szinqio_and_measures(tmp_path, monkeypatch):
     assert Path("prop.lime").exists() and Path("flowed.lime").exists()
 
 
+def test_fallback_runs_the_clover_pion_template(tmp_path, monkeypatch):
+    """The measurement template with a clover propagator (and its QIO write) runs in the
+    built-in ``chroma`` and its output parses back."""
+    monkeypatch.chdir(tmp_path)
+    p = measure_params_from_dict({"nrow": [2, 2, 2, 4], "cfg": "unit", "plaquette": False,
+                                  "pion": True, "kappa": 0.11, "fermion": "clover",
+                                  "csw": 1.2, "save_prop": "prop.lime"})
+    write_checked("m.ini.xml", render_measure(p))
+    assert main(["chroma", "-i", "m.ini.xml", "-o", "m.out.xml", "--quiet"]) == 0
+    out = read_output("m.out.xml")
+    assert [m["label"] for m in out["measurements"]] == [
+        "make_source", "propagator", "sink_smear", "hadspec", "qio_write_named_obj"]
+    pion = out["measurements"][3]["values"]["pion"]
+    assert len(pion) == 4 and all(c > 0 for c in pion)
+    assert Path("prop.lime").exists()
+
+
 def test_fallback_parser_requires_chromas_fermion_action_kinds():
     root = _hmc("wilson_unprec")
     root.find("HMCTrj/Monomials/elem/FermionAction/FermAct").text = "WILSON"

@@ -337,6 +337,29 @@ def test_xml_facts_messages(tmp_path):
     path.write_text("<chroma/>")
     with pytest.raises(ConfigError, match=r"expected root element <Params> of Chroma's hmc"):
         xml_facts(path)
+    nf2 = tmp_path / "nf2.xml"
+    for xpath, text, message in [
+        ("Kappa", "0.1x", r"nf2.xml: /Params/HMCTrj/Monomials/elem\[0\]/FermionAction/Kappa: "
+                          r"expected a number, got '0.1x'"),
+        ("Mass", "-4.0", r"elem\[0\]/FermionAction/Mass: expected Mass > -4 \(kappa = "
+                         r"1/\(2 \(Mass \+ 4\)\)\), got -4.0"),
+        ("Kappa", "-0.1", r"elem\[0\]/FermionAction/Kappa: expected a positive hopping "
+                          r"parameter, got -0.1"),
+        ("Name", "FOO", r"elem\[0\]/FermionAction: expected exactly one of Kappa or Mass"),
+    ]:
+        tree = etree.parse(str(NF2))
+        fa = tree.getroot().find("HMCTrj/Monomials/elem/FermionAction")
+        fa.find("Kappa").tag = xpath
+        fa.find(xpath).text = text
+        tree.write(str(nf2))
+        with pytest.raises(ConfigError, match=message):
+            xml_facts(nf2)
+    tree = etree.parse(str(NF2))
+    tree.getroot().find(".//GaugeAction/beta").text = "one"
+    tree.write(str(nf2))
+    with pytest.raises(ConfigError, match=r"elem\[1\]/GaugeAction/beta: expected a number, got "
+                                          r"'one'"):
+        xml_facts(nf2)
 
 
 def test_builtin_engine_validates_the_xml_first(tmp_path):
