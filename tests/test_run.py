@@ -454,6 +454,33 @@ def test_flow_action_matches_the_engines_fermion_action(tmp_path):
             flow_action(xml_facts(path))
 
 
+def test_dropin_guide_shows_the_segment_rewrite(tmp_path):
+    """docs/dropin.md: the hmc input its command generates, and the lines the loop changes in
+    the input of cycle 2, are what the code writes."""
+    import difflib
+    import re
+    import shlex
+
+    from bridge.run import segment_xml
+
+    doc = (REPO / "docs" / "dropin.md").read_text()
+    command = re.search(r"```\n(qcd-bridge chroma-xml hmc [^`]*?)\n```", doc).group(1)
+    argv = shlex.split(command.replace("\\\n", " "))[1:]
+    argv[argv.index("-o") + 1] = str(tmp_path / "hmc.ini.xml")
+    assert main(argv) == 0
+    shown = re.search(r"```\n(5,6c5,7\n[^`]*)```", doc).group(1).splitlines()
+    facts = xml_facts(tmp_path / "hmc.ini.xml")
+    new = segment_xml(facts, start_cfg=".../run-b0.1/segments/pg_cfg_5_flow.lime",
+                      start_update=5, n=5, save_prefix=".../run-b0.1/segments/pg",
+                      seed=facts.seed).decode().splitlines()
+    old = (tmp_path / "hmc.ini.xml").read_text().splitlines()
+    ops = difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes()
+    assert [f"< {x}" for t, i1, i2, _, _ in ops if t != "equal" for x in old[i1:i2]] == [
+        x for x in shown if x.startswith("<")]
+    assert [f"> {x}" for t, _, _, j1, j2 in ops if t != "equal" for x in new[j1:j2]] == [
+        x for x in shown if x.startswith(">")]
+
+
 # -- the plaquette of the hybrid chain against plain HMC -----------------------------------------
 def _mean_err(x: np.ndarray, blocks: int = 10) -> tuple[float, float]:
     b = x[: len(x) // blocks * blocks].reshape(blocks, -1).mean(axis=1)
