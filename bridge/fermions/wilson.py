@@ -176,6 +176,7 @@ def _spin_matrices(dagger: bool) -> tuple[torch.Tensor, torch.Tensor]:
 _TERMS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (0, -1), (1, -1), (2, 1), (3, 1), (2, -1),
                                        (3, -1))
 _COEF_CACHE: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
+_BILINEAR_GATHER_MAX_SITES = 1024
 _FUSED_MIN_SITES = 8192
 """Fields with at least this many sites (counting batch and right-hand sides) use the fused
 projection kernel, smaller ones the gather kernel (crossover measured on the CPU for SU(3),
@@ -542,6 +543,8 @@ class WilsonDirac:
                 self._coef[dtype][f"P{int(dag)}"] = pm.to(dtype=dtype, device=self.device)
                 self._coef[dtype][f"R{int(dag)}"] = rm.to(dtype=dtype, device=self.device)
                 self._coef[dtype][f"PR{int(dag)}"] = (pm @ rm).to(dtype=dtype, device=self.device)
+            self._coef[dtype]["fwd_terms"] = torch.tensor(
+                [_TERMS.index((mu, 1)) for mu in range(4)], device=self.device)
             _COEF_CACHE[(dtype, self.device)] = self._coef[dtype]
         return self._coef[dtype]
 
@@ -919,6 +922,42 @@ class WilsonDirac:
         return project_algebra(m, "U1" if self.nc == 1 else None)
 
     def _hop_bilinear(self, x5: torch.Tensor, y5: torch.Tensor) -> torch.Tensor:
+        """``G`` with ``d Re<Y, H X> = sum_{x,mu} Re Tr[Z_mu(x) G_mu(x)]`` (see
+        :meth:`_hop_bilinear_reference` for the derivation), all four directions at once: the
+        half spinors ``B^-/+ X`` and ``B^-/+ Y`` of every site as one spin contraction each, one
+        gather for the shifted ones, two batched colour products with the forward links and two
+        batched outer products; the projection is one GEMM.  Fields with at least
+        :data:`_BILINEAR_GATHER_MAX_SITES` sites (incl. batch and right-hand sides) take the
+        direction-by-direction :meth:`_hop_bilinear_reference` (faster there: 2.5 vs 2.6 ms at
+        4^2 x 8^2, 9.4 vs 11.4 ms at 8^4; 1.0 vs 0.6 ms at 4^4)."""
+        from ..gauge import _project_algebra_gemm
+
+        b, r = x5.shape[:2]
+        lat = x5.shape[2:6]
+        v = lat[0] * lat[1] * lat[2] * lat[3]
+        if b * r * v >= _BILINEAR_GATHER_MAX_SITES:
+            return self._hop_bilinear_reference(x5, y5)
+        nc = x5.shape[-1]
+        c = self._coefficients(x5.dtype)
+        fwd = c["fwd_terms"]
+        pm = torch.cat([c["P0"], c["P1"]], dim=0)  # [32, 4]: B_k (rows of 1 -/+ g), then B_k^+
+        hx = torch.einsum("ks,brvsc->brvkc", pm, x5.reshape(b, r, v, 4, nc))
+        hy = torch.einsum("ks,brvsc->brvkc", pm, y5.reshape(b, r, v, 4, nc))
+        gidx = self._geo.gather_index(x5.device)
+        # forward terms: (B^- X)(x + mu) from hx[:, :, :, :16], (B^+ Y)(x + mu) from hy[..., 16:]
+        sx = hx[:, :, :, :16].reshape(b, r, v * 8, 2, nc).index_select(2, gidx)
+        sy = hy[:, :, :, 16:].reshape(b, r, v * 8, 2, nc).index_select(2, gidx)
+        lst = self._stacked_links(self._links, v).view(b, 1, v, 8, nc, nc).index_select(3, fwd)
+        vx = torch.matmul(sx.view(b, r, v, 8, 2, nc).index_select(3, fwd), lst)
+        wy = torch.matmul(sy.view(b, r, v, 8, 2, nc).index_select(3, fwd), lst)
+        py = hy[:, :, :, :16].reshape(b, r, v, 8, 2, nc).index_select(3, fwd)  # B^- Y(x)
+        px = hx[:, :, :, 16:].reshape(b, r, v, 8, 2, nc).index_select(3, fwd)  # B^+ X(x)
+        m = torch.matmul(vx.transpose(-1, -2), py.conj()) - torch.matmul(
+            px.transpose(-1, -2), wy.conj())
+        g = m.sum(1).permute(0, 2, 1, 3, 4).reshape(b, 4, *lat, nc, nc)
+        return _project_algebra_gemm(g, self.nc > 1, 1.0)
+
+    def _hop_bilinear_reference(self, x5: torch.Tensor, y5: torch.Tensor) -> torch.Tensor:
         """``G`` with ``d Re<Y, H X> = sum_{x,mu} Re Tr[Z_mu(x) G_mu(x)]`` for ``dU = Z U``.
 
         ``H`` contains ``(1-g_mu) U_mu(x) X(x+mu)`` and ``(1+g_mu) U_mu(x)^dag X(x)`` at
