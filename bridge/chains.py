@@ -55,8 +55,8 @@ from typing import Any, TextIO
 
 __all__ = [
     "CHAIN_FORMAT", "CHAIN_VERSION", "KERNELS", "add_chain_parser", "chain_settings",
-    "parse_schedule", "build_kernel", "measure", "ChainFile", "Progress", "read_chain",
-    "run_chains", "summarize",
+    "parse_schedule", "build_kernel", "model_fingerprint", "measure", "ChainFile", "Progress",
+    "read_chain", "run_chains", "summarize",
 ]
 
 CHAIN_FORMAT = "qcd-bridge-chain"
@@ -190,13 +190,35 @@ def _check_settings(s: dict[str, Any]) -> None:
                             f"got {s['integrator']!r}")
 
 
+def _plan_text(s: dict[str, Any]) -> str:
+    """The schedule or mixture as given, or the default (``hmc:1,flow:4`` with a model,
+    ``hmc:1`` without)."""
+    if s["mixture"] is not None:
+        return str(s["mixture"])
+    return str(s["schedule"] or ("hmc:1,flow:4" if s["model"] else "hmc:1"))
+
+
 def _kernel_plan(s: dict[str, Any]) -> tuple[list[tuple[str, float]], bool]:
-    """The parsed schedule or mixture and whether it is a mixture (default: ``hmc:1,flow:4``
-    with a model, ``hmc:1`` without)."""
+    """The parsed schedule or mixture (:func:`_plan_text`) and whether it is a mixture."""
     if s["mixture"] is not None:
         return parse_schedule(s["mixture"], what="--mixture", counts=False), True
-    text = s["schedule"] or ("hmc:1,flow:4" if s["model"] else "hmc:1")
-    return parse_schedule(text, what="--schedule"), False
+    return parse_schedule(_plan_text(s), what="--schedule"), False
+
+
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 of the model's parameters and buffers (names, dtypes, shapes, values): a chain
+    resumes only with the flow it started with, since its state caches ``log q`` of that flow
+    (and proposals drawn from it)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # -- kernels and observables ------------------------------------------------------------------
@@ -270,6 +292,7 @@ def build_kernel(s: dict[str, Any], model: Any) -> tuple[Any, list[str]]:
     from .sampler import compose, flow_metropolis_kernel, hmc, mixture
 
     plan, is_mix = _kernel_plan(s)
+    plan = [(n, v) for n, v in plan if v > 0]  # a kernel with count/probability 0 never runs
     beta = float(s["beta"])
     names = [n for n in KERNELS if any(m == n for m, _ in plan)]
     kernels: dict[str, Any] = {}
@@ -548,6 +571,7 @@ def summarize(obs: dict[str, Any], acceptance: dict[str, list[float]], s: dict[s
         "acceptance": {k: (a / n if n else None) for k, (a, n) in acceptance.items()},
     }
     vol = math.prod(s["nrow"])
+    geometric = len(s["nrow"]) == 2 and s["group"] == "u1"
     for name in [k for k in obs if k != "cycle"]:
         x = np.asarray(obs[name])[keep]
         st: dict[str, Any] = {"mean": None, "naive_error": None, "error": None,
@@ -563,13 +587,24 @@ def summarize(obs: dict[str, Any], acceptance: dict[str, list[float]], s: dict[s
                 st.update(error=g.error, tau_int=g.tau_int, tau_int_error=g.tau_int_error)
             except Exception:  # noqa: BLE001 - statistics are optional in a summary
                 pass
+        if name == "topological_charge":
+            st["definition"] = "geometric" if geometric else "clover, no smoothing"
         if name == "topological_charge" and x.size:
-            q = np.round(x) if (len(s["nrow"]) == 2 and s["group"] == "u1") else x
+            q = np.round(x) if geometric else x
             st["chi_t"] = float(np.mean(q**2) / vol)
             st["chi_t_naive_error"] = (float(np.std(q**2, ddof=1) / math.sqrt(q.size) / vol)
                                        if q.size > 1 else None)
+            st["chi_t_error"] = None  # Gamma method on Q^2, chains as replicas
+            if q.shape[0] >= MIN_CONFIGS and float((q**2).std()) > 0:
+                try:
+                    g = gamma([q[:, c] ** 2 / vol for c in range(q.shape[1])],
+                              [cyc[keep] for _ in range(q.shape[1])],
+                              replicas=[f"c{c}" for c in range(q.shape[1])], what="Q^2/V")
+                    st["chi_t_error"] = g.error
+                except Exception:  # noqa: BLE001 - statistics are optional in a summary
+                    pass
         out[name] = st
-    if len(s["nrow"]) == 2 and s["group"] == "u1":
+    if geometric:
         from .exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 
         nrow = (s["nrow"][0], s["nrow"][1])
@@ -606,11 +641,15 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if q and q.get("mean") is not None:
         tau = "n/a (too few cycles or frozen)" if q.get("tau_int") is None else \
             f"{q['tau_int']:.2f} +- {q['tau_int_error']:.2f} cycles"
-        text = (f"topological charge <Q> {q['mean']:+.3f}, <Q^2>/V "
-                f"{_pm(q['chi_t'], q['chi_t_naive_error'])}")
+        what = "" if q.get("definition", "geometric") == "geometric" else \
+            f" ({q['definition']})"
+        gamma_err = q.get("chi_t_error")
+        err, how = ((gamma_err, "Gamma method") if gamma_err is not None else
+                    (q["chi_t_naive_error"], "naive"))
         if "exact" in summary:
-            text += f" (exact {summary['exact']['chi_t']:.6f})"
-        lines.append(text + f", tau_int(Q) {tau}")
+            how += f"; exact {summary['exact']['chi_t']:.6f}"
+        lines.append(f"topological charge{what} <Q> {q['mean']:+.3f}, <Q^2>/V "
+                     f"{_pm(q['chi_t'], err)} ({how}), tau_int(Q) {tau}")
     return lines
 
 
@@ -704,12 +743,13 @@ def run_chains(
     if model is not None:
         model.to(device)
     kernel, knames = build_kernel(s, model)
+    fingerprint = model_fingerprint(model) if model is not None else None
     names = observable_names(s)
     c = int(s["chains"])
     seed = rng_key(int(s["seed"]), rank)
     attrs = {"group": _GROUPS[s["group"]], "nrow": list(s["nrow"]), "beta": float(s["beta"]),
              "n_chains": c, "chain_offset": rank * c, "rank": rank, "world_size": world,
-             "kernels": knames, "schedule": str(s["mixture"] or s["schedule"] or ""),
+             "kernels": knames, "schedule": _plan_text(s),
              "mixture": s["mixture"] is not None, "therm": int(s["therm"]),
              "seed": int(s["seed"]), "model": str(s["model"] or "")}
     if resume:
@@ -723,6 +763,12 @@ def run_chains(
             if key not in _MUTABLE and s.get(key) != v:
                 raise _config_error(f"--resume: {key} is {s.get(key)!r}, but the run in {ck} "
                                     f"has {v!r}; only {sorted(_MUTABLE)} may change")
+        if "model_sha256" in cp and cp["model_sha256"] != fingerprint:
+            raise _config_error(
+                f"--resume: the flow in {s['model']} is not the one checkpoint {ck} was run "
+                f"with (its parameters changed, e.g. by further training); the chain's state "
+                f"holds log q and proposals of the old flow, so it can only continue with that "
+                f"one: restore it or start a new chain")
         if (cp["rank"], cp["world_size"]) != (rank, world):
             raise _config_error(f"--resume: checkpoint {ck} is rank {cp['rank']} of "
                                 f"{cp['world_size']}, this process is rank {rank} of {world}")
@@ -751,7 +797,8 @@ def run_chains(
         nc_, nr_, nf_ = f.counts()
         _atomic_save({"format": CHECKPOINT_FORMAT, "version": 1, "state": state, "cycle": cyc,
                       "n_cycles": nc_, "n_records": nr_, "n_fields": nf_, "settings": s,
-                      "rank": rank, "world_size": world, "seconds": seconds}, ck)
+                      "rank": rank, "world_size": world, "seconds": seconds,
+                      "model_sha256": fingerprint}, ck)
 
     t0 = time.perf_counter()
     try:

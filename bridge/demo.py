@@ -53,13 +53,15 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="use this `qcd-bridge train` run instead of training one")
     p.add_argument("--out", default="qcd-bridge-demo", help="output directory")
-    p.add_argument("--nrow", nargs=2, type=int, default=[8, 8], metavar="L",
-                   help="lattice extents (2D)")
-    p.add_argument("--beta", type=float, default=2.0, help="Wilson gauge coupling")
+    p.add_argument("--nrow", nargs=2, type=int, default=None, metavar="L",
+                   help="lattice extents (2D; default 8 8, or the training lattice of --model)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="Wilson gauge coupling (default 2.0, or the coupling of --model)")
     p.add_argument("--train-seconds", type=float, default=90.0,
                    help="training time budget in seconds")
     p.add_argument("--train-steps", type=int, default=100000,
-                   help="at most this many optimisation steps (fixes the model exactly)")
+                   help="at most this many optimisation steps; when they end before "
+                        "--train-seconds, the model does not depend on the machine's speed")
     p.add_argument("--chains", type=int, default=4, help="independent chains per sampler")
     p.add_argument("--steps", type=int, default=600, help="cycles per chain")
     p.add_argument("--therm", type=int, default=50, help="thermalisation cycles left out")
@@ -68,7 +70,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples of the "
                    "validation")
     p.add_argument("--seed", type=int, default=1, help="seed of training and chains")
-    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--device", default="cpu", help="torch device of the chains (training "
+                   "runs on the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_demo)
 
@@ -129,12 +132,36 @@ def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
 
 
 def _fmt(value: float | None, error: float | None) -> str:
+    """``value(error)`` as in the validation report, ``n/a`` without a value."""
+    from .validate import _pm
+
     if value is None:
         return "n/a"
     if error is None or not math.isfinite(error) or error <= 0:
         return f"{value:.5f}"
-    digits = min(max(1 - int(math.floor(math.log10(error))), 0), 8)
-    return f"{value:.{digits}f}({round(error * 10**digits):d})"
+    return _pm(value, error)
+
+
+def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
+    """``--nrow``/``--beta``, else those of ``--model``'s training run, else 8 8 and 2.0; a
+    model that is not a 2D U(1) flow is refused."""
+    from .errors import ConfigError
+
+    nrow, beta = args.nrow, args.beta
+    if args.model:
+        from .commands_flows import load_model
+
+        model, meta = load_model(args.model)
+        if int(model.group.nc) != 1 or int(model.nd) != 2:
+            raise ConfigError(f"--model {args.model}: the demo runs 2D U(1); the model is for "
+                              f"{model.group.name} in {model.nd}D (use `qcd-bridge chain`)")
+        train = meta.get("train", {})
+        if nrow is None and train.get("nrow"):
+            nrow = [int(n) for n in train["nrow"]]
+        if beta is None and train.get("beta") is not None:
+            beta = float(train["beta"])
+    return ([8, 8] if nrow is None else [int(n) for n in nrow],
+            2.0 if beta is None else float(beta))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -147,6 +174,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps {args.steps}: expected more cycles than --therm "
                           f"{args.therm} + 1")
     t0 = time.perf_counter()
+    args.nrow, args.beta = _lattice_and_coupling(args)
     out = Path(args.out)
     _prepare(out)
     print(f"[demo] 2D U(1) on {args.nrow[0]}x{args.nrow[1]}, beta = {args.beta:g}; output in "
@@ -177,11 +205,13 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, r in runs.items():
         p, q = r["plaquette"], r.get("topological_charge", {})
         err = p.get("error") or p.get("naive_error")
+        chi_err = q.get("chi_t_error") or q.get("chi_t_naive_error")
         rows.append({
             "sampler": name, "chains": r["chains"], "cycles": r["cycles"],
             "acceptance": r["acceptance"], "plaquette": p["mean"], "plaquette_error": err,
             "plaquette_sigma": ((p["mean"] - exact_p) / err) if err else None,
-            "chi_t": q.get("chi_t"), "chi_t_error": q.get("chi_t_naive_error"),
+            "chi_t": q.get("chi_t"), "chi_t_error": chi_err,
+            "chi_t_sigma": ((q["chi_t"] - exact_chi) / chi_err) if chi_err else None,
             "tau_int_Q": q.get("tau_int"), "seconds": r["wall_seconds"]})
     print()
     print(f"{'sampler':8s} {'chains x cycles':>16s}  {'acceptance':24s} {'<plaquette>':>13s} "
@@ -195,14 +225,18 @@ def run_demo(args: argparse.Namespace) -> int:
               f"{_fmt(row['chi_t'], row['chi_t_error']):>12s} {tau:>10s} "
               f"{row['seconds']:6.1f}s")
     print(f"{'exact':8s} {'':>16s}  {'':24s} {exact_p:>13.6f} {'':>7s}  {exact_chi:>12.6f}")
+    print(f"(errors: Gamma method, chains as replicas, after {args.therm} thermalisation "
+          f"cycles; dev/err = (mean - exact)/error;\n tau_int(Q) in cycles: a hybrid cycle is "
+          f"{args.schedule}, an HMC cycle one trajectory)")
     print()
-    parts = []
-    for row in rows:
-        dev = "n/a" if row["plaquette_sigma"] is None else f"{row['plaquette_sigma']:+.1f}"
-        parts.append(f"{row['sampler']} {_fmt(row['plaquette'], row['plaquette_error'])} "
-                     f"({dev} sigma)")
-    print(f"plaquette vs exact (character expansion, {nrow[0]}x{nrow[1]}, beta = "
-          f"{args.beta:g}): exact {exact_p:.6f}; " + "; ".join(parts))
+    for what, key, exact in (("plaquette", "plaquette", exact_p), ("<Q^2>/V", "chi_t", exact_chi)):
+        parts = []
+        for row in rows:
+            sig = row[f"{key}_sigma"]
+            parts.append(f"{row['sampler']} {_fmt(row[key], row[f'{key}_error'])} "
+                         f"({'n/a' if sig is None else f'{sig:+.1f}'} sigma)")
+        print(f"{what} vs exact (character expansion, {nrow[0]}x{nrow[1]}, beta = "
+              f"{args.beta:g}): exact {exact:.6f}; " + "; ".join(parts))
     for c in res.observables:
         print(f"validate {c.name}: hybrid {_fmt(c.a.value, c.a.error)}  hmc "
               f"{_fmt(c.b.value, c.b.error)}  p = {c.p_value:.3g}  "

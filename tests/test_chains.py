@@ -122,8 +122,10 @@ def test_records_equal_the_kernels_infos(tmp_path, model_dir):
     for k in ("hmc", "flow"):
         sel = np.array(rec["kernel"]) == k
         assert summary["acceptance"][k] == pytest.approx(rec["accepted"][sel].mean())
+    assert summary["topological_charge"]["definition"] == "geometric"
     attrs = data["attrs"]
     assert attrs["format"] == "qcd-bridge-chain" and attrs["n_chains"] == 3
+    assert attrs["schedule"] == "hmc:1,flow:2" and not attrs["mixture"]
     assert attrs["n_cycles"] == 6 and attrs["n_records"] == 18 and attrs["n_fields"] == 3
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["cycles"] == 6
 
@@ -131,9 +133,11 @@ def test_records_equal_the_kernels_infos(tmp_path, model_dir):
 def test_mixture_records_one_kernel_per_cycle(tmp_path, model_dir):
     s, model = _settings(tmp_path, model_dir, mixture="hmc:0.5,flow:0.5", md_steps=3, steps=8)
     run_chains(s, model=model, progress=False, rank=0, world=1)
-    rec = read_chain(tmp_path / "run" / "chain.h5")["records"]
+    data = read_chain(tmp_path / "run" / "chain.h5")
+    rec = data["records"]
     assert rec["cycle"].tolist() == list(range(1, 9))
     assert set(rec["kernel"]) == {"hmc", "flow"}
+    assert data["attrs"]["schedule"] == "hmc:0.5,flow:0.5" and data["attrs"]["mixture"]
 
 
 def test_parse_schedule_and_bad_settings():
@@ -154,6 +158,9 @@ def test_parse_schedule_and_bad_settings():
         chain_settings(chains=0)
     with pytest.raises(ConfigError, match=r"nrow: expected 2 or 4 positive extents, got \[4\]"):
         chain_settings(nrow=[4])
+    # a kernel with count 0 never runs: no model needed, not among the record labels
+    s, explicit = chain_settings(schedule="hmc:1,flow:0")
+    assert resolve_model(s, explicit) is None and build_kernel(s, None)[1] == ["hmc"]
     s, explicit = chain_settings(schedule="hmc:1,flow:2")
     with pytest.raises(ConfigError, match=r"the flow kernel needs --model .* only hmc is "
                                           r"allowed \(got 'hmc:1,flow:2'\)"):
@@ -187,6 +194,7 @@ def test_existing_output_and_resume_errors(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "acceptance: hmc" in out and "exact 0.6992" in out
+    assert read_chain(tmp_path / "r" / "chain.h5")["attrs"]["schedule"] == "hmc:1"  # default
     assert main(args) == 1
     assert "exists; pass --resume to continue it" in capsys.readouterr().err
     assert main(args + ["--resume", "--tau", "0.5"]) == 1
@@ -240,6 +248,28 @@ def test_cli_resume_extends_the_chain_identically(tmp_path, model_dir):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["steps"] == 9
     assert main(["chain", "--out", str(tmp_path / "a"), "--resume", "--no-progress"]) == 0
     _same(read_chain(tmp_path / "a" / "chain.h5"), read_chain(tmp_path / "b" / "chain.h5"))
+
+
+def test_resume_with_another_flow_is_refused(tmp_path, model_dir):
+    """The state caches log q and proposals of the flow it ran with: after the model's
+    parameters change (e.g. further training), --resume is refused instead of mixing flows."""
+    import shutil
+
+    mdir = tmp_path / "model"
+    shutil.copytree(model_dir, mdir)
+    s, model = _settings(tmp_path, mdir, schedule="hmc:1,flow:2", md_steps=3, steps=2)
+    run_chains(s, model=model, progress=False, rank=0, world=1)
+    s, model = _settings(tmp_path, mdir, schedule="hmc:1,flow:2", md_steps=3, steps=4)
+    run_chains(s, model=model, resume=True, progress=False, rank=0, world=1)  # same flow: fine
+    ck = torch.load(mdir / "checkpoint.pt", weights_only=False)
+    name = next(k for k, v in ck["model"].items() if v.is_floating_point())
+    ck["model"][name] = ck["model"][name] + 1e-3
+    torch.save(ck, mdir / "checkpoint.pt")
+    s, model = _settings(tmp_path, mdir, schedule="hmc:1,flow:2", md_steps=3, steps=6)
+    with pytest.raises(ConfigError, match=r"--resume: the flow in .*model is not the one "
+                                          r"checkpoint .*checkpoint.pt was run with"):
+        run_chains(s, model=model, resume=True, progress=False, rank=0, world=1)
+    assert read_chain(tmp_path / "run" / "chain.h5")["attrs"]["n_cycles"] == 4
 
 
 # ---------------------------------------------------------------- ranks
@@ -303,6 +333,9 @@ def test_hybrid_chain_reproduces_the_exact_plaquette(tmp_path, model_dir):
     assert summary["exact"]["plaquette"] == pytest.approx(exact)
     assert summary["plaquette"]["mean"] == pytest.approx(mean)
     assert 0 < summary["acceptance"]["flow"] < 1
+    q = summary["topological_charge"]  # <Q^2>/V with a Gamma-method error (chains as replicas)
+    assert q["chi_t"] == pytest.approx(np.mean(np.round(obs["topological_charge"][10:]) ** 2) / 16)
+    assert q["chi_t_error"] > 0 and q["chi_t_naive_error"] > 0
 
 
 @pytest.mark.slow
@@ -328,10 +361,12 @@ def test_four_dimensional_su3_fields_also_go_to_ildg(tmp_path):
 
     s, model = _settings(tmp_path, None, group="su3", nrow=[2, 2, 2, 4], beta=5.5, chains=2,
                          steps=2, md_steps=2, save_every=2, polyakov=True)
-    run_chains(s, model=model, progress=False, rank=0, world=1)
+    summary = run_chains(s, model=model, progress=False, rank=0, world=1)
     data = read_chain(tmp_path / "run" / "chain.h5")
     assert set(data["observables"]) == {"cycle", "action", "plaquette", "topological_charge",
                                         "polyakov_loop"}
+    assert summary["topological_charge"]["definition"] == "clover, no smoothing"
+    assert "exact" not in summary
     links = torch.view_as_complex(torch.from_numpy(data["fields"]["links"][-1]).contiguous())
     for c in range(2):
         u, _ = read_gauge(tmp_path / "run" / "cfg" / f"chain{c}_cfg_2.lime")
@@ -361,6 +396,26 @@ def test_progress_bar_line_and_tty_detection():
     assert last.startswith("cycle 3/3  acc hmc 0.90 flow 0.25  <Q> +0.50  plaq 0.71234")
     assert "0.5 s/cycle  ETA 0:00" in last
     assert Progress(10).line(4, {"hmc": 1.0}, None, 0.5, 61.0).endswith("ETA 6:06")
+
+
+def test_summary_lines_name_the_errors_and_the_charge_definition():
+    from bridge.chains import summary_lines
+
+    q = {"mean": 0.1, "chi_t": 0.0194, "chi_t_error": 0.0012, "chi_t_naive_error": 0.0005,
+         "tau_int": 2.0, "tau_int_error": 0.5, "definition": "geometric"}
+    summary = {"acceptance": {"hmc": 0.9, "flow": None}, "chains": 2, "cycles": 30,
+               "measured_cycles": 25, "therm": 5, "plaquette": {"mean": None},
+               "topological_charge": q, "exact": {"plaquette": 0.7, "chi_t": 0.019364}}
+    lines = summary_lines(summary)
+    assert lines[0] == ("2 chains x 30 cycles (25 measured after 5 thermalisation); "
+                        "acceptance: hmc 0.900, flow n/a")
+    assert lines[-1] == ("topological charge <Q> +0.100, <Q^2>/V 0.0194 +- 0.0012 (Gamma "
+                         "method; exact 0.019364), tau_int(Q) 2.00 +- 0.50 cycles")
+    q.update(chi_t_error=None, tau_int=None, definition="clover, no smoothing")
+    del summary["exact"]
+    assert summary_lines(summary)[-1] == (
+        "topological charge (clover, no smoothing) <Q> +0.100, <Q^2>/V 0.01940 +- 0.00050 "
+        "(naive), tau_int(Q) n/a (too few cycles or frozen)")
 
 
 def test_cli_forced_progress_and_validate_reads_chain_files(tmp_path, capsys):

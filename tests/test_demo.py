@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from bridge.cli import main
+from bridge.demo import _fmt
 from bridge.flows import make_flow
 from bridge.train import TrainConfig, Trainer
 
@@ -26,12 +28,17 @@ def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
               "model/checkpoint.pt", "hybrid/chain.h5", "hmc/chain.h5", "demo.json"):
         assert (out / f).exists(), f
     assert "plaquette vs exact (character expansion, 4x4, beta = 1.5): exact 0.596344" in text
+    assert "<Q^2>/V vs exact (character expansion, 4x4, beta = 1.5): exact 0.0" in text
     assert "hybrid" in text and "hmc" in text and "exact" in text
     assert f"the report is {out / 'report' / 'report.md'}" in text
+    assert "(errors: Gamma method, chains as replicas, after 5 thermalisation cycles" in text
     demo = json.loads((out / "demo.json").read_text())
     assert demo["validation"] == "PASS" and [r["sampler"] for r in demo["rows"]] == [
         "hybrid", "hmc"]
     assert set(demo["rows"][0]["acceptance"]) == {"hmc", "flow"}
+    for row in demo["rows"]:
+        assert row["chi_t"] == pytest.approx(demo["exact"]["chi_t"] + row["chi_t_sigma"]
+                                             * row["chi_t_error"])
 
 
 def test_demo_reuses_an_earlier_demo_directory_with_a_given_model(tmp_path, capsys):
@@ -43,9 +50,11 @@ def test_demo_reuses_an_earlier_demo_directory_with_a_given_model(tmp_path, caps
     (out / "hybrid").mkdir(parents=True)
     (out / "hybrid" / "chain.h5").write_text("left over from an earlier demo")
     (out / "demo.json").write_text("{}")
-    rc = main(["demo", *SMALL, "--model", str(model), "--out", str(out)])
+    # lattice and coupling default to the model's training run
+    rc = main(["demo", *SMALL[5:], "--model", str(model), "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0 and f"using the flow in {model}" in text
+    assert "2D U(1) on 4x4, beta = 1.5" in text
     assert "training" not in text and not (out / "model").exists()
     assert (out / "report" / "report.md").exists()
 
@@ -59,3 +68,16 @@ def test_demo_refuses_a_foreign_directory_and_bad_settings(tmp_path, capsys):
     assert (tmp_path / "x" / "precious.txt").read_text() == "keep"
     assert main(["demo", "--steps", "5", "--therm", "5", "--out", str(tmp_path / "y")]) == 1
     assert "--steps 5: expected more cycles than --therm 5 + 1" in capsys.readouterr().err
+    su2 = tmp_path / "su2"
+    Trainer(make_flow("SU2", 2, n_layers=1, k=4, hidden=(4,)),
+            TrainConfig(nrow=[4, 4], beta=1.0, batch=4)).save(su2 / "checkpoint.pt")
+    assert main(["demo", *SMALL[5:], "--model", str(su2), "--out", str(tmp_path / "z")]) == 1
+    assert (f"--model {su2}: the demo runs 2D U(1); the model is for SU(2) in 2D"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "z").exists()
+
+
+def test_table_numbers_carry_into_the_next_digit():
+    assert _fmt(0.69712, 0.0016) == "0.6971(16)"
+    assert _fmt(1.0, 0.0996) == "1.00(10)"  # not 1.000(100)
+    assert _fmt(0.5, None) == "0.50000" and _fmt(None, 0.1) == "n/a"

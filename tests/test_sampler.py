@@ -137,12 +137,15 @@ class ToyFlow:
     group = get_group("U1")
     nd = 2
 
+    def __init__(self, q: torch.Tensor = Q_TOY):
+        self.q = q
+
     def sample(self, n, lattice, *, generator=None, dtype=None, device=None):
-        k = torch.multinomial(Q_TOY, n, replacement=True, generator=generator)
-        return _encode(k), Q_TOY.log()[k]
+        k = torch.multinomial(self.q, n, replacement=True, generator=generator)
+        return _encode(k), self.q.log()[k]
 
     def log_prob(self, u):
-        return Q_TOY.log()[_decode(u)]
+        return self.q.log()[_decode(u)]
 
 
 def _toy_action(u: torch.Tensor) -> torch.Tensor:
@@ -176,10 +179,10 @@ def _walk_kernel(name: str = "walk") -> Kernel:
     return Kernel(init, step)
 
 
-def _t_imh(p: torch.Tensor) -> torch.Tensor:
-    w = p / Q_TOY
+def _t_imh(p: torch.Tensor, q: torch.Tensor = Q_TOY) -> torch.Tensor:
+    w = p / q
     ones = torch.ones(K, K, dtype=torch.float64)
-    t = Q_TOY[None, :] * torch.minimum(ones, w[None, :] / w[:, None])
+    t = q[None, :] * torch.minimum(ones, w[None, :] / w[:, None])
     t.fill_diagonal_(0)
     return t + torch.diag(1 - t.sum(1))
 
@@ -244,6 +247,37 @@ def test_toy_composition_matches_product_matrix():
     chi2 = float(((freq - 2000 * P_TOY) ** 2 / (2000 * P_TOY)).sum())
     assert chi2 < 13.8  # 2 dof, 99.9%
     assert state.step == 90
+
+
+def test_toy_deliberately_poor_proposal_is_still_exact():
+    """A 'flow' that puts 96% of its mass on the state the target likes least: from starts all
+    in that state, flow steps alone relax to P_TOY and their transitions follow T_imh of that
+    proposal; the acceptance is the known one (about 1/4)."""
+    q_poor = torch.tensor([0.02, 0.96, 0.02], dtype=torch.float64)
+    fk = flow_metropolis_kernel(ToyFlow(q_poor), _toy_action, batch_size=50)
+    n = 4000
+    state = fk.init(_encode(torch.ones(n, dtype=torch.long)), seed=6)
+    counts = torch.zeros(K, K, dtype=torch.float64)
+    n_acc = 0
+    for t in range(400):
+        prev = _decode(state.U)
+        state, info = fk.step(state)
+        if t >= 300:
+            n_acc += int(info.accepted.sum())
+            counts.index_put_((prev, _decode(state.U)), torch.ones(n, dtype=torch.float64),
+                              accumulate=True)
+    freq = torch.bincount(_decode(state.U), minlength=K).double()
+    chi2 = float(((freq - n * P_TOY) ** 2 / (n * P_TOY)).sum())
+    assert chi2 < 13.8, (freq / n, P_TOY)  # 2 dof, 99.9%
+    w = P_TOY / q_poor
+    expected = float((P_TOY[:, None] * q_poor[None, :]
+                      * torch.minimum(torch.ones(K, K, dtype=torch.float64),
+                                      w[None, :] / w[:, None])).sum())
+    assert abs(n_acc / (100 * n) - expected) < 0.01, (n_acc / (100 * n), expected)
+    assert _row_chi2(counts, _t_imh(P_TOY, q_poor)) < CHI2_6DOF_999
+    # the proposal's own distribution is far from the target: the test would see a chain
+    # that accepted everything
+    assert float(((freq - n * q_poor) ** 2 / (n * q_poor)).sum()) > 1000
 
 
 def _noisy_estimator(sigma: float, log_w_true: torch.Tensor):
