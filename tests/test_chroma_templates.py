@@ -561,3 +561,17 @@ def test_docs_show_what_the_command_writes(doc, tmp_path):
         argv[k + 1] = str(tmp_path / f"{i}.xml")
         assert main(argv) == 0
         assert (tmp_path / f"{i}.xml").read_text() == shown, f"docs/{doc}: {command}"
+
+
+def test_structure_lenient_accepts_unlisted_object_names():
+    # a solver name the description does not list (e.g. Chroma's MG_PROTO solvers): strict reports
+    # it, lenient accepts it but still reports a missing required element
+    root = _hmc("wilson_unprec")
+    inv = root.find("HMCTrj/Monomials/elem/InvertParam/invType")
+    inv.text = "MG_PROTO_CLOVER_INVERTER"
+    assert any("invType" in p and "MG_PROTO_CLOVER_INVERTER" in p
+               for p in structure_problems(root))
+    assert structure_problems(root, strict=False) == []
+    root.find("MCControl").remove(root.find("MCControl/SaveInterval"))
+    assert structure_problems(root, strict=False) == [
+        "missing required element /Params/MCControl/SaveInterval"]

@@ -442,6 +442,8 @@ def _walk(node: Node, el: etree._Element, path: str, strict: bool, out: list[str
             continue
         if len(found) > 1:
             out.append(f"{path}/{name}: appears {len(found)} times, expected once")
+        if not strict and name == node.key:
+            continue  # lenient: an object name this description does not list is accepted
         _walk(child, found[0], f"{path}/{name}", strict, out)
     for names in node.one_of:
         if sum(el.find(n) is not None for n in names) != 1:
@@ -460,7 +462,8 @@ def structure_problems(root: etree._Element | etree._ElementTree, *,
     """Problems of a Chroma ``hmc`` (root ``<Params>``) or ``chroma`` (root ``<chroma>``)
     input against :data:`HMC_STRUCTURE` / :data:`CHROMA_STRUCTURE`, each naming the element
     path.  ``strict``: elements Chroma does not read at their place are problems too (Chroma
-    itself ignores them, which hides typos)."""
+    itself ignores them, which hides typos), and so are object names (``invType``, ``FermAct``,
+    ``Name``, ...) this description does not list; without it both are accepted."""
     if isinstance(root, etree._ElementTree):
         root = root.getroot()
     if root.tag not in _ROOTS:
