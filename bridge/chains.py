@@ -53,6 +53,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .commands_flows import _GROUPS  # the group names `qcd-bridge train` accepts
+
 __all__ = [
     "CHAIN_FORMAT", "CHAIN_VERSION", "KERNELS", "add_chain_parser", "chain_settings",
     "parse_schedule", "build_kernel", "model_fingerprint", "measure", "ChainFile", "Progress",
@@ -63,7 +65,6 @@ CHAIN_FORMAT = "qcd-bridge-chain"
 CHAIN_VERSION = 1
 CHECKPOINT_FORMAT = "qcd-bridge-chain-checkpoint"
 KERNELS = ("hmc", "flow")
-_GROUPS = {"u1": "U1", "su2": "SU2", "su3": "SU3"}
 _DEFAULTS: dict[str, Any] = {
     "model": None, "group": "u1", "nrow": [8, 8], "beta": 2.0, "schedule": None,
     "mixture": None, "tau": 1.0, "md_steps": 10, "integrator": "LCM_STS_LEAPFROG",
