@@ -234,9 +234,11 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, model_dir):
     assert torch.equal(a.log_w, b.log_w)
 
 
-def test_cli_resume_extends_the_chain_identically(tmp_path, model_dir):
-    common = ["chain", "--model", str(model_dir), "--chains", "2", "--md-steps", "3",
-              "--schedule", "flow:2,hmc:1", "--no-progress", "--checkpoint-every", "0"]
+@pytest.mark.parametrize("plan", [["--schedule", "flow:2,hmc:1"],
+                                  ["--mixture", "hmc:0.4,flow:0.6"]])
+def test_cli_resume_extends_the_chain_identically(tmp_path, model_dir, plan):
+    common = ["chain", "--model", str(model_dir), "--chains", "2", "--md-steps", "3", *plan,
+              "--no-progress", "--checkpoint-every", "0"]
     assert main(common + ["--steps", "5", "--out", str(tmp_path / "a")]) == 0
     assert main(["chain", "--out", str(tmp_path / "a"), "--steps", "9", "--resume",
                  "--no-progress"]) == 0
