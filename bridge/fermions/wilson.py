@@ -177,11 +177,12 @@ _TERMS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (0, -1), (1, -1), (2, 1),
                                        (3, -1))
 _COEF_CACHE: dict[tuple[torch.dtype, torch.device], dict[str, torch.Tensor]] = {}
 _BILINEAR_GATHER_MAX_SITES = 1024
-_FUSED_MIN_SITES = 8192
+_FUSED_MIN_SITES = 4096
 """Fields with at least this many sites (counting batch and right-hand sides) use the fused
 projection kernel, smaller ones the gather kernel (crossover measured on the CPU for SU(3),
-float64, one thread: the gather kernel is 1.2-2.9x faster from 4^4 to 8^4, the fused one ~10%
-faster at 16^2 x 8^2; docs/performance.md)."""
+float64, one thread: gather 0.33 vs fused 0.67 ms on a 4^2 x 8^2 one-parity field, 1.45 vs
+1.62 ms on 8^4 one-parity, about equal (3.0 vs 2.9 ms) on the full 8^4 lattice;
+docs/performance.md)."""
 
 
 def _project(
