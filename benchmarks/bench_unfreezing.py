@@ -61,7 +61,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -105,8 +105,21 @@ def make_hmc(beta: float, n_steps: int, name: str = "hmc"):
     return hmc(integ, 1.0, name=name)
 
 
-def _acc(infos, kernel: str) -> float | None:
-    a = [float(i.accepted.double().mean()) for i in infos if i.kernel == kernel]
+class Rec(NamedTuple):
+    """What the benchmark keeps of a step's :class:`~bridge.sampler.StepInfo` (keeping the
+    records themselves, with their HMC details, costs gigabytes over long runs)."""
+
+    kernel: str
+    acc: float  # fraction of the chains that accepted
+    nonfinite: int
+
+
+def _slim(infos) -> list[Rec]:
+    return [Rec(i.kernel, float(i.accepted.double().mean()), int(i.nonfinite)) for i in infos]
+
+
+def _acc(recs: list[Rec], kernel: str) -> float | None:
+    a = [r.acc for r in recs if r.kernel == kernel]
     return float(np.mean(a)) if a else None
 
 
@@ -120,7 +133,7 @@ def tune_hmc(u: torch.Tensor, beta: float, *, target: float = 0.8, trajs: int = 
         k = make_hmc(beta, n)
         state = k.init(u, seed=rng_key(seed, 7, i))
         state, infos, _ = run_chain(k, state, trajs)
-        acc = _acc(infos, "hmc")
+        acc = _acc(_slim(infos), "hmc")
         tried.append({"n_steps": n, "acceptance": acc})
         u = state.U
         if acc >= target:
@@ -132,9 +145,10 @@ def tune_hmc(u: torch.Tensor, beta: float, *, target: float = 0.8, trajs: int = 
 def run_timed(kernel, state, seconds: float, measure, min_steps: int = 20,
               max_steps: int | None = None, exclude_measure: bool = False):
     """Step ``kernel`` (through :func:`run_chain`, one step at a time) until ``seconds`` of wall
-    time have passed (at least ``min_steps`` steps); ``(state, infos, obs [n, chains, k], wall
-    seconds, cpu seconds, wall seconds spent in measure)``: the wall time includes the
-    measurements; with ``exclude_measure`` the clock that stops the run does not count them."""
+    time have passed (at least ``min_steps`` steps); ``(state, records (:class:`Rec`), obs
+    [n, chains, k], wall seconds, cpu seconds, wall seconds spent in measure)``: the wall time
+    includes the measurements; with ``exclude_measure`` the clock that stops the run does not
+    count them."""
     infos, obs = [], []
     spent = [0.0]
 
@@ -149,7 +163,7 @@ def run_timed(kernel, state, seconds: float, measure, min_steps: int = 20,
     while (n < min_steps or time.perf_counter() - t0 - exclude_measure * spent[0] < seconds) and (
             max_steps is None or n < max_steps):
         state, inf, o = run_chain(kernel, state, 1, timed_measure)
-        infos.extend(inf)
+        infos.extend(_slim(inf))
         obs.append(o)
         n += 1
     return (state, infos, torch.cat(obs), time.perf_counter() - t0,
@@ -459,7 +473,7 @@ def run_su3(args) -> list[dict]:
 
     def measure(u):
         q = flowed_topological_charge(u, flow_time=args.su3_flow_time, eps=0.05)
-        p = plaquette_traces(u).real.flatten(1).mean(1) / 3.0
+        p = plaquette_traces(u).real.flatten(1).mean(1)  # Re Tr P / 3
         return torch.stack([q, p], 1)
 
     model, info = None, {}
