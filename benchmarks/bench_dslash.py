@@ -10,7 +10,12 @@
    (Haar-random links APE-smeared to a plaquette near 0.5, the beta = 5.5 value): even-odd CG on
    K^dag K, unpreconditioned CG on D^dag D, and mixed precision (float32 inner CG).
 
+On the CPU the native C++ hopping kernel (bridge/fermions/_native.py) is used when it builds;
+``--native off`` times the torch path (``QCD_BRIDGE_NATIVE=0``), ``--native compare`` times both,
+alternating per case (rows carry ``"native": true/false``).
+
     python benchmarks/bench_dslash.py [--sizes 4 8 16] [--device cpu|cuda] [--threads N]
+                                      [--native auto|off|compare]
                                       [--out benchmarks/results/dslash.json]
 """
 
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bridge.fermions import DSLASH_FLOPS_PER_SITE, WilsonDirac
+from bridge.fermions import DSLASH_FLOPS_PER_SITE, WilsonDirac, _native
 from bridge.gauge import mesplq, random_gauge, staple
 from bridge.groups import dagger, project_to_group
 from bridge.lattice import Lattice
@@ -74,22 +79,35 @@ def thermalised_like(lat: Lattice, *, steps: int, alpha: float, device, seed: in
     return u
 
 
-def bench_dslash(sizes, dtypes, device) -> list[dict]:
+def _modes(native: str) -> list[str]:
+    """Values of QCD_BRIDGE_NATIVE to run: native first, then the torch path."""
+    return {"auto": [os.environ.get(_native.ENV, "1")], "off": ["0"], "compare": ["1", "0"]}[native]
+
+
+def _use_native(device: torch.device) -> bool:
+    return device.type == "cpu" and _native.available()
+
+
+def bench_dslash(sizes, dtypes, device, modes=("1",)) -> list[dict]:
     rows = []
     for L in sizes:
         lat = Lattice((L, L, L, L))
         gen = torch.Generator(device=device).manual_seed(1)
         u64 = random_gauge(lat, "SU3", 1, generator=gen, device=device)
-        for dtype in dtypes:
+        for dtype, mode in [(d, m) for d in dtypes for m in modes]:
+            os.environ[_native.ENV] = mode
             op = WilsonDirac(u64.to(dtype), 0.12)
-            psi = torch.randn(op.field_shape(), dtype=dtype, generator=gen, device=device)
+            g2 = torch.Generator(device=device).manual_seed(2)
+            psi = torch.randn(op.field_shape(), dtype=dtype, generator=g2, device=device)
             t_h, c_h = _time(lambda op=op, psi=psi: op.hopping(psi), device)
             psi_o = op.split(psi)[1]
             t_k, c_k = _time(lambda op=op, p=psi_o: op.schur(p), device)
+            t_n, c_n = _time(lambda op=op, p=psi_o: op.schur_normal(p), device)
             real = 4 if dtype == torch.complex64 else 8
             v = lat.volume
             row = {
                 "device": str(device), "dtype": str(dtype).replace("torch.", ""), "L": L,
+                "native": _use_native(device), "schur_normal_s": t_n, "schur_normal_cpu_s": c_n,
                 "sites": v, "dslash_s": t_h, "dslash_cpu_s": c_h, "schur_cpu_s": c_k,
                 "gflops": DSLASH_FLOPS_PER_SITE * v / t_h / 1e9,
                 "gbytes_per_s": BYTES_PER_SITE_REALS * real * v / t_h / 1e9,
@@ -98,9 +116,12 @@ def bench_dslash(sizes, dtypes, device) -> list[dict]:
                 "schur_gflops": DSLASH_FLOPS_PER_SITE * v / t_k / 1e9,
             }
             rows.append(row)
-            print(f"dslash {L:>2}^4 {row['dtype']:<10} {t_h * 1e3:9.3f} ms (cpu {c_h * 1e3:8.3f})  "
+            print(f"dslash {L:>2}^4 {row['dtype']:<10} native={row['native']!s:<5} "
+                  f"{t_h * 1e3:9.3f} ms (cpu {c_h * 1e3:8.3f})  "
                   f"{row['gflops']:6.2f} GFLOP/s  {row['gbytes_per_s']:6.2f} GB/s   "
-                  f"schur {t_k * 1e3:9.3f} ms  {row['schur_gflops']:6.2f} GFLOP/s", flush=True)
+                  f"schur {t_k * 1e3:9.3f} ms (cpu {c_k * 1e3:8.3f})  "
+                  f"{row['schur_gflops']:6.2f} GFLOP/s  K^dag K cpu {c_n * 1e3:8.3f} ms",
+                  flush=True)
     return rows
 
 
@@ -125,16 +146,19 @@ def bench_colour(device, L: int = 16) -> list[dict]:
     return rows
 
 
-def bench_cg(device, L: int = 8, kappas=(0.1, 0.15), tol: float = 1e-10) -> list[dict]:
+def bench_cg(device, L: int = 8, kappas=(0.1, 0.15), tol: float = 1e-10,
+             modes=("1",)) -> list[dict]:
     lat = Lattice((L, L, L, L))
     u = thermalised_like(lat, steps=3, alpha=0.45, device=device)
     plaq = float(mesplq(u).w_plaq[0])
     print(f"CG field: {L}^4 APE-smeared Haar, w_plaq = {plaq:.4f}")
     rows = []
     gen = torch.Generator(device=device).manual_seed(3)
-    for kappa in kappas:
+    shape = WilsonDirac(u, kappas[0]).field_shape()
+    sources = [torch.randn(shape, dtype=u.dtype, generator=gen, device=device) for _ in kappas]
+    for (kappa, b), mode in [(kb, m) for kb in zip(kappas, sources, strict=True) for m in modes]:
+        os.environ[_native.ENV] = mode
         op = WilsonDirac(u, kappa)
-        b = torch.randn(op.field_shape(), dtype=u.dtype, generator=gen, device=device)
         cases = {
             "eo_cg_f64": lambda op=op, b=b: op.solve(b, solver=CG(tol=tol, max_iter=20000)),
             "eo_cg_mixed": lambda op=op, b=b: op.solve(
@@ -152,10 +176,12 @@ def bench_cg(device, L: int = 8, kappas=(0.1, 0.15), tol: float = 1e-10) -> list
             true_res = float(((op.apply(x) - b).abs().square().sum()
                               / b.abs().square().sum()).sqrt())
             rows.append({"device": str(device), "L": L, "w_plaq": plaq, "kappa": kappa,
-                         "method": name, "seconds": t, "cpu_seconds": c,
+                         "method": name, "native": _use_native(device),
+                         "seconds": t, "cpu_seconds": c,
                          "iterations": st.iterations,
                          "solver_residual": st.residual, "true_residual_Dx_b": true_res})
-            print(f"CG {L}^4 kappa={kappa:<5} {name:<14} {t:8.3f} s (cpu {c:7.3f})  "
+            print(f"CG {L}^4 kappa={kappa:<5} {name:<14} native={_use_native(device)!s:<5} "
+                  f"{t:8.3f} s (cpu {c:7.3f})  "
                   f"{st.iterations:5d} it  "
                   f"|Dx-b|/|b| = {true_res:.2e}", flush=True)
     return rows
@@ -168,6 +194,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--skip-cg", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/dslash.json")
+    ap.add_argument("--native", default="auto", choices=["auto", "off", "compare"],
+                    help="native C++ hopping kernel: as available, torch path, or both")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,12 +211,16 @@ def main(argv=None) -> None:
         "flops_per_site": DSLASH_FLOPS_PER_SITE,
         "bytes_per_site_model_reals": BYTES_PER_SITE_REALS,
     }
+    modes = _modes(args.native)
+    if "1" in modes and _use_native(device):
+        meta["native_build_seconds"] = _native.build_seconds()
+        print(f"native hopping kernel: built/loaded in {_native.build_seconds():.1f} s")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
     result = {
         "meta": meta,
-        "dslash": bench_dslash(args.sizes, (torch.complex128, torch.complex64), device),
+        "dslash": bench_dslash(args.sizes, (torch.complex128, torch.complex64), device, modes),
         "colour_product": bench_colour(device),
-        "cg": [] if args.skip_cg else bench_cg(device),
+        "cg": [] if args.skip_cg else bench_cg(device, modes=modes),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

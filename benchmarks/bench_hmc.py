@@ -11,7 +11,13 @@ times --ntraj trajectories: wall-clock seconds and the process CPU seconds (``ti
 the fair number on a shared machine where other jobs steal the core), with the load average
 before and after each run.  Prints a table and writes JSON.
 
+The native C++ hopping kernel (bridge/fermions/_native.py) is built before any timing (its build
+time is printed); ``--native off`` sets ``QCD_BRIDGE_NATIVE=0`` (torch path), ``--native compare``
+runs every selected run ``--reps`` times alternating native and torch path (interleaved, so
+both saw the same machine state).
+
     python benchmarks/bench_hmc.py [--runs a b d] [--ntraj 5] [--threads 1] [--device cpu]
+                                   [--native auto|off|compare] [--reps 3]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from _results import write_results
 
 from bridge.actions import GaugeMonomial
+from bridge.fermions import _native
 from bridge.fermions.pseudofermion import TwoFlavorEOPrecWilsonMonomial
 from bridge.gauge import random_gauge
 from bridge.hmc import hmc_kernel
@@ -74,7 +81,7 @@ def run_one(spec: dict, ntraj: int, ntherm: int, device: torch.device) -> dict:
             "cg_iterations_per_traj": sum(iters) / len(iters), "acceptance": sum(acc) / len(acc),
             "ratio_to_chroma": s / spec["chroma"], "cpu_ratio_to_chroma": c / spec["chroma"],
             "load_average_before": load0, "load_average_after": os.getloadavg()[0],
-            "ntraj": ntraj}
+            "ntraj": ntraj, "native": device.type == "cpu" and _native.available()}
 
 
 def main() -> None:
@@ -87,17 +94,33 @@ def main() -> None:
                     help="torch CPU threads (Chroma's timings are one core)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="benchmarks/results/hmc.json")
+    ap.add_argument("--native", default="auto", choices=["auto", "off", "compare"],
+                    help="native C++ hopping kernel: as available (auto), torch path (off), or "
+                         "both interleaved (compare)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions for --native compare")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if args.native == "off":
+        os.environ[_native.ENV] = "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {dev}")
-    print(f"{'run':<36} {'s/traj':>9} {'cpu s':>9} {'Chroma':>8} {'ratio':>7} {'cpu rat':>7} "
-          f"{'CG it':>7} {'acc':>5} {'load':>9}")
+    if dev.type == "cpu" and _native.available():
+        print(f"native hopping kernel: built/loaded in {_native.build_seconds():.1f} s")
+    else:
+        print("native hopping kernel: not used")
+    print(f"{'run':<36} {'native':>6} {'s/traj':>9} {'cpu s':>9} {'Chroma':>8} {'ratio':>7} "
+          f"{'cpu rat':>7} {'CG it':>7} {'acc':>5} {'load':>9}")
+    if args.native == "compare":
+        plan = [(r, flag) for r in args.runs for _ in range(args.reps) for flag in ("1", "0")]
+    else:
+        plan = [(r, None) for r in args.runs]
     rows = []
-    for r in args.runs:
+    for r, flag in plan:
+        if flag is not None:
+            os.environ[_native.ENV] = flag
         row = run_one(RUNS[r], args.ntraj, args.ntherm, dev)
         rows.append(row)
-        print(f"{row['label']:<36} {row['seconds_per_traj_median']:9.4f} "
+        print(f"{row['label']:<36} {str(row['native']):>6} {row['seconds_per_traj_median']:9.4f} "
               f"{row['cpu_seconds_per_traj_median']:9.4f} {row['chroma']:8.3f} "
               f"{row['ratio_to_chroma']:7.2f} {row['cpu_ratio_to_chroma']:7.2f} "
               f"{row['cg_iterations_per_traj']:7.0f} {row['acceptance']:5.2f} "

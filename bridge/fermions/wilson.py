@@ -65,6 +65,7 @@ from ..errors import PhysicsError
 from ..gauge import clover_field_strength
 from ..groups import dagger, mm, project_algebra
 from ..lattice import Lattice
+from . import _native
 from .gamma import NS, gamma_matrices, sigma_matrices
 
 __all__ = [
@@ -172,6 +173,27 @@ def _spin_matrices(dagger: bool) -> tuple[torch.Tensor, torch.Tensor]:
         rs.append(b.conj().T)
     return torch.cat(ps, dim=0), torch.cat(rs, dim=1)
 
+def _native_spin_table(dagger: bool) -> torch.Tensor:
+    """Spin table ``[8, 2, 6]`` (float64) of the native kernel, per term ``k`` and half-spinor
+    row ``j``: ``(lo, Re cP, Im cP, wi, Re cL, Im cL)`` with ``h_j = psi_j + cP psi_{2 + lo}`` and
+    lower spin ``2 + j += cL w_wi`` (the gather kernel's ``gP``/``lo_idx``/``gL``/``w_idx``;
+    ``dagger``: every ``K_mu`` with the opposite sign, ``gamma_5 H gamma_5``)."""
+    key = bool(dagger)
+    if key not in _NATIVE_SPIN:
+        sign = -1.0 if dagger else 1.0
+        rows = []
+        for mu, step in _TERMS:
+            for j in range(2):
+                lo, kp = _ROWS[mu][0][j]
+                wi, kl = _ROWS[mu][1][j]
+                cp, cl = sign * step * kp, sign * step * kl
+                rows.append([lo, cp.real, cp.imag, wi, cl.real, cl.imag])
+        _NATIVE_SPIN[key] = torch.tensor(rows, dtype=torch.float64).reshape(8, 2, 6)
+    return _NATIVE_SPIN[key]
+
+
+_NATIVE_SPIN: dict[bool, torch.Tensor] = {}
+
 # kernel term order: the swapping directions (x, y) first, forward (+1) and backward (-1)
 _TERMS: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (0, -1), (1, -1), (2, 1), (3, 1), (2, -1),
                                        (3, -1))
@@ -210,6 +232,7 @@ class _Geometry:
         self.shape = lat_shape
         self.xmask = xmask
         self._gather: torch.Tensor | None = None
+        self._native: torch.Tensor | None = None
 
     def gather_index(self, device: torch.device) -> torch.Tensor:
         """``idx[x * 8 + k] = n_k(x) * 8 + k`` with ``n_k(x)`` the flat source site of term ``k``
@@ -222,6 +245,12 @@ class _Geometry:
             )  # [v, 8]
             self._gather = (nb * 8 + torch.arange(8, device=device)).reshape(v * 8)
         return self._gather
+
+    def native_index(self) -> torch.Tensor:
+        """``nbr[x * 8 + k] = n_k(x)`` (int64, CPU, contiguous) for the native kernel."""
+        if self._native is None:
+            self._native = (self.gather_index(torch.device("cpu")) // 8).contiguous()
+        return self._native
 
     def shift(self, f: torch.Tensor, mu: int, step: int) -> torch.Tensor:
         """``g(x) = f(x + step mu)``, ``step = +1/-1``."""
@@ -573,12 +602,41 @@ class WilsonDirac:
         pass, no flip/roll).  Smaller fields, where per-op overhead dominates, take
         :meth:`_hop_gather` (four whole-field ops); both agree to rounding.
         """
+        if _native.usable(psi):
+            return self._hop_native(psi, links, geo, dagger, scale)
         if psi.numel() // (4 * psi.shape[-1]) < _FUSED_MIN_SITES:
             return self._hop_gather(psi, links, geo, dagger, scale)
         if dagger:
             return apply_gamma5(self._hop_kernel(apply_gamma5(psi), links, geo, False, scale))
         out = self._hop_fused(psi, links, geo)
         return out.mul_(scale) if scale != 1.0 else out
+
+    def _hop_native(
+        self,
+        psi: torch.Tensor,
+        links: Sequence[torch.Tensor],
+        geo: _Geometry,
+        dagger: bool = False,
+        scale: complex = 1.0,
+        add: torch.Tensor | None = None,
+        alpha: complex = 0.0,
+    ) -> torch.Tensor:
+        """``scale H psi + alpha add`` by the native C++ kernel (:mod:`._native`; CPU only, the
+        caller checks :func:`._native.usable`): one pass over the target sites with the same
+        neighbour table, stacked links and spin coefficients as :meth:`_hop_gather`."""
+        b, r = psi.shape[:2]
+        v = psi.shape[2] * psi.shape[3] * psi.shape[4] * psi.shape[5]
+        nc = psi.shape[-1]
+        out = _native.hop(
+            psi.reshape(b, r, v, 4, nc).contiguous(),
+            self._stacked_links(links, v),
+            geo.native_index(),
+            _native_spin_table(dagger),
+            scale,
+            None if add is None else add.reshape(b, r, v, 4, nc).contiguous(),
+            alpha,
+        )
+        return out.view(psi.shape)
 
     def _hop_fused(
         self, psi: torch.Tensor, links: Sequence[torch.Tensor], geo: _Geometry
@@ -709,6 +767,9 @@ class WilsonDirac:
     def _apply5(self, p5: torch.Tensor, dagger: bool = False) -> torch.Tensor:
         """``s (A - kappa H) p5`` (``dagger``: ``gamma_5 D gamma_5``), the factors folded into the
         hop and one in-place add."""
+        if self._a is None and _native.usable(p5):
+            return self._hop_native(p5, self._links, self._geo, dagger,
+                                    -self.kappa * self.scale, p5, self.scale)
         out = self._hop_kernel(p5, self._links, self._geo, dagger, -self.kappa * self.scale)
         return out.add_(self._diag(p5), alpha=self.scale)
 
@@ -821,6 +882,11 @@ class WilsonDirac:
         """``K x`` (``dagger``: ``K^dag x = gamma_5 K gamma_5 x``, as ``A`` commutes with
         gamma_5 and ``H^dag = gamma_5 H gamma_5``); the factors ``-kappa^2 s`` and ``s`` are
         folded into the second hop and one in-place add."""
+        if self._a is None and _native.usable(x5):
+            eo = self._eo_setup()
+            tmp = self._hop_native(x5, eo["links0"], eo["geo0"], dagger)
+            return self._hop_native(tmp, eo["links1"], eo["geo1"], dagger,
+                                    -(self.kappa**2) * self.scale, x5, self.scale)
         if self._a is None and x5.numel() // (4 * x5.shape[-1]) < _FUSED_MIN_SITES:
             return self._schur5_gather(x5, dagger)
         tmp = self._adiag(self._hop_eo5(x5, 0, dagger), 0, inverse=True)

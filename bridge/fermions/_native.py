@@ -1,0 +1,278 @@
+"""Optional native (C++) CPU kernel for the Wilson hopping term.
+
+Built with :func:`torch.utils.cpp_extension.load_inline` the first time it is needed (never at
+import), cached under torch's default extensions directory (``TORCH_EXTENSIONS_DIR`` or
+``~/.cache/torch_extensions``), so later processes only load the shared library.  Used by
+:mod:`bridge.fermions.wilson` for CPU complex128/complex64 fields with ``Nc <= 3``; CUDA tensors
+always take the torch path.  If the build fails (no compiler, no ninja, ...) a warning is issued
+once and the torch path is used; ``QCD_BRIDGE_NATIVE=0`` disables the kernel.
+
+The kernel is the gather form of the torch path done site by site: for every target site ``x``
+and each of the 8 terms ``k`` (see ``wilson._TERMS``) the source site ``n_k(x)`` comes from the
+operator's neighbour table, the 4-spinor there is projected to a half spinor
+``h_j = psi_j + cP_kj psi_{2 + lo_kj}`` (``B = [1, +/-K_mu]``, ``1 -/+ gamma_mu = B^dag B``),
+multiplied by the stacked colour matrix of the term (``U_mu(x)^T`` forward, ``conj(U_mu(x-mu))``
+backward, boundary phases folded in) and reconstructed: upper spins ``+= w_j``, lower spins
+``+= cL_kj w_{wi_kj}``.  The spin tables (``cP``, ``lo``, ``cL``, ``wi``) are passed in from
+Python, so the kernel knows nothing about the gamma basis.  ``out = scale * H psi + alpha * add``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import time
+import warnings
+
+import torch
+
+__all__ = ["available", "enabled", "hop", "build_seconds", "ENV"]
+
+ENV = "QCD_BRIDGE_NATIVE"
+"""Environment variable: ``0`` (or ``false``/``no``/``off``) disables the native kernel."""
+
+_NAME = "qcd_bridge_wilson_hop_v1"
+
+_CPP = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cstdint>
+
+namespace {
+
+// spin table: per (term k, row j) 6 doubles: lo index, cP re, cP im, w index, cL re, cL im
+template <typename T, int NC>
+void hop_impl(T* __restrict out, const T* __restrict psi, const T* __restrict lnk,
+              const int64_t* __restrict nbr, const double* __restrict spin,
+              const T* __restrict add, int64_t nb, int64_t nr, int64_t v,
+              double sre, double sim, double are, double aim) {
+  constexpr int SP = 4 * NC * 2;   // reals per 4-spinor
+  constexpr int LK = NC * NC * 2;  // reals per colour matrix
+  int lo[8][2], wi[8][2];
+  T pr[8][2], pi[8][2], lr[8][2], li[8][2];
+  for (int k = 0; k < 8; ++k)
+    for (int j = 0; j < 2; ++j) {
+      const double* s = spin + (k * 2 + j) * 6;
+      lo[k][j] = (int)s[0]; pr[k][j] = (T)s[1]; pi[k][j] = (T)s[2];
+      wi[k][j] = (int)s[3]; lr[k][j] = (T)s[4]; li[k][j] = (T)s[5];
+    }
+  const T Sre = (T)sre, Sim = (T)sim, Are = (T)are, Aim = (T)aim;
+  at::parallel_for(0, nb * nr * v, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t x = idx % v;
+      const int64_t br = idx / v;
+      const int64_t b = br / nr;
+      const T* ps = psi + br * v * SP;
+      const T* lb = lnk + (b * v + x) * 8 * LK;
+      const int64_t* nx = nbr + x * 8;
+      T ar[4][NC], ai[4][NC];
+      for (int s = 0; s < 4; ++s)
+        for (int c = 0; c < NC; ++c) { ar[s][c] = 0; ai[s][c] = 0; }
+      for (int k = 0; k < 8; ++k) {
+        const T* p = ps + nx[k] * SP;
+        const T* L = lb + k * LK;
+        T hr[2][NC], hi[2][NC];
+        for (int j = 0; j < 2; ++j) {
+          const T* q = p + (2 + lo[k][j]) * NC * 2;
+          for (int c = 0; c < NC; ++c) {
+            const T qr = q[2 * c], qi = q[2 * c + 1];
+            hr[j][c] = p[(j * NC + c) * 2] + pr[k][j] * qr - pi[k][j] * qi;
+            hi[j][c] = p[(j * NC + c) * 2 + 1] + pr[k][j] * qi + pi[k][j] * qr;
+          }
+        }
+        T wr[2][NC], wim[2][NC];
+        for (int j = 0; j < 2; ++j)
+          for (int a = 0; a < NC; ++a) {
+            T sr = 0, si = 0;
+            for (int c = 0; c < NC; ++c) {
+              const T ur = L[(c * NC + a) * 2], ui = L[(c * NC + a) * 2 + 1];
+              sr += hr[j][c] * ur - hi[j][c] * ui;
+              si += hr[j][c] * ui + hi[j][c] * ur;
+            }
+            wr[j][a] = sr; wim[j][a] = si;
+          }
+        for (int j = 0; j < 2; ++j) {
+          const int m = wi[k][j];
+          for (int a = 0; a < NC; ++a) {
+            ar[j][a] += wr[j][a];
+            ai[j][a] += wim[j][a];
+            ar[2 + j][a] += lr[k][j] * wr[m][a] - li[k][j] * wim[m][a];
+            ai[2 + j][a] += lr[k][j] * wim[m][a] + li[k][j] * wr[m][a];
+          }
+        }
+      }
+      T* o = out + idx * SP;
+      if (add) {
+        const T* d = add + idx * SP;
+        for (int s = 0; s < 4; ++s)
+          for (int c = 0; c < NC; ++c) {
+            const int e = (s * NC + c) * 2;
+            o[e] = Sre * ar[s][c] - Sim * ai[s][c] + Are * d[e] - Aim * d[e + 1];
+            o[e + 1] = Sre * ai[s][c] + Sim * ar[s][c] + Are * d[e + 1] + Aim * d[e];
+          }
+      } else {
+        for (int s = 0; s < 4; ++s)
+          for (int c = 0; c < NC; ++c) {
+            const int e = (s * NC + c) * 2;
+            o[e] = Sre * ar[s][c] - Sim * ai[s][c];
+            o[e + 1] = Sre * ai[s][c] + Sim * ar[s][c];
+          }
+      }
+    }
+  });
+}
+
+template <typename T>
+void dispatch(int64_t nc, T* out, const T* psi, const T* lnk, const int64_t* nbr,
+              const double* spin, const T* add, int64_t nb, int64_t nr, int64_t v,
+              double sre, double sim, double are, double aim) {
+  switch (nc) {
+    case 1: hop_impl<T, 1>(out, psi, lnk, nbr, spin, add, nb, nr, v, sre, sim, are, aim); break;
+    case 2: hop_impl<T, 2>(out, psi, lnk, nbr, spin, add, nb, nr, v, sre, sim, are, aim); break;
+    case 3: hop_impl<T, 3>(out, psi, lnk, nbr, spin, add, nb, nr, v, sre, sim, are, aim); break;
+    default: TORCH_CHECK(false, "native hop: Nc must be 1, 2 or 3, got ", nc);
+  }
+}
+
+}  // namespace
+
+// psi [B, R, V, 4, Nc] complex contiguous; links [B, V * 8, Nc, Nc] (stacked terms);
+// nbr [V * 8] int64 source sites; spin [8, 2, 6] float64; add: psi-shaped or empty.
+torch::Tensor hop(torch::Tensor psi, torch::Tensor links, torch::Tensor nbr, torch::Tensor spin,
+                  double sre, double sim, torch::Tensor add, double are, double aim) {
+  TORCH_CHECK(psi.is_contiguous() && links.is_contiguous() && nbr.is_contiguous(),
+              "native hop: contiguous inputs expected");
+  TORCH_CHECK(psi.dim() == 5 && psi.size(3) == 4, "native hop: psi [B, R, V, 4, Nc] expected");
+  TORCH_CHECK(links.scalar_type() == psi.scalar_type(), "native hop: dtype mismatch");
+  TORCH_CHECK(nbr.scalar_type() == at::kLong, "native hop: int64 neighbour table expected");
+  const int64_t nb = psi.size(0), nr = psi.size(1), v = psi.size(2), nc = psi.size(4);
+  TORCH_CHECK(links.numel() == nb * v * 8 * nc * nc, "native hop: links shape");
+  TORCH_CHECK(nbr.numel() == v * 8, "native hop: neighbour table shape");
+  const bool has_add = add.numel() > 0;
+  if (has_add)
+    TORCH_CHECK(add.is_contiguous() && add.numel() == psi.numel() &&
+                add.scalar_type() == psi.scalar_type(), "native hop: add tensor");
+  auto out = torch::empty_like(psi);
+  const double* sp = spin.data_ptr<double>();
+  const int64_t* nx = nbr.data_ptr<int64_t>();
+  if (psi.scalar_type() == at::kComplexDouble) {
+    using T = double;
+    dispatch<T>(nc, reinterpret_cast<T*>(out.data_ptr()),
+                reinterpret_cast<const T*>(psi.data_ptr()),
+                reinterpret_cast<const T*>(links.data_ptr()), nx, sp,
+                has_add ? reinterpret_cast<const T*>(add.data_ptr()) : nullptr,
+                nb, nr, v, sre, sim, are, aim);
+  } else if (psi.scalar_type() == at::kComplexFloat) {
+    using T = float;
+    dispatch<T>(nc, reinterpret_cast<T*>(out.data_ptr()),
+                reinterpret_cast<const T*>(psi.data_ptr()),
+                reinterpret_cast<const T*>(links.data_ptr()), nx, sp,
+                has_add ? reinterpret_cast<const T*>(add.data_ptr()) : nullptr,
+                nb, nr, v, sre, sim, are, aim);
+  } else {
+    TORCH_CHECK(false, "native hop: complex128 or complex64 expected");
+  }
+  return out;
+}
+"""
+
+_state: dict[str, object] = {"module": None, "tried": False, "seconds": None, "error": None}
+
+
+def enabled() -> bool:
+    """False when ``QCD_BRIDGE_NATIVE`` is ``0``/``false``/``no``/``off``."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU model and flags: the build uses ``-march=native``, so a cache
+    shared by different machines (a network home directory) must not load another CPU's build."""
+    info = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    info += line
+                    if line.startswith(("flags", "Features")):
+                        break
+    except OSError:
+        pass
+    return hashlib.sha1(info.encode()).hexdigest()[:10]
+
+
+def _build() -> object | None:
+    _state["tried"] = True
+    t0 = time.perf_counter()
+    try:
+        from torch.utils.cpp_extension import load_inline
+
+        mod = load_inline(
+            name=f"{_NAME}_{_cpu_tag()}",
+            cpp_sources=[_CPP],
+            functions=["hop"],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - any build/load failure falls back to torch
+        _state["error"] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(
+            "qcd-bridge: the native Wilson hopping kernel could not be built; using the torch "
+            f"path ({_state['error'][:300]}). Set {ENV}=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    _state["seconds"] = time.perf_counter() - t0
+    _state["module"] = mod
+    return mod
+
+
+def available() -> bool:
+    """Whether the native kernel is enabled and built (builds it on the first call)."""
+    if not enabled():
+        return False
+    if not _state["tried"]:
+        _build()
+    return _state["module"] is not None
+
+
+def build_seconds() -> float | None:
+    """Seconds the first :func:`available` call in this process spent building/loading."""
+    return _state["seconds"]  # type: ignore[return-value]
+
+
+def usable(psi: torch.Tensor) -> bool:
+    """The native kernel applies to ``psi`` (CPU, complex128/complex64, Nc <= 3) and is built."""
+    return (
+        psi.device.type == "cpu"
+        and psi.dtype in (torch.complex128, torch.complex64)
+        and psi.shape[-1] <= 3
+        and available()
+    )
+
+
+def hop(
+    psi: torch.Tensor,
+    links: torch.Tensor,
+    nbr: torch.Tensor,
+    spin: torch.Tensor,
+    scale: complex = 1.0,
+    add: torch.Tensor | None = None,
+    alpha: complex = 0.0,
+) -> torch.Tensor:
+    """``scale * H psi + alpha * add`` for ``psi[B, R, V, 4, Nc]`` (contiguous), stacked links
+    ``[B, V * 8, Nc, Nc]``, neighbour table ``nbr[V * 8]`` (int64 source sites) and spin table
+    ``spin[8, 2, 6]`` (float64).  Call only when :func:`available` is true."""
+    mod = _state["module"]
+    s, a = complex(scale), complex(alpha)
+    empty = _EMPTY.get(psi.dtype)
+    if empty is None:
+        empty = _EMPTY[psi.dtype] = torch.empty(0, dtype=psi.dtype)
+    return mod.hop(  # type: ignore[union-attr]
+        psi, links, nbr, spin, s.real, s.imag, empty if add is None else add, a.real, a.imag
+    )
+
+
+_EMPTY: dict[torch.dtype, torch.Tensor] = {}
