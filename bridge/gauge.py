@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -467,6 +467,18 @@ def _project_algebra_gemm(m: torch.Tensor, special: bool, coeff) -> torch.Tensor
     return out * coeff if isinstance(coeff, torch.Tensor) else out
 
 
+def _force_setup(u: torch.Tensor, beta: float | torch.Tensor) -> tuple[Lattice, Any, Any]:
+    """Checks of ``U`` and ``beta``; the lattice, the group and the force's ``beta / (2 Nc)``
+    (shaped to broadcast against ``U`` when ``beta`` holds one value per configuration)."""
+    _check_beta(beta)
+    lat = Lattice.of(u)
+    _, nc = lat.check_gauge(u)
+    coeff = beta / (2.0 * nc)
+    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
+        coeff = coeff.reshape(-1, *([1] * (lat.nd + 3)))
+    return lat, _group_of(u, None), coeff
+
+
 def wilson_force(u: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
     """Force of the Wilson action in the convention of this module's docstring::
 
@@ -490,18 +502,12 @@ def wilson_force(u: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
     structure-of-arrays layout (colour indices first, products as Nc vectorised multiply-adds over
     the sites), backward shifts as slab additions and the projection on whole colour slabs.
     """
-    _check_beta(beta)
-    lat = Lattice.of(u)
-    _, nc = lat.check_gauge(u)
-    group = _group_of(u, None)
-    coeff = beta / (2.0 * nc)
-    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
-        coeff = coeff.reshape(-1, *([1] * (lat.nd + 3)))
+    lat, group, coeff = _force_setup(u, beta)
     if u.requires_grad and torch.is_grad_enabled():
         return wilson_force_reference(u, beta)
     if _use_all_planes(u, lat):
-        return _wilson_force_all_planes(u, lat, nc, group.special, coeff)
-    return _wilson_force_soa(u, lat, nc, group.special, coeff)
+        return _wilson_force_all_planes(u, lat, group.nc, group.special, coeff)
+    return _wilson_force_soa(u, lat, group.nc, group.special, coeff)
 
 
 def _wilson_force_all_planes(u: torch.Tensor, lat: Lattice, nc: int, special: bool, coeff):
@@ -531,13 +537,7 @@ def wilson_force_reference(u: torch.Tensor, beta: float | torch.Tensor) -> torch
     generators normalised to ``Tr(T_a T_b) = -delta_ab/2``.  For U(1), TA is the plain
     anti-Hermitian part, ``F = i beta/2 Im(U A)``.  ``U A`` comes from :func:`plaquette_loops`.
     """
-    _check_beta(beta)
-    lat = Lattice.of(u)
-    _, nc = lat.check_gauge(u)
-    group = _group_of(u, None)
-    coeff = beta / (2.0 * nc)
-    if isinstance(beta, torch.Tensor) and beta.dim() > 0:
-        coeff = coeff.reshape(-1, *([1] * (lat.nd + 3)))
+    lat, group, coeff = _force_setup(u, beta)
     return coeff * project_algebra(plaquette_loops(u), group)
 
 
