@@ -125,7 +125,7 @@ def main() -> None:
               f"{row['ratio_to_chroma']:7.2f} {row['cpu_ratio_to_chroma']:7.2f} "
               f"{row['cg_iterations_per_traj']:7.0f} {row['acceptance']:5.2f} "
               f"{row['load_average_before']:4.1f}-{row['load_average_after']:.1f}")
-    write_results(args.out, rows, device=str(dev))
+    write_results(args.out, rows, device=str(dev), native_build_seconds=_native.build_seconds())
 
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ import warnings
 
 import torch
 
-__all__ = ["available", "enabled", "hop", "build_seconds", "ENV"]
+__all__ = ["available", "enabled", "usable", "hop", "schur_normal", "build_seconds", "ENV"]
 
 ENV = "QCD_BRIDGE_NATIVE"
 """Environment variable: ``0`` (or ``false``/``no``/``off``) disables the native kernel."""
 
-_NAME = "qcd_bridge_wilson_hop_v1"
+_NAME = "qcd_bridge_wilson_hop_v2"
 
 _CPP = r"""
 #include <torch/extension.h>
@@ -137,23 +137,29 @@ void dispatch(int64_t nc, T* out, const T* psi, const T* lnk, const int64_t* nbr
 
 }  // namespace
 
-// psi [B, R, V, 4, Nc] complex contiguous; links [B, V * 8, Nc, Nc] (stacked terms);
-// nbr [V * 8] int64 source sites; spin [8, 2, 6] float64; add: psi-shaped or empty.
-torch::Tensor hop(torch::Tensor psi, torch::Tensor links, torch::Tensor nbr, torch::Tensor spin,
-                  double sre, double sim, torch::Tensor add, double are, double aim) {
+static void check(const torch::Tensor& psi, const torch::Tensor& links,
+                  const torch::Tensor& nbr) {
   TORCH_CHECK(psi.is_contiguous() && links.is_contiguous() && nbr.is_contiguous(),
               "native hop: contiguous inputs expected");
   TORCH_CHECK(psi.dim() == 5 && psi.size(3) == 4, "native hop: psi [B, R, V, 4, Nc] expected");
   TORCH_CHECK(links.scalar_type() == psi.scalar_type(), "native hop: dtype mismatch");
   TORCH_CHECK(nbr.scalar_type() == at::kLong, "native hop: int64 neighbour table expected");
-  const int64_t nb = psi.size(0), nr = psi.size(1), v = psi.size(2), nc = psi.size(4);
+  const int64_t nb = psi.size(0), v = psi.size(2), nc = psi.size(4);
   TORCH_CHECK(links.numel() == nb * v * 8 * nc * nc, "native hop: links shape");
   TORCH_CHECK(nbr.numel() == v * 8, "native hop: neighbour table shape");
-  const bool has_add = add.numel() > 0;
+}
+
+// out = scale * H psi + alpha * add (add may be undefined/empty)
+static void run(torch::Tensor& out, const torch::Tensor& psi, const torch::Tensor& links,
+                const torch::Tensor& nbr, const torch::Tensor& spin, double sre, double sim,
+                const torch::Tensor& add, double are, double aim) {
+  const int64_t nb = psi.size(0), nr = psi.size(1), v = psi.size(2), nc = psi.size(4);
+  const bool has_add = add.defined() && add.numel() > 0;
   if (has_add)
     TORCH_CHECK(add.is_contiguous() && add.numel() == psi.numel() &&
                 add.scalar_type() == psi.scalar_type(), "native hop: add tensor");
-  auto out = torch::empty_like(psi);
+  TORCH_CHECK(spin.scalar_type() == at::kDouble && spin.numel() == 96 && spin.is_contiguous(),
+              "native hop: spin table [8, 2, 6] float64 expected");
   const double* sp = spin.data_ptr<double>();
   const int64_t* nx = nbr.data_ptr<int64_t>();
   if (psi.scalar_type() == at::kComplexDouble) {
@@ -173,6 +179,33 @@ torch::Tensor hop(torch::Tensor psi, torch::Tensor links, torch::Tensor nbr, tor
   } else {
     TORCH_CHECK(false, "native hop: complex128 or complex64 expected");
   }
+}
+
+// psi [B, R, V, 4, Nc] complex contiguous; links [B, V * 8, Nc, Nc] (stacked terms);
+// nbr [V * 8] int64 source sites; spin [8, 2, 6] float64; add: psi-shaped or empty.
+torch::Tensor hop(torch::Tensor psi, torch::Tensor links, torch::Tensor nbr, torch::Tensor spin,
+                  double sre, double sim, torch::Tensor add, double are, double aim) {
+  check(psi, links, nbr);
+  auto out = torch::empty_like(psi);
+  run(out, psi, links, nbr, spin, sre, sim, add, are, aim);
+  return out;
+}
+
+// Wilson K^dag K x with K = s x + a H_oe H_eo x (one-parity fields; spin / spind: the tables
+// of H and of gamma_5 H gamma_5): four hops in one call.
+torch::Tensor schur_normal(torch::Tensor x, torch::Tensor links0, torch::Tensor nbr0,
+                           torch::Tensor links1, torch::Tensor nbr1, torch::Tensor spin,
+                           torch::Tensor spind, double a, double s) {
+  check(x, links0, nbr0);
+  check(x, links1, nbr1);
+  auto tmp = torch::empty_like(x);
+  auto y = torch::empty_like(x);
+  auto out = torch::empty_like(x);
+  torch::Tensor none;
+  run(tmp, x, links0, nbr0, spin, 1.0, 0.0, none, 0.0, 0.0);
+  run(y, tmp, links1, nbr1, spin, a, 0.0, x, s, 0.0);
+  run(tmp, y, links0, nbr0, spind, 1.0, 0.0, none, 0.0, 0.0);
+  run(out, tmp, links1, nbr1, spind, a, 0.0, y, s, 0.0);
   return out;
 }
 """
@@ -210,7 +243,7 @@ def _build() -> object | None:
         mod = load_inline(
             name=f"{_NAME}_{_cpu_tag()}",
             cpp_sources=[_CPP],
-            functions=["hop"],
+            functions=["hop", "schur_normal"],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
@@ -276,3 +309,23 @@ def hop(
 
 
 _EMPTY: dict[torch.dtype, torch.Tensor] = {}
+
+
+def schur_normal(
+    x: torch.Tensor,
+    links0: torch.Tensor,
+    nbr0: torch.Tensor,
+    links1: torch.Tensor,
+    nbr1: torch.Tensor,
+    spin: torch.Tensor,
+    spin_dagger: torch.Tensor,
+    a: float,
+    s: float,
+) -> torch.Tensor:
+    """Wilson ``K^dag K x`` with ``K x = s x + a H_oe H_eo x`` (``H_eo``: ``links0``/``nbr0``,
+    ``H_oe``: ``links1``/``nbr1``; ``K^dag`` uses ``spin_dagger``, the tables of
+    ``gamma_5 H gamma_5``): the four hops of one CG iteration in one call."""
+    mod = _state["module"]
+    return mod.schur_normal(  # type: ignore[union-attr]
+        x, links0, nbr0, links1, nbr1, spin, spin_dagger, float(a), float(s)
+    )

@@ -52,6 +52,11 @@ Implementation: the hopping term uses spin projection (``1 -/+ gamma_mu = B^dag 
 multiplies a 2-component half spinor, so a full ``H`` costs 1320 flop per site for SU(3)
 (8 x (2 x 66 su3 x half-spinor) + projections + accumulation; the standard count).  Everything is
 vectorised over the whole lattice and the batch; no Python loops over sites.
+
+On the CPU the hopping term (every form: full lattice, one parity, dagger, and the Wilson ``D``,
+``K``, ``K^dag K``) runs in the optional native C++ kernel of :mod:`._native` when it builds
+(first use, cached; ``QCD_BRIDGE_NATIVE=0`` disables it), with the same neighbour tables,
+stacked links and spin coefficients as the torch gather kernel; otherwise, and on CUDA, in torch.
 """
 
 from __future__ import annotations
@@ -919,6 +924,18 @@ class WilsonDirac:
     def schur_normal(self, psi_o: torch.Tensor) -> torch.Tensor:
         """``K^dag K psi_o`` (Hermitian positive, on odd sites)."""
         x5 = self._in(psi_o, True, "psi_o")
+        if self._a is None and _native.usable(x5):
+            eo = self._eo_setup()
+            b, r = x5.shape[:2]
+            v = x5.shape[2] * x5.shape[3] * x5.shape[4] * x5.shape[5]
+            out = _native.schur_normal(
+                x5.view(b, r, v, 4, self.nc),
+                self._stacked_links(eo["links0"], v), eo["geo0"].native_index(),
+                self._stacked_links(eo["links1"], v), eo["geo1"].native_index(),
+                _native_spin_table(False), _native_spin_table(True),
+                -(self.kappa**2) * self.scale, self.scale,
+            )
+            return out.view(psi_o.shape)
         return self._out(self._schur5(self._schur5(x5), dagger=True))
 
     def schur_rhs(self, b: torch.Tensor) -> torch.Tensor:
