@@ -15,6 +15,10 @@ time, and the flow-step throughput.
       on ``--train-L`` (default: the chain's L; a model trained on a smaller L is applied to the
       larger lattice, the layers being translation equivariant), or loaded from ``--models DIR``
       (``DIR/u1_L{L}_b{beta}/checkpoint.pt``; freshly trained models are saved there).
+      With ``--proposal analytic`` the proposal is instead
+      :class:`bridge.flows.U1PlaquetteProposal` (the exact change of variables to plaquette
+      angles of 2D U(1); nothing is trained, ``train_seconds`` = 0), results by default in
+      ``benchmarks/results/unfreezing_analytic.json``.
 
     Both samplers run ``--chains`` independent chains (one batch) for ``--seconds`` of wall time
     each.  The topological charge ``Q`` (geometric definition, rounded to the integer) is measured
@@ -73,7 +77,7 @@ from _results import write_results  # noqa: E402
 from bridge.actions import GaugeMonomial
 from bridge.analysis import gamma
 from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
-from bridge.flows import make_flow
+from bridge.flows import U1PlaquetteProposal, make_flow
 from bridge.gauge import plaquette_traces, unit_gauge, wilson_action
 from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
@@ -342,7 +346,9 @@ def u1_point(L: int, beta: float, model, train_info: dict, args, seed: int = 0) 
         cost = sec_step * 2 * a["tau_used"]
         indep = n * args.chains / (2 * a["tau_used"])  # independent samples, all chains
         train_s = train_info.get("train_seconds", 0.0) if name == "hybrid" else 0.0
-        row = {**common, "sampler": name, "steps": n, "wall_seconds": wall,
+        row = {**common, "sampler": name, "steps": n,
+               "proposal": (train_info.get("proposal", "flow") if name == "hybrid" else None),
+               "wall_seconds": wall,
                "cpu_seconds": cpu, "measure_seconds": meas,
                "seconds_per_step_per_chain": sec_step,
                "loadavg_start": la, "loadavg_end": os.getloadavg()[0],
@@ -397,7 +403,7 @@ def cost_ratio(h: dict, y: dict) -> str:
             f"(amortised)")
 
 
-def plot(rows: list[dict], path: Path) -> Path:
+def plot(rows: list[dict], path: Path, title: str | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -422,7 +428,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("beta")
     ax.set_ylabel("tau_int(Q) [steps; hybrid: cycles]  (arrow: lower bound)")
-    ax.set_title("2D U(1): HMC vs hybrid (flow + HMC), equal wall time")
+    ax.set_title(title or "2D U(1): HMC vs hybrid (flow + HMC), equal wall time")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -439,7 +445,15 @@ def run_u1(args) -> list[dict]:
     for beta in args.betas:
         for L in args.L:
             model, info = None, {}
-            if not args.no_flow:
+            if not args.no_flow and args.proposal == "analytic":
+                model = U1PlaquetteProposal(beta)
+                info = {"proposal": "analytic", "loaded": None, "steps": 0,
+                        "train_seconds": 0.0, "model": model.config,
+                        "eval_chain_L": _eval_flow(model, (L, L), beta, args.eval_n, 124)}
+                print(f"# analytic plaquette proposal beta {beta:g} on {L}x{L}: ESS "
+                      f"{info['eval_chain_L']['ess']:.3f}, IMH acceptance "
+                      f"{info['eval_chain_L']['imh_acceptance']:.3f}", flush=True)
+            elif not args.no_flow:
                 tl = args.train_L or L
                 key = (tl, beta)
                 if key not in models:
@@ -591,6 +605,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--init-from", default=None,
                     help="checkpoint whose weights start the training (curriculum in beta)")
     ap.add_argument("--no-flow", action="store_true", help="HMC only")
+    ap.add_argument("--proposal", choices=("flow", "analytic"), default="flow",
+                    help="hybrid proposal: a trained flow, or the exact plaquette-variable "
+                         "proposal of 2D U(1) (no training)")
     ap.add_argument("--resolve-factor", type=float, default=50.0)
     ap.add_argument("--min-tunnel", type=int, default=2)
     ap.add_argument("--su3", action="store_true", help="run the 4D SU(3) part instead")
@@ -619,9 +636,12 @@ def main(argv=None) -> int:
                       loadavg_start=la0, loadavg_end=os.getloadavg())
         return 0
     rows = run_u1(args)
-    out = Path(args.out or RESULTS / "unfreezing.json")
+    default = "unfreezing_analytic.json" if args.proposal == "analytic" else "unfreezing.json"
+    out = Path(args.out or RESULTS / default)
     write_results(out, rows, command=cmd, loadavg_start=la0, loadavg_end=os.getloadavg())
-    plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"))
+    plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"),
+         title=("2D U(1): HMC vs hybrid (analytic plaquette proposal + HMC)"
+                if args.proposal == "analytic" else None))
     print("\n" + HEADER)
     for r in rows:
         _print_row(r)

@@ -82,3 +82,17 @@ def test_u1_point_tiny(bench, tmp_path):
         assert key in data["rows"][0] and key in data["rows"][1]
     png = bench.plot(rows, tmp_path / "u.png")
     assert png.exists() and png.stat().st_size > 0
+
+
+def test_u1_analytic_proposal_tiny(bench, tmp_path):
+    args = bench.parser().parse_args(
+        ["--proposal", "analytic", "--L", "4", "--betas", "3", "--seconds", "0",
+         "--max-steps", "30", "--chains", "2", "--tune-trajs", "5", "--flow-batch", "4",
+         "--flow-per-cycle", "2", "--eval-n", "64"])
+    rows = bench.run_u1(args)
+    assert [r["sampler"] for r in rows] == ["hmc", "hybrid"]
+    y = rows[1]
+    assert y["proposal"] == "analytic" and y["train_seconds"] == 0.0
+    assert y["flow_model"]["kind"] == "u1_plaquette"
+    assert 0.0 < y["acc_flow"] <= 1.0 and y["steps"] == 20  # min_steps (seconds = 0)
+    assert math.isfinite(y["chi_t"]) and y["cost_per_indep"] > 0

@@ -2,12 +2,14 @@
 
 Sub-modules: :mod:`.masks` (which links and loops a coupling layer touches), :mod:`.splines`
 (circular and interval rational-quadratic splines), :mod:`.spectral` (conjugation-equivariant
-maps acting on eigenphases), :mod:`.layers` (coupling layers, context networks) and
-:mod:`.models` (Haar prior + layers).  See docs/flows.md.
+maps acting on eigenphases), :mod:`.layers` (coupling layers, context networks),
+:mod:`.models` (Haar prior + layers) and :mod:`.analytic` (the exact plaquette-variable
+proposal of 2D U(1)).  See docs/flows.md.
 """
 
 from __future__ import annotations
 
+from .analytic import U1PlaquetteProposal
 from .layers import ContextNet, GaugeCouplingLayer, PeriodicConv
 from .masks import LinkMask, MaskError, check_mask_rules, mask_cycle
 from .models import GaugeFlow, haar_log_prob, make_flow
@@ -16,4 +18,4 @@ from .splines import circular_rqs, interval_rqs
 
 __all__ = ["LinkMask", "MaskError", "check_mask_rules", "mask_cycle", "circular_rqs",
            "interval_rqs", "spectral_map", "PeriodicConv", "ContextNet", "GaugeCouplingLayer",
-           "GaugeFlow", "make_flow", "haar_log_prob"]
+           "GaugeFlow", "make_flow", "haar_log_prob", "U1PlaquetteProposal"]
