@@ -3,20 +3,27 @@
 Lattices 4^4, 8^4, 16^4; batch 1 and 16; float64 and float32; on the CPU and, when one is
 present (or asked for with --device), on the GPU.  Prints a table and writes JSON.
 
+On the CPU the native C++ gauge kernel (bridge/_native_gauge.py) is used when it builds (its
+build time is printed); ``--native off`` sets ``QCD_BRIDGE_NATIVE=0`` (torch path), ``--native
+compare`` times every configuration with both, alternating ``--reps`` times (interleaved, so both
+saw the same machine state; best of each kept).
+
     python benchmarks/bench_gauge.py [--sizes 4 8 16] [--batches 1 16] [--device cuda]
+                                     [--native auto|off|compare] [--reps 3]
                                      [--out benchmarks/results/gauge.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
 import torch
 from _results import write_results
 
-from bridge import gauge
+from bridge import _native_gauge, gauge
 from bridge.gauge import random_gauge, wilson_action, wilson_force
 from bridge.lattice import Lattice
 
@@ -53,7 +60,8 @@ def _fresh_action(u: torch.Tensor) -> torch.Tensor:
     return wilson_action(u, 5.5)
 
 
-def run(sizes, batches, devices, dtypes, max_elements: float) -> list[dict]:
+def run(sizes, batches, devices, dtypes, max_elements: float, modes=(None,),
+        reps: int = 1) -> list[dict]:
     rows = []
     for device in devices:
         for dtype in dtypes:
@@ -68,19 +76,32 @@ def run(sizes, batches, devices, dtypes, max_elements: float) -> list[dict]:
                     sites = lat.volume * batch
                     # from scratch: the force leaves the plaquette traces in a cache that a
                     # repeated action on the same tensor would otherwise just read back
-                    t_action = _time(lambda u=u: _fresh_action(u), device)
-                    t_force = _time(lambda u=u: wilson_force(u, 5.5), device)
-                    row = {
-                        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                        "L": L, "batch": batch, "sites": sites,
-                        "action_s": t_action, "force_s": t_force,
-                        "action_sites_per_s": sites / t_action,
-                        "force_sites_per_s": sites / t_force,
-                    }
-                    rows.append(row)
-                    print(f"{row['device']:>6} {row['dtype']:>10} {L:>3}^4 x{batch:<3} "
-                          f"action {row['action_sites_per_s']:10.3e} sites/s   "
-                          f"force {row['force_sites_per_s']:10.3e} sites/s")
+                    best = {m: [float("inf"), float("inf")] for m in modes}
+                    for _ in range(reps):
+                        for mode in modes:  # interleaved: native, torch, native, ...
+                            if mode is not None:
+                                os.environ[_native_gauge.ENV] = mode
+                            t = best[mode]
+                            t[0] = min(t[0], _time(lambda u=u: _fresh_action(u), device))
+                            t[1] = min(t[1], _time(lambda u=u: wilson_force(u, 5.5), device))
+                    for mode in modes:
+                        t_action, t_force = best[mode]
+                        if mode is not None:
+                            os.environ[_native_gauge.ENV] = mode
+                        row = {
+                            "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                            "L": L, "batch": batch, "sites": sites,
+                            "native": _native_gauge.usable(u),
+                            "action_s": t_action, "force_s": t_force,
+                            "action_sites_per_s": sites / t_action,
+                            "force_sites_per_s": sites / t_force,
+                        }
+                        rows.append(row)
+                        print(f"{row['device']:>6} {row['dtype']:>10} {L:>3}^4 x{batch:<3} "
+                              f"native {str(row['native']):>5} "
+                              f"action {row['action_sites_per_s']:10.3e} sites/s   "
+                              f"force {row['force_sites_per_s']:10.3e} sites/s "
+                              f"({t_force * 1e3:.3f} ms)")
                     del u
     return rows
 
@@ -98,7 +119,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--out", default="benchmarks/results/gauge.json")
+    ap.add_argument("--native", default="auto", choices=["auto", "off", "compare"],
+                    help="native C++ gauge kernel: as available (auto), torch path (off), or "
+                         "both interleaved (compare)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions for --native compare")
     args = ap.parse_args()
+    if args.native == "off":
+        os.environ[_native_gauge.ENV] = "0"
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = [torch.device(d) for d in (args.device or (
@@ -106,8 +133,12 @@ def main() -> None:
     dtypes = [getattr(torch, d) for d in args.dtypes]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
-    rows = run(args.sizes, args.batches, devices, dtypes, args.max_sites)
-    write_results(args.out, rows)
+    if any(d.type == "cpu" for d in devices) and _native_gauge.available():
+        print(f"native gauge kernel: built/loaded in {_native_gauge.build_seconds():.1f} s")
+    modes = ("1", "0") if args.native == "compare" else (None,)
+    reps = args.reps if args.native == "compare" else 1
+    rows = run(args.sizes, args.batches, devices, dtypes, args.max_sites, modes, reps)
+    write_results(args.out, rows, native_build_seconds=_native_gauge.build_seconds())
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ times --ntraj trajectories: wall-clock seconds and the process CPU seconds (``ti
 the fair number on a shared machine where other jobs steal the core), with the load average
 before and after each run.  Prints a table and writes JSON.
 
-The native C++ hopping kernel (bridge/fermions/_native.py) is built before any timing (its build
-time is printed); ``--native off`` sets ``QCD_BRIDGE_NATIVE=0`` (torch path), ``--native compare``
-runs every selected run ``--reps`` times alternating native and torch path (interleaved, so
-both saw the same machine state).
+The native C++ kernels (the hopping term, bridge/fermions/_native.py; the gauge force, plaquette
+traces and SU(3) link update, bridge/_native_gauge.py) are built before any timing (their build
+times are printed); ``--native off`` sets ``QCD_BRIDGE_NATIVE=0`` (torch path), ``--native
+compare`` runs every selected run ``--reps`` times alternating native and torch path
+(interleaved, so both saw the same machine state).
 
     python benchmarks/bench_hmc.py [--runs a b d] [--ntraj 5] [--threads 1] [--device cpu]
                                    [--native auto|off|compare] [--reps 3]
@@ -29,6 +30,7 @@ import time
 import torch
 from _results import write_results
 
+from bridge import _native_gauge
 from bridge.actions import GaugeMonomial
 from bridge.fermions import _native
 from bridge.fermions.pseudofermion import TwoFlavorEOPrecWilsonMonomial
@@ -81,7 +83,8 @@ def run_one(spec: dict, ntraj: int, ntherm: int, device: torch.device) -> dict:
             "cg_iterations_per_traj": sum(iters) / len(iters), "acceptance": sum(acc) / len(acc),
             "ratio_to_chroma": s / spec["chroma"], "cpu_ratio_to_chroma": c / spec["chroma"],
             "load_average_before": load0, "load_average_after": os.getloadavg()[0],
-            "ntraj": ntraj, "native": device.type == "cpu" and _native.available()}
+            "ntraj": ntraj,
+            "native": device.type == "cpu" and _native.available() and _native_gauge.available()}
 
 
 def main() -> None:
@@ -104,10 +107,11 @@ def main() -> None:
     if args.native == "off":
         os.environ[_native.ENV] = "0"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {dev}")
-    if dev.type == "cpu" and _native.available():
-        print(f"native hopping kernel: built/loaded in {_native.build_seconds():.1f} s")
-    else:
-        print("native hopping kernel: not used")
+    for name, mod in (("hopping", _native), ("gauge", _native_gauge)):
+        if dev.type == "cpu" and mod.available():
+            print(f"native {name} kernel: built/loaded in {mod.build_seconds():.1f} s")
+        else:
+            print(f"native {name} kernel: not used")
     print(f"{'run':<36} {'native':>6} {'s/traj':>9} {'cpu s':>9} {'Chroma':>8} {'ratio':>7} "
           f"{'cpu rat':>7} {'CG it':>7} {'acc':>5} {'load':>9}")
     if args.native == "compare":
@@ -125,7 +129,8 @@ def main() -> None:
               f"{row['ratio_to_chroma']:7.2f} {row['cpu_ratio_to_chroma']:7.2f} "
               f"{row['cg_iterations_per_traj']:7.0f} {row['acceptance']:5.2f} "
               f"{row['load_average_before']:4.1f}-{row['load_average_after']:.1f}")
-    write_results(args.out, rows, device=str(dev), native_build_seconds=_native.build_seconds())
+    write_results(args.out, rows, device=str(dev), native_build_seconds=_native.build_seconds(),
+                  native_gauge_build_seconds=_native_gauge.build_seconds())
 
 
 if __name__ == "__main__":

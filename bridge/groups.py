@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _native_gauge
 from .lattice import as_device
 
 __all__ = [
@@ -380,6 +381,10 @@ def expm_algebra_mul(x: torch.Tensor, u: torch.Tensor, scale: float = 1.0) -> to
     (no scaled copy of ``X``); otherwise ``mm(expm_algebra(scale * x), u)``."""
     n = _check_matrix(x, "x")
     if n == 3:
+        if (_native_gauge.usable(u) and x.dtype == u.dtype and x.shape == u.shape
+                and not (x.requires_grad and torch.is_grad_enabled())):
+            # native C++ kernel (bridge/_native_gauge.py): the same formulas, one pass
+            return _native_gauge.expm_su3_mul(x.contiguous(), u.contiguous(), float(scale))
         return _expm_su3(x, float(scale), u)
     return mm(expm_algebra(x * scale if scale != 1.0 else x), u)
 

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bridge"
 # lattice/groups -> actions -> solvers -> integrators/HMC -> flows -> training -> samplers
 # -> observables/analysis -> io -> engines/commands -> cli
 LEVELS = {
-    "errors": 0, "rng": 0, "lattice": 0, "exact": 0,
-    "groups": 1,
+    "errors": 0, "rng": 0, "lattice": 0, "exact": 0, "_native_build": 0,
+    "groups": 1, "_native_gauge": 1,
     "gauge": 2,
     "actions": 3, "testing": 3,
     "solvers": 4,

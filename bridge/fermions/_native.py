@@ -19,18 +19,11 @@ Python, so the kernel knows nothing about the gamma basis.  ``out = scale * H ps
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import time
-import warnings
-
 import torch
 
-__all__ = ["available", "enabled", "usable", "hop", "schur_normal", "build_seconds", "ENV"]
+from .._native_build import ENV, build, enabled, new_state
 
-ENV = "QCD_BRIDGE_NATIVE"
-"""Environment variable: ``0`` (or ``false``/``no``/``off``) disables the native kernel."""
+__all__ = ["available", "enabled", "usable", "hop", "schur_normal", "build_seconds", "ENV"]
 
 _NAME = "qcd_bridge_wilson_hop_v2"
 
@@ -210,56 +203,11 @@ torch::Tensor schur_normal(torch::Tensor x, torch::Tensor links0, torch::Tensor 
 }
 """
 
-_state: dict[str, object] = {"module": None, "tried": False, "seconds": None, "error": None}
-
-
-def enabled() -> bool:
-    """False when ``QCD_BRIDGE_NATIVE`` is ``0``/``false``/``no``/``off``."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _cpu_tag() -> str:
-    """A short hash of the CPU model and flags: the build uses ``-march=native``, so a cache
-    shared by different machines (a network home directory) must not load another CPU's build."""
-    info = platform.machine() + platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags", "Features", "CPU part")):
-                    info += line
-                    if line.startswith(("flags", "Features")):
-                        break
-    except OSError:
-        pass
-    return hashlib.sha1(info.encode()).hexdigest()[:10]
+_state: dict[str, object] = new_state()
 
 
 def _build() -> object | None:
-    _state["tried"] = True
-    t0 = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        mod = load_inline(
-            name=f"{_NAME}_{_cpu_tag()}",
-            cpp_sources=[_CPP],
-            functions=["hop", "schur_normal"],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - any build/load failure falls back to torch
-        _state["error"] = f"{type(exc).__name__}: {exc}"
-        warnings.warn(
-            "qcd-bridge: the native Wilson hopping kernel could not be built; using the torch "
-            f"path ({_state['error'][:300]}). Set {ENV}=0 to silence this.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return None
-    _state["seconds"] = time.perf_counter() - t0
-    _state["module"] = mod
-    return mod
+    return build(_state, _NAME, _CPP, ["hop", "schur_normal"], "Wilson hopping kernel")
 
 
 def available() -> bool:
