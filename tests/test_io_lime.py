@@ -110,6 +110,17 @@ def test_reader_tolerates_sloppy_files(tmp_path):
         r = LimeReader(path)
     assert len(r.records) == 2
     r.close()
+
+
+def test_record_header_cut_short_is_an_error(tmp_path):
+    # fewer than 144 bytes left that start with the LIME magic: a record header cut short by a
+    # truncated copy, not trailing junk (c-lime would stop silently and lose the record)
+    body = b"".join(pack_header(t, 8, mb=True, me=True) + b"x" * 8 for t in ("a", "b"))
+    path = tmp_path / "cut.lime"
+    path.write_bytes(body + pack_header("scidac-checksum", 8, mb=True, me=True)[:139])
+    with pytest.raises(FormatError, match=r"cut\.lime.*truncated LIME record header: 139 of 144 "
+                                          r"bytes"):
+        LimeReader(path)
     # last record without its padding
     path.write_bytes(pack_header("a", 3, mb=True, me=True) + b"abc")
     with LimeReader(path) as r:

@@ -176,7 +176,8 @@ def scan_records(f: BinaryIO, path: str | os.PathLike[str], size: int | None = N
     """Index every record of an open LIME file (headers only; data are not read).
 
     Tolerant as ``lib/lime_reader.c`` is: MB/ME are not checked; fewer than 144 bytes after the
-    last record are end of file (a warning if they are not blank); bytes without the LIME magic
+    last record are end of file (a warning if they are not blank; an error if they start with
+    the LIME magic: a record header cut short); bytes without the LIME magic
     after at least one record are ignored with a :class:`FormatWarning`; padding missing at the
     very end of the file is accepted.  Errors (:class:`FormatError`): no magic at byte 0, a
     version other than 1 (c-lime exits on it), data running past the end of the file.
@@ -196,6 +197,12 @@ def scan_records(f: BinaryIO, path: str | os.PathLike[str], size: int | None = N
                     raise FormatError(
                         f"{_where(spath, 0, None, 0)}: file has {size} bytes, expected at least "
                         f"one {HEADER_BYTES}-byte LIME header (truncated or not a LIME file)"
+                    )
+                if rest[:4] == LIME_MAGIC.to_bytes(4, "big")[: len(rest)]:  # also 1-3 bytes of it
+                    raise FormatError(
+                        f"{_where(spath, len(records), None, off)}: truncated LIME record "
+                        f"header: {size - off} of {HEADER_BYTES} bytes after the last complete "
+                        f"record (the file was cut short)"
                     )
                 if not _is_blank(rest):
                     warnings.warn(
