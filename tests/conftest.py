@@ -15,6 +15,18 @@ REFERENCE = Path(os.environ.get("QCD_BRIDGE_REFERENCE", REPO.parent / "shared" /
 # machine made 3x3 products up to 200x slower (QCD_BRIDGE_TEST_THREADS overrides).
 torch.set_num_threads(int(os.environ.get("QCD_BRIDGE_TEST_THREADS", "1")))
 
+# Property-based tests draw the same examples on every run unless asked otherwise, so CI is
+# reproducible; `HYPOTHESIS_PROFILE=explore python -m pytest tests/test_io_fuzz.py` draws fresh
+# random examples (and keeps failures in .hypothesis/) to look for new bugs.
+try:
+    from hypothesis import settings as _hsettings
+
+    _hsettings.register_profile("ci", derandomize=True, database=None)
+    _hsettings.register_profile("explore", derandomize=False)
+    _hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis comes with the test extras
+    pass
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
