@@ -54,7 +54,8 @@ time, and the flow-step throughput.
     OMP_NUM_THREADS=1 python benchmarks/bench_unfreezing.py --throughput
 
 Results: ``benchmarks/results/unfreezing.json`` (+ ``unfreezing.png``, tau_int against beta),
-``unfreezing_su3.json``, ``unfreezing_throughput.json`` (through ``benchmarks/_results.py``).
+``unfreezing_su3.json``, ``unfreezing_throughput.json``; with ``--proposal analytic``
+``unfreezing_analytic.json`` (+ ``.png``) (through ``benchmarks/_results.py``).
 """
 
 from __future__ import annotations
@@ -426,6 +427,8 @@ def plot(rows: list[dict], path: Path, title: str | None = None) -> Path:
                                 xytext=(r["beta"], r["tau_used"]),
                                 arrowprops={"arrowstyle": "->", "color": line.get_color()})
     ax.set_yscale("log")
+    top = max((r["tau_used"] for r in rows), default=1.0)
+    ax.set_ylim(top=3.5 * top)  # room for the lower-bound arrows
     ax.set_xlabel("beta")
     ax.set_ylabel("tau_int(Q) [steps; hybrid: cycles]  (arrow: lower bound)")
     ax.set_title(title or "2D U(1): HMC vs hybrid (flow + HMC), equal wall time")
