@@ -74,3 +74,14 @@ def build(state: dict, name: str, source: str, functions: list[str], what: str,
     state["seconds"] = time.perf_counter() - t0
     state["module"] = mod
     return mod
+
+
+def ready(state: dict, name: str, source: str, functions: list[str], what: str) -> bool:
+    """Whether a kernel is enabled (:func:`enabled`) and built: builds it with :func:`build` on
+    the first call (stack level of the warning: the caller of the kernel module's
+    ``available``)."""
+    if not enabled():
+        return False
+    if not state["tried"]:
+        build(state, name, source, functions, what, stacklevel=5)
+    return state["module"] is not None

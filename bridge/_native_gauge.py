@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._native_build import ENV, build, enabled, new_state
+from ._native_build import ENV, enabled, new_state, ready
 
 __all__ = ["available", "enabled", "usable", "force", "traces", "expm_su3_mul", "build_seconds",
            "ENV"]
@@ -310,17 +310,9 @@ torch::Tensor expm_su3_mul(torch::Tensor x, torch::Tensor r, double scale) {
 _state: dict[str, object] = new_state()
 
 
-def _build() -> object | None:
-    return build(_state, _NAME, _CPP, ["gauge", "expm_su3_mul"], "gauge kernel")
-
-
 def available() -> bool:
     """Whether the native gauge kernels are enabled and built (builds them on the first call)."""
-    if not enabled():
-        return False
-    if not _state["tried"]:
-        _build()
-    return _state["module"] is not None
+    return ready(_state, _NAME, _CPP, ["gauge", "expm_su3_mul"], "gauge kernel")
 
 
 def build_seconds() -> float | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .._native_build import ENV, build, enabled, new_state
+from .._native_build import ENV, enabled, new_state, ready
 
 __all__ = ["available", "enabled", "usable", "hop", "schur_normal", "build_seconds", "ENV"]
 
@@ -206,17 +206,9 @@ torch::Tensor schur_normal(torch::Tensor x, torch::Tensor links0, torch::Tensor 
 _state: dict[str, object] = new_state()
 
 
-def _build() -> object | None:
-    return build(_state, _NAME, _CPP, ["hop", "schur_normal"], "Wilson hopping kernel")
-
-
 def available() -> bool:
     """Whether the native kernel is enabled and built (builds it on the first call)."""
-    if not enabled():
-        return False
-    if not _state["tried"]:
-        _build()
-    return _state["module"] is not None
+    return ready(_state, _NAME, _CPP, ["hop", "schur_normal"], "Wilson hopping kernel")
 
 
 def build_seconds() -> float | None:
