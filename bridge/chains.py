@@ -206,6 +206,10 @@ def _kernel_plan(s: dict[str, Any]) -> tuple[list[tuple[str, float]], bool]:
     return parse_schedule(_plan_text(s), what="--schedule"), False
 
 
+ANALYTIC = "analytic"
+"""``--model analytic``: the exact 2D U(1) plaquette-variable proposal (no training)."""
+
+
 def model_fingerprint(model: Any) -> str:
     """SHA-256 of the model's parameters and buffers (names, dtypes, shapes, values): a chain
     resumes only with the flow it started with, since its state caches ``log q`` of that flow
@@ -215,6 +219,9 @@ def model_fingerprint(model: Any) -> str:
     import torch
 
     h = hashlib.sha256()
+    if not hasattr(model, "state_dict"):  # an analytic proposal: its configuration is all of it
+        h.update(json.dumps(getattr(model, "config", repr(model)), sort_keys=True).encode())
+        return h.hexdigest()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
@@ -241,6 +248,8 @@ def resolve_model(s: dict[str, Any], explicit: set[str]) -> Any:
                 f"checkpoint); without one only hmc is allowed (got "
                 f"{s['mixture'] or s['schedule']!r})")
         return None
+    if s["model"] == ANALYTIC:
+        return _analytic_proposal(s, explicit)
     from .commands_flows import load_model
 
     model, meta = load_model(s["model"])
@@ -273,6 +282,18 @@ def resolve_model(s: dict[str, Any], explicit: set[str]) -> Any:
             f"{mine['beta']:g}; the flow kernel would stay exact but propose from the wrong "
             f"action; drop --beta or train a model for this coupling")
     return model
+
+
+def _analytic_proposal(s: dict[str, Any], explicit: set[str]) -> Any:
+    """``--model analytic``: the exact plaquette-variable proposal of 2D U(1)
+    (:class:`bridge.flows.analytic.U1PlaquetteProposal`, nothing trained) at the chain's beta."""
+    if s["group"] != "u1" or len(s["nrow"]) != 2:
+        raise _config_error(f"--model {ANALYTIC}: the analytic plaquette proposal exists only "
+                            f"for 2D U(1) (--group u1, two extents), the chain is --group "
+                            f"{s['group']} on {' x '.join(map(str, s['nrow']))}")
+    from .flows.analytic import U1PlaquetteProposal
+
+    return U1PlaquetteProposal(float(s["beta"]))
 
 
 def _probe_field(s: dict[str, Any]) -> Any:
@@ -741,7 +762,7 @@ def run_chains(
                             f"continue it or choose another --out")
     device = torch.device(s["device"])
     dtype = torch.complex128 if s["precision"] == 64 else torch.complex64
-    if model is not None:
+    if model is not None and hasattr(model, "to"):
         model.to(device)
     kernel, knames = build_kernel(s, model)
     fingerprint = model_fingerprint(model) if model is not None else None
@@ -896,7 +917,8 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", nargs="?", help="JSON file with the settings (options override)")
     p.add_argument("--model", help="`qcd-bridge train` run directory or checkpoint (needed for "
-                   "flow steps; group, lattice and beta default to the model's)")
+                   "flow steps; group, lattice and beta default to the model's), or 'analytic': "
+                   "the exact plaquette-variable proposal of 2D U(1) (bridge.flows.analytic)")
     p.add_argument("--group", choices=sorted(_GROUPS), help="gauge group (default u1)")
     p.add_argument("--nrow", nargs="+", type=int, metavar="L",
                    help="lattice extents, 2 or 4 of them (default 8 8)")
