@@ -10,10 +10,12 @@
     memory is the peak RSS growth of a fresh subprocess per size (Linux: the peak ``VmHWM`` is
     reset through ``/proc/self/clear_refs`` after a warm-up; torch's CPU allocations are
     invisible to ``tracemalloc``); log-log slopes against the volume.
-(c) ``su3``: 4D SU(3), 4^4, beta = 1: ESS against training wall time (as (a)).
+(c) ``su3``: 4D SU(3), 4^4, beta = 1: ESS against training wall time (as (a)); ``--arch
+    residual`` uses one cycle of residual staple layers (batch 16, lr 0.02, Adam eps 1e-8 unless
+    given) and stores the result under ``su3_4x4_residual``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_flows.py [u1] [cost] [su3] [--budget 600]
-        [--out benchmarks/results/flows.json]
+        [--arch coupling|residual] [--out benchmarks/results/flows.json]
 
 Results are merged into the JSON file (one key per part), so parts can be run separately.
 """
@@ -52,20 +54,20 @@ def _measure(model, nrow, beta: float, n: int, seed: int, chunk: int = 256) -> d
 
 def ess_vs_time(group: str, nd: int, nrow, beta: float, budget: float, *, model_kw: dict,
                 batch: int, lr: float, eval_every: float, eval_n: int, final_n: int = 4096,
-                seed: int = 1) -> dict:
+                seed: int = 1, adam_eps: float = 1e-2, target: float = 0.7) -> dict:
     """Train for ``budget`` seconds (training time only); ESS curve and final numbers.  The
     cosine schedule spans the steps a probe (3 steps after one warm-up step) predicts."""
     torch.manual_seed(seed)
     model = make_flow(group, nd, **model_kw)
     probe = Trainer(make_flow(group, nd, **model_kw),
-                    TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr))
+                    TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, adam_eps=adam_eps))
     probe.train(1)
     t0 = time.perf_counter()
     probe.train(3)
     per_step = (time.perf_counter() - t0) / 3
     total = max(int(budget / per_step), 10)
     cfg = TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, schedule="cosine",
-                      total_steps=total, lr_min=lr / 10, seed=seed)
+                      total_steps=total, lr_min=lr / 10, seed=seed, adam_eps=adam_eps)
     tr = Trainer(model, cfg)
     curve = [{"train_seconds": 0.0, "step": 0, **_measure(model, nrow, beta, eval_n, 10_000)}]
     print(f"  t={0:7.1f}s step {0:5d} ESS {curve[-1]['ess']:.4f}", flush=True)
@@ -80,13 +82,15 @@ def ess_vs_time(group: str, nd: int, nrow, beta: float, budget: float, *, model_
                   f"acc {m['acceptance']:.3f} loss {m['loss']:.3f}", flush=True)
             next_eval += eval_every
     final = _measure(model, nrow, beta, final_n, 99_999)
-    reached = [c for c in curve if c["ess"] >= 0.7]
+    reached = [c for c in curve if c["ess"] >= target]
     return {"group": group, "nrow": list(nrow), "beta": beta, "budget_s": budget,
-            "model": model.config, "batch": batch, "lr": lr, "schedule": "cosine",
+            "model": model.config, "batch": batch, "lr": lr, "adam_eps": adam_eps,
+            "schedule": "cosine",
             "planned_steps": total, "steps": tr.step_count, "train_seconds": trained,
             "seconds_per_step": trained / max(tr.step_count, 1), "curve": curve,
             "final_n": final_n, "final_ess": final["ess"], "final_acceptance": final["acceptance"],
-            "first_time_ess_ge_0.7": reached[0]["train_seconds"] if reached else None}
+            "target_ess": target,
+            "first_time_ess_ge_target": reached[0]["train_seconds"] if reached else None}
 
 
 _COST_CHILD = """
@@ -151,9 +155,14 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=float, default=30.0, help="seconds between ESS points")
     ap.add_argument("--eval-n", type=int, default=1024, help="samples per ESS point")
     ap.add_argument("--n-layers", type=int, default=16, help="coupling layers (u1)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (u1)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="Adam learning rate (default 1e-3; 0.02 for --arch residual)")
     ap.add_argument("--batch", type=int, default=64, help="batch (u1)")
     ap.add_argument("--final-n", type=int, default=4096, help="samples of the final ESS")
+    ap.add_argument("--arch", choices=["coupling", "residual"], default="coupling",
+                    help="flow architecture of the su3 part")
+    ap.add_argument("--adam-eps", type=float, default=None,
+                    help="Adam eps (default 1e-2; 1e-8 for --arch residual)")
     ap.add_argument("--out", default="benchmarks/results/flows.json")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -164,9 +173,10 @@ def main(argv=None) -> int:
     if "u1" in args.parts:
         print("(a) 2D U(1) 8x8 beta 2: ESS against training time", flush=True)
         res["u1_8x8"] = ess_vs_time(
-            "U1", 2, (8, 8), 2.0, args.budget, batch=args.batch, lr=args.lr,
+            "U1", 2, (8, 8), 2.0, args.budget, batch=args.batch, lr=args.lr or 1e-3,
             eval_every=args.eval_every, eval_n=args.eval_n, final_n=args.final_n,
-            model_kw={"n_layers": args.n_layers, "k": 8, "hidden": (8, 8)})
+            model_kw={"n_layers": args.n_layers, "k": 8, "hidden": (8, 8)},
+            adam_eps=args.adam_eps or 1e-2)
         res["u1_8x8"]["env"] = {**env, "loadavg_end": os.getloadavg()}
     if "cost" in args.parts:
         print("(b) SU(3) 4D cost per sample (sample + log_prob)", flush=True)
@@ -175,17 +185,25 @@ def main(argv=None) -> int:
         print(f"  log-log slope: time {res['su3_cost']['slope_time']:.3f}, memory "
               f"{res['su3_cost']['slope_memory']:.3f}")
     if "su3" in args.parts:
-        print("(c) 4D SU(3) 4^4 beta 1: ESS against training time", flush=True)
-        res["su3_4x4"] = ess_vs_time(
-            "SU3", 4, (4, 4, 4, 4), 1.0, args.budget, batch=16, lr=args.lr,
+        print(f"(c) 4D SU(3) 4^4 beta 1 ({args.arch}): ESS against training time", flush=True)
+        if args.arch == "residual":
+            key, kw, batch, lr = "su3_4x4_residual", {"arch": "residual"}, 16, 0.02
+            eps = 1e-8
+        else:
+            key, batch, lr, eps = "su3_4x4", 16, 1e-3, 1e-2
+            kw = {"n_layers": 16, "k": 4, "hidden": (8,), "period": 2}
+        lr = args.lr or lr
+        res[key] = ess_vs_time(
+            "SU3", 4, (4, 4, 4, 4), 1.0, args.budget, batch=batch, lr=lr,
             eval_every=args.eval_every, eval_n=min(args.eval_n, 256), final_n=args.final_n,
-            model_kw={"n_layers": 16, "k": 4, "hidden": (8,), "period": 2})
-        res["su3_4x4"]["env"] = {**env, "loadavg_end": os.getloadavg()}
+            model_kw=kw, adam_eps=args.adam_eps or eps, target=0.3)
+        res[key]["env"] = {**env, "loadavg_end": os.getloadavg()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
-    if "u1_8x8" in res:
-        r = res["u1_8x8"]
-        print(f"\n{'train s':>8} {'step':>6} {'ESS':>7} {'acc':>6}")
+    for key in [k for k in ("u1_8x8", "su3_4x4", "su3_4x4_residual") if k in res]:
+        r = res[key]
+        print(f"\n{key} ({r['model'].get('arch', 'coupling')})")
+        print(f"{'train s':>8} {'step':>6} {'ESS':>7} {'acc':>6}")
         for c in r["curve"]:
             print(f"{c['train_seconds']:8.1f} {c['step']:6d} {c['ess']:7.4f} "
                   f"{c['acceptance']:6.3f}")

@@ -41,7 +41,8 @@ _DEFAULTS: dict[str, Any] = {
     "seed": 0, "out": "flow-run", "time_budget": None, "eval_samples": 4096,
     "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "model": {}, "train": {},
 }
-_MODEL_KEYS = {"n_layers", "k", "hidden", "kernel_size", "period", "separable", "init_gain"}
+_MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
+               "init_gain", "kappa"}
 
 
 # -- parsers ----------------------------------------------------------------------------------
@@ -55,6 +56,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nrow", nargs="+", type=int, metavar="L",
                    help="lattice extents, 2 or 4 of them (default 8 8)")
     p.add_argument("--beta", type=float, help="Wilson gauge coupling (default 2.0)")
+    p.add_argument("--arch", choices=["coupling", "residual"],
+                   help="flow architecture: spectral coupling layers (default) or residual "
+                        "staple layers (docs/flows.md)")
+    p.add_argument("--layers", type=int, metavar="N",
+                   help="number of layers (default: two mask cycles for coupling, one for "
+                        "residual)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds")
     p.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")
@@ -115,6 +122,10 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
         v = getattr(args, key, None)
         if v is not None:
             s[key] = v
+    if getattr(args, "arch", None) is not None:
+        s["model"]["arch"] = args.arch
+    if getattr(args, "layers", None) is not None:
+        s["model"]["n_layers"] = args.layers
     group = str(s["group"]).lower()
     if group not in _GROUPS:
         raise ConfigError(f"group: expected one of {sorted(_GROUPS)}, got {s['group']!r}")

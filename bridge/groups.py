@@ -31,6 +31,7 @@ __all__ = [
     "complex_dtype",
     "dagger",
     "mm",
+    "algebra_basis",
     "trace",
     "haar",
     "random_algebra",
@@ -209,6 +210,30 @@ def project_algebra(m: torch.Tensor, group: Group | str | None = None) -> torch.
     if special:
         a = a - (trace(a) / n)[..., None, None] * torch.eye(n, dtype=m.dtype, device=m.device)
     return a
+
+
+def algebra_basis(n: int, *, dtype: torch.dtype = torch.complex128,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """A basis ``T[a, N, N]`` of the Lie algebra: ``i`` for U(1); for SU(N) the ``N^2 - 1``
+    anti-Hermitian traceless matrices ``i(E_jk + E_kj)``, ``E_jk - E_kj`` (j < k) and
+    ``i(E_jj - E_{j+1,j+1})`` (not orthonormal; the checks use its Gram matrix)."""
+    if n == 1:
+        return torch.full((1, 1, 1), 1j, dtype=dtype, device=device)
+    out = []
+    for j in range(n):
+        for k in range(j + 1, n):
+            e = torch.zeros(n, n, dtype=dtype, device=device)
+            e[j, k] = e[k, j] = 1j
+            out.append(e)
+            e = torch.zeros(n, n, dtype=dtype, device=device)
+            e[j, k], e[k, j] = 1, -1
+            out.append(e)
+    for j in range(n - 1):
+        e = torch.zeros(n, n, dtype=dtype, device=device)
+        e[j, j], e[j + 1, j + 1] = 1j, -1j
+        out.append(e)
+    return torch.stack(out)
+
 
 
 # -- exponential ----------------------------------------------------------------------------------

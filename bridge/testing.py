@@ -12,7 +12,15 @@ from collections.abc import Callable
 import torch
 
 from .gauge import gauge_transform, random_gauge_transformation
-from .groups import expm_algebra, get_group, mm, random_algebra, trace, unitarity_violation
+from .groups import (
+    algebra_basis,
+    expm_algebra,
+    get_group,
+    mm,
+    random_algebra,
+    trace,
+    unitarity_violation,
+)
 from .lattice import Lattice
 
 __all__ = [
@@ -202,29 +210,6 @@ def assert_invertible(layer, x: torch.Tensor, atol: float = 1e-10) -> float:
     if not dev <= atol:
         _fail("invertibility (reverse(forward(x)) and logdet_f + logdet_r)", dev, atol)
     return dev
-
-
-def algebra_basis(n: int, *, dtype: torch.dtype = torch.complex128,
-                  device: torch.device | str | None = None) -> torch.Tensor:
-    """A basis ``T[a, N, N]`` of the Lie algebra: ``i`` for U(1); for SU(N) the ``N^2 - 1``
-    anti-Hermitian traceless matrices ``i(E_jk + E_kj)``, ``E_jk - E_kj`` (j < k) and
-    ``i(E_jj - E_{j+1,j+1})`` (not orthonormal; the checks use its Gram matrix)."""
-    if n == 1:
-        return torch.full((1, 1, 1), 1j, dtype=dtype, device=device)
-    out = []
-    for j in range(n):
-        for k in range(j + 1, n):
-            e = torch.zeros(n, n, dtype=dtype, device=device)
-            e[j, k] = e[k, j] = 1j
-            out.append(e)
-            e = torch.zeros(n, n, dtype=dtype, device=device)
-            e[j, k], e[k, j] = 1, -1
-            out.append(e)
-    for j in range(n - 1):
-        e = torch.zeros(n, n, dtype=dtype, device=device)
-        e[j, j], e[j + 1, j + 1] = 1j, -1j
-        out.append(e)
-    return torch.stack(out)
 
 
 def autograd_logdet(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

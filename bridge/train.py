@@ -200,6 +200,11 @@ class Trainer:
         Lattice(config.nrow)
         if len(config.nrow) != model.nd:
             raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {config.nrow}")
+        if config.estimator == "reinforce" and not getattr(model, "differentiable_log_prob",
+                                                           True):
+            raise ConfigError("estimator: 'reinforce' differentiates log q(U) at fixed U through "
+                              "the inverse, but this model inverts its residual layers by "
+                              "fixed-point iteration (not differentiable); use 'reparam'")
         self.model, self.config = model, config
         self.action = action or (lambda u: wilson_action(u, config.beta))
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,

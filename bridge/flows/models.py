@@ -24,8 +24,9 @@ from ..groups import Group, get_group
 from ..lattice import Lattice
 from .layers import GaugeCouplingLayer
 from .masks import mask_cycle
+from .residual import ResidualStapleLayer, staple_mask_cycle
 
-__all__ = ["GaugeFlow", "make_flow", "haar_log_prob"]
+__all__ = ["GaugeFlow", "make_flow", "haar_log_prob", "ARCHITECTURES"]
 
 
 def haar_log_prob(u: torch.Tensor) -> torch.Tensor:
@@ -39,13 +40,21 @@ class GaugeFlow(nn.Module):
     """Haar prior + coupling layers.  ``config`` records the architecture (checkpoints compare
     it before loading weights)."""
 
-    def __init__(self, group: Group | str | int, nd: int, layers: Sequence[GaugeCouplingLayer],
+    def __init__(self, group: Group | str | int, nd: int,
+                 layers: Sequence[GaugeCouplingLayer | ResidualStapleLayer],
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.group = get_group(group)
         self.nd = int(nd)
         self.layers = nn.ModuleList(layers)
         self.config = dict(config or {})
+
+    @property
+    def differentiable_log_prob(self) -> bool:
+        """Whether :meth:`log_prob` is differentiable with respect to the parameters (False
+        when a layer inverts by fixed-point iteration, e.g. :class:`ResidualStapleLayer`; the
+        score-function estimator needs it)."""
+        return not any(isinstance(layer, ResidualStapleLayer) for layer in self.layers)
 
     def forward(self, u0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Push ``U_0`` through all layers: ``(U, sum_l log J_l)``."""
@@ -88,10 +97,14 @@ class GaugeFlow(nn.Module):
         return haar_log_prob(u0) + logdet
 
 
+ARCHITECTURES = ("coupling", "residual")
+
+
 def make_flow(
     group: Group | str | int,
     nd: int = 2,
     *,
+    arch: str = "coupling",
     n_layers: int | None = None,
     k: int = 8,
     hidden: Sequence[int] = (8, 8),
@@ -99,12 +112,33 @@ def make_flow(
     period: int = 4,
     separable: bool | None = None,
     init_gain: float = 0.01,
+    kappa: float = 0.9,
     dtype: torch.dtype = torch.float64,
 ) -> GaugeFlow:
-    """A flow whose layers cycle through :func:`~.masks.mask_cycle` (``Nd * period`` layers
-    update every link once); ``n_layers`` defaults to two cycles (16 for 2D, as in
-    arXiv:2101.08176)."""
+    """A flow of one of the :data:`ARCHITECTURES`.
+
+    ``coupling``: spectral coupling layers (:class:`~.layers.GaugeCouplingLayer`) cycling
+    through :func:`~.masks.mask_cycle` (``Nd * period`` layers update every link once);
+    ``n_layers`` defaults to two cycles (16 for 2D, as in arXiv:2101.08176).  Uses ``k``,
+    ``hidden``, ``kernel_size``, ``period``, ``separable``, ``init_gain``.
+
+    ``residual``: residual staple layers (:class:`~.residual.ResidualStapleLayer`) cycling
+    through :func:`~.residual.staple_mask_cycle` (``2 Nd`` layers update every link once);
+    ``n_layers`` defaults to one cycle.  Uses ``kappa``; starts as the identity.
+    """
     g = get_group(group)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch: expected one of {ARCHITECTURES}, got {arch!r}")
+    if arch == "residual":
+        rcycle = staple_mask_cycle(nd)
+        n = len(rcycle) if n_layers is None else int(n_layers)
+        if n < 1:
+            raise ValueError(f"n_layers: expected a positive number of layers, got {n_layers!r}")
+        rlayers = [ResidualStapleLayer(g, nd, rcycle[i % len(rcycle)], kappa=kappa, dtype=dtype)
+                   for i in range(n)]
+        rconfig = {"arch": arch, "group": g.name, "nd": int(nd), "n_layers": n,
+                   "kappa": float(kappa), "dtype": str(dtype)}
+        return GaugeFlow(g, nd, rlayers, rconfig)
     cycle = mask_cycle(nd, period)
     n = 2 * len(cycle) if n_layers is None else int(n_layers)
     if n < 1:
@@ -112,7 +146,7 @@ def make_flow(
     layers = [GaugeCouplingLayer(g, nd, cycle[i % len(cycle)], k=k, hidden=hidden,
                                  kernel_size=kernel_size, separable=separable,
                                  init_gain=init_gain, dtype=dtype) for i in range(n)]
-    config = {"group": g.name, "nd": int(nd), "n_layers": n, "k": int(k),
+    config = {"arch": arch, "group": g.name, "nd": int(nd), "n_layers": n, "k": int(k),
               "hidden": [int(h) for h in hidden], "kernel_size": int(kernel_size),
               "period": int(period), "separable": separable, "init_gain": float(init_gain),
               "dtype": str(dtype)}

@@ -1,0 +1,229 @@
+"""Residual staple layers (bridge.flows.residual): mask rules, invertibility, log-det against
+autograd, gauge and translation equivariance, the leading-order (trivialising-map) tilt, the
+model built from them, training, the CLI option and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bridge.cli import main
+from bridge.commands_flows import load_model
+from bridge.errors import ConfigError, ConvergenceError
+from bridge.flows import (
+    MaskError,
+    ResidualStapleLayer,
+    StapleMask,
+    link_staples,
+    make_flow,
+    staple_mask_cycle,
+)
+from bridge.flows.masks import loop_links_count
+from bridge.gauge import (
+    gauge_transform,
+    plaquette_traces,
+    random_gauge,
+    random_gauge_transformation,
+    staple,
+)
+from bridge.groups import mm, trace
+from bridge.lattice import Lattice
+from bridge.testing import (
+    assert_gauge_equivariant,
+    assert_in_group,
+    assert_invertible,
+    assert_logdet_matches_autograd,
+)
+from bridge.train import TrainConfig, Trainer
+
+CASES = [("U1", (2, 2)), ("SU2", (2, 2)), ("SU3", (2, 2)), ("SU2", (2, 2, 2, 2)),
+         ("U1", (4, 6)), ("SU3", (4, 4, 4, 4))]
+
+
+def _layer(group, nd, mu=0, parity=0, scale=1.5, seed=0):
+    """A layer far from the identity: raw coefficients ~ N(0, scale^2)."""
+    torch.manual_seed(seed)
+    layer = ResidualStapleLayer(group, nd, StapleMask(mu, parity))
+    with torch.no_grad():
+        layer.raw.normal_(0.0, scale)
+    return layer
+
+
+def _field(group, nrow, batch=2, seed=1):
+    return random_gauge(Lattice(nrow), group, batch,
+                        generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("nrow", [(2, 2), (4, 6), (2, 4, 2, 2), (4, 4, 4, 4)],
+                         ids=lambda v: str(v))
+def test_mask_cycle_updates_every_link_once_and_no_loop_holds_two_active_links(nrow):
+    lat = Lattice(nrow)
+    cover = torch.zeros((lat.nd, *lat.shape), dtype=torch.int64)
+    for mask in staple_mask_cycle(lat.nd):
+        act = mask.active_links(lat)
+        cover += act.to(torch.int64)
+        # no plaquette contains two active links: the staples of the active links are frozen
+        assert int(loop_links_count(lat, act).max()) == 1
+    assert bool((cover == 1).all())
+    assert len(staple_mask_cycle(lat.nd)) == 2 * lat.nd
+
+
+def test_link_staples_sum_to_the_staple_and_give_the_plaquettes():
+    u = _field("SU3", (4, 2, 2, 4), batch=1)
+    lat = Lattice.of(u)
+    for mu in range(4):
+        st = link_staples(u, mu)
+        assert len(st) == 6
+        torch.testing.assert_close(sum(st), staple(u, mu), atol=1e-13, rtol=0)
+    # sum over links and staples of Re Tr[U S_k] counts every plaquette four times
+    total = sum(float(trace(mm(u[:, mu], s)).real.sum()) for mu in range(4)
+                for s in link_staples(u, mu))
+    ref = 4 * 3 * float(plaquette_traces(u).sum())
+    assert abs(total - ref) < 1e-9 * max(1.0, abs(ref))
+    assert lat.nd == 4
+
+
+@pytest.mark.parametrize("group, nrow", CASES, ids=lambda v: str(v))
+def test_invertible_and_gauge_equivariant(group, nrow):
+    nd = len(nrow)
+    for mu, parity in ((0, 0), (nd - 1, 1)):
+        layer = _layer(group, nd, mu, parity)
+        u = _field(group, nrow)
+        assert float(layer.coefficients().detach().abs().sum()) > 0.3  # far from the identity
+        assert_invertible(layer, u, atol=1e-10)
+        assert_gauge_equivariant(layer, u, generator=torch.Generator().manual_seed(2),
+                                 atol=1e-10)
+        y, _ = layer.forward(u)
+        assert_in_group(y, group, atol=1e-12)
+
+
+@pytest.mark.parametrize("group, nrow", CASES[:4], ids=lambda v: str(v))
+def test_logdet_matches_autograd(group, nrow):
+    nd = len(nrow)
+    for mu, parity in ((0, 1), (nd - 1, 0)):
+        layer = _layer(group, nd, mu, parity, seed=mu + parity)
+        assert_logdet_matches_autograd(layer, _field(group, nrow, batch=1), atol=1e-9)
+
+
+@pytest.mark.parametrize("group", ["U1", "SU2", "SU3"])
+def test_leading_order_tilt_is_the_trivialising_map(group):
+    # for small c: log J = tr L + O(c^2) with tr L = (N^2 - 1)/N Re Tr[U B] (SU(N)) or
+    # Re[U B] (U(1)), i.e. the layer tilts the density by exp(-const Re Tr[U B])
+    layer = ResidualStapleLayer(group, 2, StapleMask(1, 0))
+    with torch.no_grad():
+        layer.raw.copy_(torch.tensor([1e-6, -2e-6], dtype=torch.float64))
+    u = _field(group, (4, 4), batch=3)
+    lat = Lattice.of(u)
+    _, ld = layer.forward(u)
+    c = layer.coefficients()
+    b = sum(c[k] * s for k, s in enumerate(link_staples(u, 1)))
+    act = StapleMask(1, 0).active_sites(lat)
+    re = trace(mm(u[:, 1], b)).real[:, act].sum(-1)
+    n = u.shape[-1]
+    factor = 1.0 if n == 1 else (n * n - 1) / n
+    torch.testing.assert_close(ld.detach(), factor * re.detach(), rtol=1e-5, atol=1e-15)
+
+
+def test_fresh_layer_is_the_identity_and_only_active_links_move():
+    layer = ResidualStapleLayer("SU3", 4, StapleMask(2, 1))
+    u = _field("SU3", (2, 2, 2, 4))
+    y, ld = layer.forward(u)
+    assert float((y - u).abs().max()) == 0.0 and float(ld.abs().max()) == 0.0
+    layer = _layer("SU3", 4, 2, 1)
+    y, _ = layer.forward(u)
+    moved = (y - u).abs().amax((-1, -2))[0] > 0
+    act = StapleMask(2, 1).active_links(Lattice.of(u))
+    assert bool((moved == act).all())
+
+
+def test_translation_equivariance_by_checkerboard_preserving_shifts():
+    layer = _layer("SU2", 2, 0, 1)
+    u = _field("SU2", (4, 6), batch=1)
+    y, ld = layer.forward(u)
+    # shift by 2 along t (keeps the parity of x_t) and by 1 along x (the direction mu)
+    sh = torch.roll(u, shifts=(2, 1), dims=(2, 3))
+    ys, lds = layer.forward(sh)
+    torch.testing.assert_close(ys, torch.roll(y, shifts=(2, 1), dims=(2, 3)), atol=1e-12,
+                               rtol=0)
+    torch.testing.assert_close(lds, ld, atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("group, nrow", [("U1", (4, 4)), ("SU3", (2, 2)),
+                                         ("SU2", (2, 2, 2, 2)), ("SU3", (2, 2, 2, 2))],
+                         ids=lambda v: str(v))
+def test_residual_model_sample_log_prob_equivariance_and_autograd(group, nrow):
+    torch.manual_seed(0)
+    model = make_flow(group, len(nrow), arch="residual", n_layers=4 * len(nrow))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        u, logq = model.sample(3, nrow, generator=g)
+        assert_in_group(u, group, atol=1e-11)
+        torch.testing.assert_close(model.log_prob(u), logq, atol=1e-9, rtol=0)
+        omega = random_gauge_transformation(Lattice(nrow), group, 3, generator=g)
+        torch.testing.assert_close(model.log_prob(gauge_transform(u, omega)), logq, atol=1e-9,
+                                   rtol=0)
+    assert float(logq.abs().min()) > 1e-3
+    assert_invertible(model, u, atol=1e-10)
+    if Lattice(nrow).volume <= 4:
+        assert_logdet_matches_autograd(model, u[:1], atol=1e-8)
+
+
+def test_training_reduces_the_reverse_kl_and_learns_the_leading_order_coefficient():
+    # 4D SU(3) 2^4 at beta = 1: the loss drops, and the coefficients come out negative and of
+    # the size of the leading-order trivialising map, c ~ -beta / (4 (N^2 - 1)) = -1/32
+    torch.manual_seed(0)
+    model = make_flow("SU3", 4, arch="residual")
+    tr = Trainer(model, TrainConfig(nrow=(2, 2, 2, 2), beta=1.0, batch=16, lr=0.02,
+                                    adam_eps=1e-8, seed=1))
+    losses = [tr.step()["loss"] for _ in range(40)]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 2.0
+    c = torch.cat([layer.coefficients().detach() for layer in model.layers])
+    assert -0.08 < float(c.mean()) < -0.01
+
+
+def test_checkpoint_round_trip_and_cli_option(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["train", "--group", "su2", "--nrow", "2", "2", "2", "2", "--beta", "1.0",
+               "--arch", "residual", "--layers", "8", "--steps", "3", "--batch", "4",
+               "--lr", "0.05", "--eval-samples", "32", "--eval-batch", "16", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and 0.0 < summary["ess"] <= 1.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == {"arch": "residual", "n_layers": 8}
+    model, meta = load_model(out)
+    assert meta["model"]["arch"] == "residual" and len(model.layers) == 8
+    assert all(isinstance(layer, ResidualStapleLayer) for layer in model.layers)
+    assert float(sum(p.abs().sum() for p in model.parameters())) > 0  # trained weights loaded
+
+
+def test_bad_input():
+    with pytest.raises(MaskError, match="L_0 = 3 .* is odd"):
+        StapleMask(1, 0).active_sites(Lattice((3, 4)))
+    with pytest.raises(MaskError, match="parity: expected 0 or 1"):
+        StapleMask(0, 2)
+    with pytest.raises(MaskError, match="exceeds Nd = 2"):
+        ResidualStapleLayer("U1", 2, StapleMask(2, 0))
+    with pytest.raises(ValueError, match="kappa: expected a Lipschitz bound in \\(0, 1\\)"):
+        ResidualStapleLayer("U1", 2, StapleMask(0, 0), kappa=1.0)
+    with pytest.raises(ValueError, match="acts on SU\\(2\\)"):
+        ResidualStapleLayer("SU2", 2, StapleMask(0, 0)).forward(_field("SU3", (2, 2)))
+    with pytest.raises(ValueError, match="arch: expected one of"):
+        make_flow("U1", 2, arch="spline")
+    with pytest.raises(MaskError, match="is odd"):
+        make_flow("U1", 2, arch="residual").sample(1, (4, 5))
+    # the score-function estimator needs a differentiable inverse
+    with pytest.raises(ConfigError, match="fixed-point iteration"):
+        Trainer(make_flow("U1", 2, arch="residual"),
+                TrainConfig(nrow=(4, 4), beta=1.0, estimator="reinforce"))
+    # a fixed-point inverse that cannot converge in the iterations allowed: a clear error
+    layer = _layer("SU3", 2, 0, 0, scale=3.0)
+    y, _ = layer.forward(_field("SU3", (2, 2)))
+    with pytest.raises(ConvergenceError, match="did not converge in 2 iterations"):
+        layer.reverse(y, max_iter=2)
