@@ -46,7 +46,7 @@ def assert_in_group(u: torch.Tensor, group=None, atol: float = 1e-12) -> float:
     """Unitarity ``|U U^dagger - 1|`` (and ``|det U - 1|`` for SU(N)) below ``atol``."""
     n = int(u.shape[-1])
     special = get_group(group).special if group is not None else n > 1
-    dev = float(unitarity_violation(u, special=special))
+    dev = float(unitarity_violation(u.detach(), special=special))
     if not dev <= atol:
         _fail(f"group membership ({'SU' if special else 'U'}({n}))", dev, atol)
     return dev

@@ -42,10 +42,12 @@ CASES = [("U1", (2, 2)), ("SU2", (2, 2)), ("SU3", (2, 2)), ("SU2", (2, 2, 2, 2))
          ("U1", (4, 6)), ("SU3", (4, 4, 4, 4))]
 
 
-def _layer(group, nd, mu=0, parity=0, scale=1.5, seed=0):
-    """A layer far from the identity: raw coefficients ~ N(0, scale^2)."""
+def _layer(group, nd, mu=0, parity=0, scale=1.5, seed=0, hidden=None):
+    """A layer far from the identity: raw coefficients ~ N(0, scale^2); with ``hidden`` a
+    context net with gain-1 output layer (site-dependent coefficients)."""
     torch.manual_seed(seed)
-    layer = ResidualStapleLayer(group, nd, StapleMask(mu, parity))
+    layer = ResidualStapleLayer(group, nd, StapleMask(mu, parity), hidden=hidden,
+                                init_gain=1.0)
     with torch.no_grad():
         layer.raw.normal_(0.0, scale)
     return layer
@@ -85,11 +87,12 @@ def test_link_staples_sum_to_the_staple_and_give_the_plaquettes():
     assert lat.nd == 4
 
 
+@pytest.mark.parametrize("hidden", [None, (4,)], ids=["constant", "context"])
 @pytest.mark.parametrize("group, nrow", CASES, ids=lambda v: str(v))
-def test_invertible_and_gauge_equivariant(group, nrow):
+def test_invertible_and_gauge_equivariant(group, nrow, hidden):
     nd = len(nrow)
     for mu, parity in ((0, 0), (nd - 1, 1)):
-        layer = _layer(group, nd, mu, parity)
+        layer = _layer(group, nd, mu, parity, hidden=hidden)
         u = _field(group, nrow)
         assert float(layer.coefficients().detach().abs().sum()) > 0.3  # far from the identity
         assert_invertible(layer, u, atol=1e-10)
@@ -99,11 +102,12 @@ def test_invertible_and_gauge_equivariant(group, nrow):
         assert_in_group(y, group, atol=1e-12)
 
 
+@pytest.mark.parametrize("hidden", [None, (4,)], ids=["constant", "context"])
 @pytest.mark.parametrize("group, nrow", CASES[:4], ids=lambda v: str(v))
-def test_logdet_matches_autograd(group, nrow):
+def test_logdet_matches_autograd(group, nrow, hidden):
     nd = len(nrow)
     for mu, parity in ((0, 1), (nd - 1, 0)):
-        layer = _layer(group, nd, mu, parity, seed=mu + parity)
+        layer = _layer(group, nd, mu, parity, seed=mu + parity, hidden=hidden)
         assert_logdet_matches_autograd(layer, _field(group, nrow, batch=1), atol=1e-9)
 
 
@@ -127,10 +131,13 @@ def test_leading_order_tilt_is_the_trivialising_map(group):
 
 
 def test_fresh_layer_is_the_identity_and_only_active_links_move():
-    layer = ResidualStapleLayer("SU3", 4, StapleMask(2, 1))
     u = _field("SU3", (2, 2, 2, 4))
-    y, ld = layer.forward(u)
-    assert float((y - u).abs().max()) == 0.0 and float(ld.abs().max()) == 0.0
+    for hidden in (None, (4,)):
+        layer = ResidualStapleLayer("SU3", 4, StapleMask(2, 1), hidden=hidden)
+        y, ld = layer.forward(u)
+        # constant coefficients start at 0; a context net's small output gain keeps it close
+        assert float((y - u).abs().max()) < (1e-300 if hidden is None else 0.05)
+        assert float(ld.abs().max()) < (1e-300 if hidden is None else 0.5)
     layer = _layer("SU3", 4, 2, 1)
     y, _ = layer.forward(u)
     moved = (y - u).abs().amax((-1, -2))[0] > 0
@@ -138,8 +145,9 @@ def test_fresh_layer_is_the_identity_and_only_active_links_move():
     assert bool((moved == act).all())
 
 
-def test_translation_equivariance_by_checkerboard_preserving_shifts():
-    layer = _layer("SU2", 2, 0, 1)
+@pytest.mark.parametrize("hidden", [None, (4,)], ids=["constant", "context"])
+def test_translation_equivariance_by_checkerboard_preserving_shifts(hidden):
+    layer = _layer("SU2", 2, 0, 1, hidden=hidden)
     u = _field("SU2", (4, 6), batch=1)
     y, ld = layer.forward(u)
     # shift by 2 along t (keeps the parity of x_t) and by 1 along x (the direction mu)
@@ -155,7 +163,8 @@ def test_translation_equivariance_by_checkerboard_preserving_shifts():
                          ids=lambda v: str(v))
 def test_residual_model_sample_log_prob_equivariance_and_autograd(group, nrow):
     torch.manual_seed(0)
-    model = make_flow(group, len(nrow), arch="residual", n_layers=4 * len(nrow))
+    model = make_flow(group, len(nrow), arch="residual", n_layers=4 * len(nrow), hidden=(4,),
+                      init_gain=1.0)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 1.0)
@@ -199,6 +208,7 @@ def test_checkpoint_round_trip_and_cli_option(tmp_path, capsys):
     assert cfg["model"] == {"arch": "residual", "n_layers": 8}
     model, meta = load_model(out)
     assert meta["model"]["arch"] == "residual" and len(model.layers) == 8
+    assert meta["model"]["hidden"] is None
     assert all(isinstance(layer, ResidualStapleLayer) for layer in model.layers)
     assert float(sum(p.abs().sum() for p in model.parameters())) > 0  # trained weights loaded
 

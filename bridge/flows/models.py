@@ -107,7 +107,7 @@ def make_flow(
     arch: str = "coupling",
     n_layers: int | None = None,
     k: int = 8,
-    hidden: Sequence[int] = (8, 8),
+    hidden: Sequence[int] | None = None,
     kernel_size: int = 3,
     period: int = 4,
     separable: bool | None = None,
@@ -120,11 +120,13 @@ def make_flow(
     ``coupling``: spectral coupling layers (:class:`~.layers.GaugeCouplingLayer`) cycling
     through :func:`~.masks.mask_cycle` (``Nd * period`` layers update every link once);
     ``n_layers`` defaults to two cycles (16 for 2D, as in arXiv:2101.08176).  Uses ``k``,
-    ``hidden``, ``kernel_size``, ``period``, ``separable``, ``init_gain``.
+    ``hidden`` (default ``(8, 8)``), ``kernel_size``, ``period``, ``separable``, ``init_gain``.
 
     ``residual``: residual staple layers (:class:`~.residual.ResidualStapleLayer`) cycling
     through :func:`~.residual.staple_mask_cycle` (``2 Nd`` layers update every link once);
-    ``n_layers`` defaults to one cycle.  Uses ``kappa``; starts as the identity.
+    ``n_layers`` defaults to one cycle.  Uses ``kappa`` and, for site-dependent coefficients
+    from a context net, ``hidden`` (default ``None``: constant coefficients), ``kernel_size``,
+    ``separable``, ``init_gain``; starts as the identity.
     """
     g = get_group(group)
     if arch not in ARCHITECTURES:
@@ -134,15 +136,20 @@ def make_flow(
         n = len(rcycle) if n_layers is None else int(n_layers)
         if n < 1:
             raise ValueError(f"n_layers: expected a positive number of layers, got {n_layers!r}")
-        rlayers = [ResidualStapleLayer(g, nd, rcycle[i % len(rcycle)], kappa=kappa, dtype=dtype)
+        rhidden = None if hidden is None else [int(h) for h in hidden]
+        rlayers = [ResidualStapleLayer(g, nd, rcycle[i % len(rcycle)], kappa=kappa,
+                                       hidden=rhidden, kernel_size=kernel_size,
+                                       separable=separable, init_gain=init_gain, dtype=dtype)
                    for i in range(n)]
         rconfig = {"arch": arch, "group": g.name, "nd": int(nd), "n_layers": n,
-                   "kappa": float(kappa), "dtype": str(dtype)}
+                   "kappa": float(kappa), "hidden": rhidden, "kernel_size": int(kernel_size),
+                   "separable": separable, "init_gain": float(init_gain), "dtype": str(dtype)}
         return GaugeFlow(g, nd, rlayers, rconfig)
     cycle = mask_cycle(nd, period)
     n = 2 * len(cycle) if n_layers is None else int(n_layers)
     if n < 1:
         raise ValueError(f"n_layers: expected a positive number of layers, got {n_layers!r}")
+    hidden = (8, 8) if hidden is None else hidden
     layers = [GaugeCouplingLayer(g, nd, cycle[i % len(cycle)], k=k, hidden=hidden,
                                  kernel_size=kernel_size, separable=separable,
                                  init_gain=init_gain, dtype=dtype) for i in range(n)]

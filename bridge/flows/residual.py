@@ -52,14 +52,16 @@ autograd in Lie-algebra coordinates (:func:`bridge.testing.assert_logdet_matches
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import ConvergenceError
-from ..groups import Group, algebra_basis, dagger, get_group, mm, project_algebra
+from ..groups import Group, algebra_basis, dagger, get_group, mm, project_algebra, trace
 from ..lattice import Lattice, as_device
+from .layers import ContextNet
 from .masks import MaskError
 
 _PSI_TERMS = 22
@@ -152,12 +154,21 @@ class ResidualStapleLayer(nn.Module):
     kappa:
         Lipschitz bound ``sum_k |c_k| <= kappa`` (``0 < kappa < 1``): the guarantee of
         invertibility and the contraction rate of the inverse.
+    hidden:
+        ``None`` (default): the ``c_k`` are ``2(Nd - 1)`` numbers.  A sequence of widths: the
+        ``c_k(x)`` depend on the site through a :class:`~.layers.ContextNet` (``kernel_size``,
+        ``separable``, last-layer gain ``init_gain``) over the gauge-invariant, frozen features
+        ``Re/Im Tr[S_k S_l^dag] / N`` (``k < l``) of the active sites:
+        ``c_k(x) = kappa tanh(r_k + net_k(x)) / (2(Nd - 1))``.  They do not depend on the active
+        link, so the bound, the inverse and the log-Jacobian are unchanged.
     dtype:
         Real dtype of the coefficients.
     """
 
     def __init__(self, group: Group | str | int, nd: int, mask: StapleMask, *,
-                 kappa: float = 0.9, dtype: torch.dtype = torch.float64) -> None:
+                 kappa: float = 0.9, hidden: Sequence[int] | None = None,
+                 kernel_size: int = 3, separable: bool | None = None, init_gain: float = 0.01,
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.group = get_group(group)
         if mask.mu >= nd:
@@ -169,9 +180,15 @@ class ResidualStapleLayer(nn.Module):
         self.n_staples = 2 * (self.nd - 1)
         # c_k = kappa tanh(r_k) / n_staples: zero at initialisation (the identity map)
         self.raw = nn.Parameter(torch.zeros(self.n_staples, dtype=dtype))
+        self.pairs = [(a, b) for a in range(self.n_staples) for b in range(a + 1,
+                                                                           self.n_staples)]
+        self.net = None if hidden is None else ContextNet(
+            nd, 2 * len(self.pairs), self.n_staples, hidden, kernel_size, separable=separable,
+            init_gain=init_gain, dtype=dtype)
 
     def coefficients(self) -> torch.Tensor:
-        """The staple coefficients ``c_k`` (``sum |c_k| <= kappa``)."""
+        """The site-independent part of the staple coefficients, ``kappa tanh(r_k) / (2(Nd -
+        1))`` (the coefficients themselves without a context net; ``sum |c_k| <= kappa``)."""
         return self.kappa * torch.tanh(self.raw) / self.n_staples
 
     def _check(self, u: torch.Tensor) -> Lattice:
@@ -184,11 +201,26 @@ class ResidualStapleLayer(nn.Module):
 
     def _frozen(self, u: torch.Tensor, lat: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
         """Active site indices (flattened) and ``B = sum_k c_k S_k`` there ``[batch, n, N, N]``."""
-        idx = self.mask.active_sites(lat, u.device).flatten().nonzero().squeeze(1)
-        c = self.coefficients().to(u.real.dtype)
+        sites = self.mask.active_sites(lat, u.device)
+        idx = sites.flatten().nonzero().squeeze(1)
+        staples = link_staples(u, self.mask.mu)
+        rdt = u.real.dtype
+        if self.net is None:
+            c = self.coefficients().to(rdt)[None, None, :]  # [1, 1, k]
+        else:
+            act = sites.to(rdt)
+            nc = self.group.nc
+            feats = []
+            for a, b in self.pairs:
+                t = trace(mm(staples[a], dagger(staples[b]))) / nc
+                feats += [t.real * act, t.imag * act]
+            wdt = self.net.layers[0].weights()[0].dtype
+            z = self.net(torch.stack(feats, dim=1).to(wdt)).movedim(1, -1).to(rdt)
+            z = z.flatten(1, lat.nd)[:, idx]  # [batch, n, k]
+            c = self.kappa * torch.tanh(self.raw.to(rdt) + z) / self.n_staples
         b = 0
-        for k, s in enumerate(link_staples(u, self.mask.mu)):
-            b = b + c[k] * s.flatten(1, lat.nd)[:, idx]
+        for k, s in enumerate(staples):
+            b = b + c[..., k, None, None] * s.flatten(1, lat.nd)[:, idx]
         return idx, b
 
     def _y(self, ua: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
