@@ -5,7 +5,8 @@
     schedule over the number of steps the budget allows) for ``--budget`` seconds of training
     (default 600); every ``--eval-every`` seconds measure the ESS on ``--eval-n`` fresh samples
     (evaluation time is not counted as training time); the final ESS uses 4096 samples.
-(b) ``cost``: SU(3) in 4D at 4^4, 6^4, 8^4 (period-2 masks, one mask cycle): seconds and peak
+(b) ``cost``: SU(3) in 4D at 4^4, 6^4, 8^4 (period-2 masks, one mask cycle; with ``--arch
+    residual`` one cycle of residual staple layers, key ``su3_cost_residual``): seconds and peak
     memory per sample of ``sample`` + ``log_prob`` (forward + exact inverse), no gradient;
     memory is the peak RSS growth of a fresh subprocess per size (Linux: the peak ``VmHWM`` is
     reset through ``/proc/self/clear_refs`` after a warm-up; torch's CPU allocations are
@@ -96,9 +97,15 @@ def ess_vs_time(group: str, nd: int, nrow, beta: float, budget: float, *, model_
 _COST_CHILD = """
 import json, sys, time, torch
 from bridge.flows import make_flow
-L, n, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+L, n, reps, arch = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
-model = make_flow("SU3", 4, period=2, n_layers=8, k=4, hidden=(4,))
+if arch == "residual":
+    model = make_flow("SU3", 4, arch="residual")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(-0.3)  # c_k = -0.044: trained size, so the inverse iterates as in use
+else:
+    model = make_flow("SU3", 4, period=2, n_layers=8, k=4, hidden=(4,))
 gen = torch.Generator().manual_seed(1)
 def status(key):
     for line in open("/proc/self/status"):
@@ -122,12 +129,12 @@ print(json.dumps({"L": L, "n": n, "seconds_per_sample": best / n,
 """
 
 
-def cost_per_sample(sizes=(4, 6, 8), n: int = 8, reps: int = 2) -> dict:
+def cost_per_sample(sizes=(4, 6, 8), n: int = 8, reps: int = 2, arch: str = "coupling") -> dict:
     """Seconds and peak-RSS growth per sample of sample + log_prob (SU(3), 4D)."""
     rows = []
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     for L in sizes:
-        out = subprocess.run([sys.executable, "-c", _COST_CHILD, str(L), str(n), str(reps)],
+        out = subprocess.run([sys.executable, "-c", _COST_CHILD, str(L), str(n), str(reps), arch],
                              capture_output=True, text=True, env=env, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row["volume"] = L ** 4
@@ -142,7 +149,9 @@ def cost_per_sample(sizes=(4, 6, 8), n: int = 8, reps: int = 2) -> dict:
         return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
             (x - mx) ** 2 for x in xs)
 
-    return {"model": "SU3 4D, period 2, 8 layers, k 4, hidden (4,)", "batch": n,
+    name = ("SU3 4D residual, one cycle (8 layers), c_k = -0.044" if arch == "residual" else
+            "SU3 4D, period 2, 8 layers, k 4, hidden (4,)")
+    return {"model": name, "arch": arch, "batch": n,
             "rows": rows, "slope_time": slope("seconds_per_sample"),
             "slope_memory": slope("peak_rss_delta_mb_per_sample")}
 
@@ -160,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="batch (u1)")
     ap.add_argument("--final-n", type=int, default=4096, help="samples of the final ESS")
     ap.add_argument("--arch", choices=["coupling", "residual"], default="coupling",
-                    help="flow architecture of the su3 part")
+                    help="flow architecture of the su3 and cost parts")
     ap.add_argument("--adam-eps", type=float, default=None,
                     help="Adam eps (default 1e-2; 1e-8 for --arch residual)")
     ap.add_argument("--out", default="benchmarks/results/flows.json")
@@ -180,10 +189,11 @@ def main(argv=None) -> int:
         res["u1_8x8"]["env"] = {**env, "loadavg_end": os.getloadavg()}
     if "cost" in args.parts:
         print("(b) SU(3) 4D cost per sample (sample + log_prob)", flush=True)
-        res["su3_cost"] = cost_per_sample()
-        res["su3_cost"]["env"] = {**env, "loadavg_end": os.getloadavg()}
-        print(f"  log-log slope: time {res['su3_cost']['slope_time']:.3f}, memory "
-              f"{res['su3_cost']['slope_memory']:.3f}")
+        key = "su3_cost" if args.arch == "coupling" else "su3_cost_residual"
+        res[key] = cost_per_sample(arch=args.arch)
+        res[key]["env"] = {**env, "loadavg_end": os.getloadavg()}
+        print(f"  log-log slope: time {res[key]['slope_time']:.3f}, memory "
+              f"{res[key]['slope_memory']:.3f}")
     if "su3" in args.parts:
         print(f"(c) 4D SU(3) 4^4 beta 1 ({args.arch}): ESS against training time", flush=True)
         if args.arch == "residual":
