@@ -238,3 +238,16 @@ def test_bad_input():
     y, _ = layer.forward(_field("SU3", (2, 2)))
     with pytest.raises(ConvergenceError, match="did not converge in 2 iterations"):
         layer.reverse(y, max_iter=2)
+
+
+def test_residual_model_applies_to_every_even_lattice():
+    # no parameter depends on the lattice: a model trained on one lattice samples on another
+    torch.manual_seed(0)
+    model = make_flow("SU2", 2, arch="residual", n_layers=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 1.0)
+        for nrow in ((4, 4), (6, 8), (2, 10)):
+            u, logq = model.sample(2, nrow, generator=torch.Generator().manual_seed(7))
+            assert u.shape == (2, 2, nrow[1], nrow[0], 2, 2)
+            torch.testing.assert_close(model.log_prob(u), logq, atol=1e-9, rtol=0)
