@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from bridge.chains import chain_settings, read_chain, resolve_model, run_chains
 from bridge.cli import main
 from bridge.commands_flows import load_model
 from bridge.errors import ConfigError, ConvergenceError
@@ -251,3 +252,23 @@ def test_residual_model_applies_to_every_even_lattice():
             u, logq = model.sample(2, nrow, generator=torch.Generator().manual_seed(7))
             assert u.shape == (2, 2, nrow[1], nrow[0], 2, 2)
             torch.testing.assert_close(model.log_prob(u), logq, atol=1e-9, rtol=0)
+
+
+def test_hybrid_chain_with_a_residual_model(tmp_path):
+    # the chain recomputes log q of HMC states through the fixed-point inverse
+    torch.manual_seed(0)
+    model = make_flow("U1", 2, arch="residual", n_layers=8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(-0.5)  # c_k = -0.2: a real deformation of the Haar prior
+    Trainer(model, TrainConfig(nrow=(4, 4), beta=1.0, batch=4)).save(tmp_path / "m" /
+                                                                       "checkpoint.pt")
+    s, explicit = chain_settings(model=str(tmp_path / "m"), out=str(tmp_path / "run"),
+                                 schedule="hmc:1,flow:3", chains=3, steps=8, seed=2)
+    loaded = resolve_model(s, explicit)
+    summary = run_chains(s, model=loaded, progress=False, rank=0, world=1)
+    acc = summary["acceptance"]
+    assert 0.0 < acc["flow"] <= 1.0 and 0.0 < acc["hmc"] <= 1.0
+    data = read_chain(tmp_path / "run" / "chain.h5")
+    assert bool(torch.isfinite(torch.as_tensor(data["records"]["delta"])).all())
+    assert summary["cycles"] == 8
