@@ -33,6 +33,7 @@ __all__ = [
     "assert_invertible",
     "assert_logdet_matches_autograd",
     "assert_gauge_equivariant",
+    "assert_flow_density",
     "autograd_logdet",
     "algebra_basis",
 ]
@@ -290,3 +291,24 @@ def assert_gauge_equivariant(
     if not dev <= atol:
         _fail("gauge equivariance (flow(U^Omega) vs flow(U)^Omega, log-det)", dev, atol)
     return dev
+
+
+def assert_flow_density(model, nrow, n: int = 3, *, generator: torch.Generator | None = None,
+                        atol: float = 1e-9) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flow model's density is consistent: ``n`` samples ``U ~ q`` on the lattice ``nrow`` lie
+    in the group, ``log_prob(U)`` through the exact inverse equals the ``log q`` returned with the
+    sample, and ``q`` is gauge invariant (``log_prob(U^Omega) = log q(U)`` for a random
+    ``Omega``).  Returns ``(U, log q)``."""
+    lat = Lattice(nrow)
+    with torch.no_grad():
+        u, logq = model.sample(n, nrow, generator=generator)
+        assert_in_group(u, model.group, atol=100 * atol)
+        dev = float((model.log_prob(u) - logq).abs().max())
+        if not dev <= atol:
+            _fail("log q of a sample vs log_prob through the inverse", dev, atol)
+        omega = random_gauge_transformation(lat, model.group, n, generator=generator,
+                                            dtype=u.dtype, device=u.device)
+        dev = float((model.log_prob(gauge_transform(u, omega)) - logq).abs().max())
+        if not dev <= atol:
+            _fail("gauge invariance of the model density q(U^Omega) = q(U)", dev, atol)
+    return u, logq

@@ -40,7 +40,18 @@ from ..lattice import Lattice
 from .masks import LinkMask
 from .spectral import n_params, spectral_map
 
-__all__ = ["PeriodicConv", "ContextNet", "GaugeCouplingLayer"]
+__all__ = ["PeriodicConv", "ContextNet", "GaugeCouplingLayer", "check_layer_input"]
+
+
+def check_layer_input(u: torch.Tensor, group: Group, nd: int) -> Lattice:
+    """The lattice of ``u``; ``ValueError`` unless ``u`` is a field of ``group`` in ``nd``
+    dimensions (the input check of every flow layer)."""
+    lat = Lattice.of(u)
+    _, nc = lat.check_gauge(u)
+    if nc != group.nc or lat.nd != nd:
+        raise ValueError(f"U: the layer acts on {group} fields in Nd = {nd}, got {nc}x{nc} "
+                         f"links in Nd = {lat.nd}")
+    return lat
 
 
 class PeriodicConv(nn.Module):
@@ -140,12 +151,7 @@ class GaugeCouplingLayer(nn.Module):
                               separable=separable, init_gain=init_gain, dtype=dtype)
 
     def _check(self, u: torch.Tensor) -> Lattice:
-        lat = Lattice.of(u)
-        _, nc = lat.check_gauge(u)
-        if nc != self.group.nc or lat.nd != self.nd:
-            raise ValueError(f"U: the layer acts on {self.group} fields in Nd = {self.nd}, got "
-                             f"{nc}x{nc} links in Nd = {lat.nd}")
-        return lat
+        return check_layer_input(u, self.group, self.nd)
 
     def _params(self, u: torch.Tensor, lat: Lattice) -> torch.Tensor:
         frozen = self.mask.frozen_loops(lat, u.device)

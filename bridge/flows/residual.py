@@ -61,7 +61,7 @@ from torch import nn
 from ..errors import ConvergenceError
 from ..groups import Group, algebra_basis, dagger, get_group, mm, project_algebra, trace
 from ..lattice import Lattice, as_device
-from .layers import ContextNet
+from .layers import ContextNet, check_layer_input
 from .masks import MaskError
 
 _PSI_TERMS = 22
@@ -192,12 +192,7 @@ class ResidualStapleLayer(nn.Module):
         return self.kappa * torch.tanh(self.raw) / self.n_staples
 
     def _check(self, u: torch.Tensor) -> Lattice:
-        lat = Lattice.of(u)
-        _, nc = lat.check_gauge(u)
-        if nc != self.group.nc or lat.nd != self.nd:
-            raise ValueError(f"U: the layer acts on {self.group} fields in Nd = {self.nd}, got "
-                             f"{nc}x{nc} links in Nd = {lat.nd}")
-        return lat
+        return check_layer_input(u, self.group, self.nd)
 
     def _frozen(self, u: torch.Tensor, lat: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
         """Active site indices (flattened) and ``B = sum_k c_k S_k`` there ``[batch, n, N, N]``."""
