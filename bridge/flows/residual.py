@@ -51,6 +51,7 @@ autograd in Lie-algebra coordinates (:func:`bridge.testing.assert_logdet_matches
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +68,16 @@ from .masks import MaskError
 _PSI_TERMS = 22
 
 __all__ = ["StapleMask", "staple_mask_cycle", "link_staples", "ResidualStapleLayer"]
+
+
+@functools.lru_cache(maxsize=16)
+def _basis(nc: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The algebra basis ``T[a]`` and the inverse of its Gram matrix ``Re Tr(T_a^dag T_b)``
+    (built once per group, dtype and device; read-only; never inference tensors, so a first call
+    under ``torch.inference_mode`` does not break later training)."""
+    with torch.inference_mode(False), torch.no_grad():
+        t = algebra_basis(nc, dtype=dtype, device=device)
+        return t, torch.linalg.inv(torch.einsum("aij,bij->ab", t.conj(), t).real)
 
 
 @dataclass(frozen=True)
@@ -225,9 +236,7 @@ class ResidualStapleLayer(nn.Module):
     def _logdet(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``log det(1 + psi(ad_Y) L)`` per active link (module docstring), ``[batch, n]``."""
         nc = self.group.nc
-        t = algebra_basis(nc, dtype=m.dtype, device=m.device)  # [d, N, N]
-        gram = torch.einsum("aij,bij->ab", t.conj(), t).real
-        ginv = torch.linalg.inv(gram)
+        t, ginv = _basis(nc, m.dtype, m.device)  # [d, N, N], inverse Gram matrix [d, d]
 
         def coords(x: torch.Tensor) -> torch.Tensor:  # [..., d(b), N, N] -> [..., a, b]
             return ginv @ torch.einsum("cij,...bij->...cb", t.conj(), x).real
