@@ -117,6 +117,10 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(f"config {args.config}: unknown keys {sorted(unknown)}; expected "
                               f"some of {sorted(_DEFAULTS)}")
         s.update(data)
+        for key in ("model", "train"):
+            if not isinstance(s[key], dict):
+                raise ConfigError(f"config {args.config}: {key!r} must be a JSON object of "
+                                  f"settings, got {json.dumps(s[key])}")
     for key in ("group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "seed", "out",
                 "eval_samples", "eval_batch", "checkpoint_every", "log_every"):
         v = getattr(args, key, None)

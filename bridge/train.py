@@ -159,6 +159,13 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _check_score_estimator(model: GaugeFlow) -> None:
+    if not getattr(model, "differentiable_log_prob", True):
+        raise ConfigError("estimator: 'reinforce' differentiates log q(U) at fixed U through the "
+                          "inverse, but this model inverts its residual layers by fixed-point "
+                          "iteration (not differentiable); use 'reparam'")
+
+
 def reverse_kl_loss(
     model: GaugeFlow,
     action: Callable[[torch.Tensor], torch.Tensor],
@@ -178,6 +185,7 @@ def reverse_kl_loss(
         f = logq + action(u)
         return f.mean(), -f.detach()
     if estimator == "reinforce":
+        _check_score_estimator(model)
         with torch.no_grad():
             u, logq0 = model.sample(batch, nrow, generator=gen)
             f = (logq0 + action(u)).detach()
@@ -200,11 +208,8 @@ class Trainer:
         Lattice(config.nrow)
         if len(config.nrow) != model.nd:
             raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {config.nrow}")
-        if config.estimator == "reinforce" and not getattr(model, "differentiable_log_prob",
-                                                           True):
-            raise ConfigError("estimator: 'reinforce' differentiates log q(U) at fixed U through "
-                              "the inverse, but this model inverts its residual layers by "
-                              "fixed-point iteration (not differentiable); use 'reparam'")
+        if config.estimator == "reinforce":
+            _check_score_estimator(model)
         self.model, self.config = model, config
         self.action = action or (lambda u: wilson_action(u, config.beta))
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,

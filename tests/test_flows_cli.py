@@ -85,6 +85,13 @@ def test_train_bad_input(tmp_path, capsys):
     assert "unknown keys ['grup']" in capsys.readouterr().err
     assert main(["train", *TINY, "--nrow", "4", "4", "4", "--out", str(tmp_path / "z")]) == 1
     assert "nrow: expected 2 or 4 extents" in capsys.readouterr().err
+    bad.write_text(json.dumps({"model": None}))
+    assert main(["train", str(bad), "--arch", "residual", "--out", str(tmp_path / "w")]) == 1
+    assert "'model' must be a JSON object of settings, got null" in capsys.readouterr().err
+    bad.write_text(json.dumps({"model": {"arch": "coupling", "kappa": 0.5}}))
+    assert main(["train", str(bad), "--out", str(tmp_path / "v")]) == 1
+    assert ("kappa: not an option of the 'coupling' architecture (got kappa = 0.5)"
+            in capsys.readouterr().err)
 
 
 def test_sample_hdf5_weights_match_model(tmp_path, capsys):

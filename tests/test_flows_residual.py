@@ -36,7 +36,7 @@ from bridge.testing import (
     assert_invertible,
     assert_logdet_matches_autograd,
 )
-from bridge.train import TrainConfig, Trainer
+from bridge.train import TrainConfig, Trainer, reverse_kl_loss
 
 CASES = [("U1", (2, 2)), ("SU2", (2, 2)), ("SU3", (2, 2)), ("SU2", (2, 2, 2, 2)),
          ("U1", (4, 6)), ("SU3", (4, 4, 4, 4))]
@@ -212,7 +212,7 @@ def test_bad_input():
         StapleMask(1, 0).active_sites(Lattice((3, 4)))
     with pytest.raises(MaskError, match="parity: expected 0 or 1"):
         StapleMask(0, 2)
-    with pytest.raises(MaskError, match="exceeds Nd = 2"):
+    with pytest.raises(MaskError, match="expected a direction 0 <= mu < Nd = 2, got mu = 2"):
         ResidualStapleLayer("U1", 2, StapleMask(2, 0))
     with pytest.raises(ValueError, match="kappa: expected a Lipschitz bound in \\(0, 1\\)"):
         ResidualStapleLayer("U1", 2, StapleMask(0, 0), kappa=1.0)
@@ -222,10 +222,18 @@ def test_bad_input():
         make_flow("U1", 2, arch="spline")
     with pytest.raises(MaskError, match="is odd"):
         make_flow("U1", 2, arch="residual").sample(1, (4, 5))
+    with pytest.raises(ValueError, match="k, period: not an option of the 'residual' "
+                                         "architecture \\(got k = 4, period = 2\\)"):
+        make_flow("SU3", 4, arch="residual", k=4, period=2)
+    with pytest.raises(ValueError, match="kappa: not an option of the 'coupling'"):
+        make_flow("SU3", 4, kappa=0.5)
     # the score-function estimator needs a differentiable inverse
     with pytest.raises(ConfigError, match="fixed-point iteration"):
         Trainer(make_flow("U1", 2, arch="residual"),
                 TrainConfig(nrow=(4, 4), beta=1.0, estimator="reinforce"))
+    with pytest.raises(ConfigError, match="fixed-point iteration"):
+        reverse_kl_loss(make_flow("U1", 2, arch="residual"), lambda u: u.real.sum((1, 2, 3, 4, 5)),
+                        4, (4, 4), estimator="reinforce")
     # a fixed-point inverse that cannot converge in the iterations allowed: a clear error
     layer = _layer("SU3", 2, 0, 0, scale=3.0)
     y, _ = layer.forward(_field("SU3", (2, 2)))

@@ -37,8 +37,8 @@ def haar_log_prob(u: torch.Tensor) -> torch.Tensor:
 
 
 class GaugeFlow(nn.Module):
-    """Haar prior + coupling layers.  ``config`` records the architecture (checkpoints compare
-    it before loading weights)."""
+    """Haar prior + layers (spectral coupling or residual staple layers).  ``config`` records the
+    architecture (checkpoints compare it before loading weights)."""
 
     def __init__(self, group: Group | str | int, nd: int,
                  layers: Sequence[GaugeCouplingLayer | ResidualStapleLayer],
@@ -106,32 +106,42 @@ def make_flow(
     *,
     arch: str = "coupling",
     n_layers: int | None = None,
-    k: int = 8,
+    k: int | None = None,
     hidden: Sequence[int] | None = None,
     kernel_size: int = 3,
-    period: int = 4,
+    period: int | None = None,
     separable: bool | None = None,
     init_gain: float = 0.01,
-    kappa: float = 0.9,
+    kappa: float | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> GaugeFlow:
     """A flow of one of the :data:`ARCHITECTURES`.
 
     ``coupling``: spectral coupling layers (:class:`~.layers.GaugeCouplingLayer`) cycling
     through :func:`~.masks.mask_cycle` (``Nd * period`` layers update every link once);
-    ``n_layers`` defaults to two cycles (16 for 2D, as in arXiv:2101.08176).  Uses ``k``,
-    ``hidden`` (default ``(8, 8)``), ``kernel_size``, ``period``, ``separable``, ``init_gain``.
+    ``n_layers`` defaults to two cycles (16 for 2D, as in arXiv:2101.08176).  Uses ``k``
+    (default 8), ``hidden`` (default ``(8, 8)``), ``kernel_size``, ``period`` (default 4),
+    ``separable``, ``init_gain``.
 
     ``residual``: residual staple layers (:class:`~.residual.ResidualStapleLayer`) cycling
     through :func:`~.residual.staple_mask_cycle` (``2 Nd`` layers update every link once);
-    ``n_layers`` defaults to one cycle.  Uses ``kappa`` and, for site-dependent coefficients
-    from a context net, ``hidden`` (default ``None``: constant coefficients), ``kernel_size``,
-    ``separable``, ``init_gain``; starts as the identity.
+    ``n_layers`` defaults to one cycle.  Uses ``kappa`` (default 0.9) and, for site-dependent
+    coefficients from a context net, ``hidden`` (default ``None``: constant coefficients),
+    ``kernel_size``, ``separable``, ``init_gain``; starts as the identity.
+
+    An option that the chosen architecture does not use (``k`` or ``period`` for ``residual``,
+    ``kappa`` for ``coupling``) is an error, not silently ignored.
     """
     g = get_group(group)
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch: expected one of {ARCHITECTURES}, got {arch!r}")
+    unused = ({"k": k, "period": period} if arch == "residual" else {"kappa": kappa})
+    given = sorted(name for name, v in unused.items() if v is not None)
+    if given:
+        raise ValueError(f"{', '.join(given)}: not an option of the {arch!r} architecture "
+                         f"(got {', '.join(f'{n} = {unused[n]!r}' for n in given)})")
     if arch == "residual":
+        kappa = 0.9 if kappa is None else kappa
         rcycle = staple_mask_cycle(nd)
         n = len(rcycle) if n_layers is None else int(n_layers)
         if n < 1:
@@ -145,6 +155,8 @@ def make_flow(
                    "kappa": float(kappa), "hidden": rhidden, "kernel_size": int(kernel_size),
                    "separable": separable, "init_gain": float(init_gain), "dtype": str(dtype)}
         return GaugeFlow(g, nd, rlayers, rconfig)
+    k = 8 if k is None else k
+    period = 4 if period is None else period
     cycle = mask_cycle(nd, period)
     n = 2 * len(cycle) if n_layers is None else int(n_layers)
     if n < 1:

@@ -20,12 +20,14 @@ forward then backward) and learnable real coefficients ``c_k``,
 ``TA`` the (traceless) anti-Hermitian projection (:func:`bridge.groups.project_algebra`).  Under
 ``U_mu(x) -> Omega(x) U_mu(x) Omega(x + mu)^dag`` every staple goes to ``Omega(x + mu) S_k
 Omega(x)^dag``, so ``M -> Omega(x) M Omega(x)^dag``, ``Y`` is conjugated and ``U'`` transforms
-like ``U``: the layer is gauge equivariant.  ``Y = grad Re Tr[U B]`` is the force of the action
-``-Re Tr[U B]`` with respect to the active link: at first order in ``c`` the layer multiplies the
-density by ``exp(C_2 Re Tr[U B])`` (the fundamental characters are eigenfunctions of the
-Laplacian on the group), i.e. it tilts every plaquette through the link towards (``c > 0``) or
-away from the identity, which is what the Wilson weight ``exp(beta/N sum_p Re Tr P)`` asks for at
-strong coupling (Luescher's leading-order trivialising map).
+like ``U``: the layer is gauge equivariant.  ``Y = -grad Re Tr[U B]`` is the force of the action
+``+Re Tr[U B]`` with respect to the active link (U(1): ``theta' = theta + b sin theta`` for the
+angle ``theta`` of ``U B = b e^{i theta}``): at first order in ``c`` the layer multiplies the
+density by ``exp(-(N^2 - 1)/N Re Tr[U B])`` (U(1): ``exp(-Re[U B])``; the fundamental
+characters are eigenfunctions of the Laplacian on the group), i.e. it tilts every plaquette
+through the link away from (``c > 0``) or towards (``c < 0``) the identity.  The Wilson weight
+``exp(beta/N sum_p Re Tr P)`` asks for ``c < 0`` (Luescher's leading-order trivialising map:
+each plaquette has four links, so ``c = -beta / (4 (N^2 - 1))``).
 
 Invertibility.  ``U -> Y(U)`` is Lipschitz with constant ``||B||_op <= sum_k |c_k|`` (``TA`` is
 an orthogonal projection and the exponential does not increase distances on a compact group with
@@ -42,11 +44,13 @@ with ``phi(z) = (e^z - 1) / z``, and ``exp(Y) w exp(-Y) = e^{ad_Y} w``)
     L w = TA(w M),     psi(z) = (1 - e^{-z}) / z,
 
 and ``det e^{ad_Y} = exp(tr ad_Y) = 1``, so ``log J = log det(1 + psi(ad_Y) L)``, a
-``dim G x dim G`` determinant per active link (``psi(ad_Y) L`` by its Taylor series, whose
-remainder after 22 terms is below ``2^23 / 24! < 1e-16`` because ``||ad_Y|| <= 2 ||Y||_op <
-2``).  ``psi(ad_Y)`` has norm ``<= 1`` (``ad_Y`` is antisymmetric, ``|psi(i r)| = |sinc(r /
-2)| <= 1``) and ``||L|| <= ||B||_op < 1``, so the determinant is positive.  Tested against
-autograd in Lie-algebra coordinates (:func:`bridge.testing.assert_logdet_matches_autograd`).
+``dim G x dim G`` determinant per active link (``psi(ad_Y) L`` by its Taylor series in powers
+0..22, whose remainder is below ``2^23 / 24! < 1e-16`` because ``||ad_Y|| < 2``: ``ad_Y`` is
+normal with eigenvalues ``i (y_j - y_k)``, the differences of ``Y``'s eigenvalues, which removing
+the trace does not change, so ``||ad_Y|| <= 2 ||(M - M^dag)/2||_op <= 2 ||M||_op <= 2 kappa``).
+``psi(ad_Y)`` has norm ``<= 1`` (``ad_Y`` is antisymmetric, ``|psi(i r)| = |sinc(r / 2)| <= 1``)
+and ``||L|| <= ||B||_op < 1``, so the determinant is positive. Tested against autograd in
+Lie-algebra coordinates (:func:`bridge.testing.assert_logdet_matches_autograd`).
 """
 
 from __future__ import annotations
@@ -183,7 +187,7 @@ class ResidualStapleLayer(nn.Module):
         super().__init__()
         self.group = get_group(group)
         if mask.mu >= nd:
-            raise MaskError(f"mask: direction mu = {mask.mu} exceeds Nd = {nd}")
+            raise MaskError(f"mask: expected a direction 0 <= mu < Nd = {nd}, got mu = {mask.mu}")
         kappa = float(kappa)
         if not 0.0 < kappa < 1.0:
             raise ValueError(f"kappa: expected a Lipschitz bound in (0, 1), got {kappa}")
@@ -250,7 +254,7 @@ class ResidualStapleLayer(nn.Module):
         yb = y.unsqueeze(-3)
         ad = coords(mm(yb, tb) - mm(tb, yb))
         # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule; ||ad_Y|| <=
-        # 2 ||Y||_op <= 2 kappa < 2, so the remainder is below 2^(J+1) / (J+2)! < 1e-19 for J = 22
+        # 2 kappa < 2 (module docstring), so the remainder is below 2^23 / 24! = 1.4e-17
         pl = lmat * (1.0 / math.factorial(_PSI_TERMS + 1))
         for j in range(_PSI_TERMS - 1, -1, -1):
             pl = lmat * (1.0 / math.factorial(j + 1)) - ad @ pl
@@ -273,7 +277,9 @@ class ResidualStapleLayer(nn.Module):
     def reverse(self, u: torch.Tensor, *, tol: float | None = None,
                 max_iter: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact inverse by the contraction ``U_{n+1} = exp(-Y(U_n)) U'`` until the largest
-        change of a link element is below ``tol`` (default: 50 machine epsilons); raises
+        change of a link element between successive iterates is below ``tol`` (default: 50
+        machine epsilons; the error of the result is at most ``kappa / (1 - kappa)`` times the
+        last change, 9 ``tol`` at the default ``kappa``); raises
         :class:`~bridge.errors.ConvergenceError` after ``max_iter`` iterations."""
         lat = self._check(u)
         idx, b = self._frozen(u, lat)
