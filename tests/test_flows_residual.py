@@ -5,6 +5,7 @@ model built from them, training, the CLI option and bad input."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -272,3 +273,26 @@ def test_hybrid_chain_with_a_residual_model(tmp_path):
     data = read_chain(tmp_path / "run" / "chain.h5")
     assert bool(torch.isfinite(torch.as_tensor(data["records"]["delta"])).all())
     assert summary["cycles"] == 8
+
+
+@pytest.mark.parametrize("group, nrow, beta, exact", [
+    ("SU3", (2, 2, 2, 2), 0.3, 0.3 / 18 + 0.3**2 / 216),   # strong coupling, SU(3) Wilson
+    ("U1", (8, 8), 0.2, 0.099501),                          # I_1(0.2) / I_0(0.2)
+], ids=["SU3-4D", "U1-2D"])
+def test_leading_order_trivialising_map_gives_the_strong_coupling_plaquette(group, nrow, beta,
+                                                                            exact):
+    # no training: one cycle with c_k = -beta / (4 (N^2 - 1)) (U(1): -beta / 4) samples, without
+    # any reweighting, the plaquette of the Wilson action to first order in beta
+    model = make_flow(group, len(nrow), arch="residual")
+    nc = model.group.nc
+    c = -beta / (4 * (nc * nc - 1)) if nc > 1 else -beta / 4
+    layer = model.layers[0]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(math.atanh(c * layer.n_staples / layer.kappa))
+        u, _ = model.sample(2048, nrow, generator=torch.Generator().manual_seed(3))
+    tr = plaquette_traces(u).flatten(1).mean(1)
+    mean, err = float(tr.mean()), float(tr.std()) / math.sqrt(tr.numel())
+    # 4 sigma plus the O(beta^2) difference between the first-order map and the target
+    assert abs(mean - exact) < 4 * err + 0.1 * beta**2 / nc, (mean, err, exact)
+    assert mean > 0.5 * exact  # a wrong sign or a missing factor would fail here
