@@ -42,7 +42,7 @@ _DEFAULTS: dict[str, Any] = {
     "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "model": {}, "train": {},
 }
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
-               "init_gain", "kappa"}
+               "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps"}
 
 
 # -- parsers ----------------------------------------------------------------------------------
@@ -56,12 +56,16 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nrow", nargs="+", type=int, metavar="L",
                    help="lattice extents, 2 or 4 of them (default 8 8)")
     p.add_argument("--beta", type=float, help="Wilson gauge coupling (default 2.0)")
-    p.add_argument("--arch", choices=["coupling", "residual"],
-                   help="flow architecture: spectral coupling layers (default) or residual "
-                        "staple layers (docs/flows.md)")
+    p.add_argument("--arch", choices=["coupling", "residual", "plaquette"],
+                   help="flow architecture: spectral coupling layers (default), residual "
+                        "staple layers, or the constrained plaquette flow of 2D U(1) "
+                        "(docs/flows.md)")
     p.add_argument("--layers", type=int, metavar="N",
                    help="number of layers (default: two mask cycles for coupling, one for "
                         "residual)")
+    p.add_argument("--estimator", choices=["reparam", "path", "reinforce"],
+                   help="gradient estimator of the reverse KL (default reparam; path: "
+                        "path-derivative, plaquette flow only)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="stop training after this many seconds")
     p.add_argument("--steps", type=int, help="total optimisation steps (default 1000)")
@@ -130,6 +134,8 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
         s["model"]["arch"] = args.arch
     if getattr(args, "layers", None) is not None:
         s["model"]["n_layers"] = args.layers
+    if getattr(args, "estimator", None) is not None:
+        s["train"]["estimator"] = args.estimator
     group = str(s["group"]).lower()
     if group not in _GROUPS:
         raise ConfigError(f"group: expected one of {sorted(_GROUPS)}, got {s['group']!r}")

@@ -86,8 +86,8 @@ class TrainConfig:
             raise ConfigError(f"adam_eps: expected > 0, got {self.adam_eps}")
         if self.schedule not in ("constant", "cosine"):
             raise ConfigError(f"schedule: expected 'constant' or 'cosine', got {self.schedule!r}")
-        if self.estimator not in ("reparam", "reinforce"):
-            raise ConfigError(f"estimator: expected 'reparam' or 'reinforce', got "
+        if self.estimator not in ("reparam", "path", "reinforce"):
+            raise ConfigError(f"estimator: expected 'reparam', 'path' or 'reinforce', got "
                               f"{self.estimator!r}")
         for name in ("clip_norm", "clip_value"):
             v = getattr(self, name)
@@ -166,6 +166,13 @@ def _check_score_estimator(model: GaugeFlow) -> None:
                           "iteration (not differentiable); use 'reparam'")
 
 
+def _check_path_estimator(model: GaugeFlow) -> None:
+    if not getattr(model, "supports_path_gradient", False):
+        raise ConfigError(f"estimator: 'path' needs a model whose sample() can hold its "
+                          f"parameters fixed in log q (path_gradient=True); "
+                          f"{type(model).__name__} cannot; use 'reparam' or 'reinforce'")
+
+
 def reverse_kl_loss(
     model: GaugeFlow,
     action: Callable[[torch.Tensor], torch.Tensor],
@@ -184,6 +191,11 @@ def reverse_kl_loss(
         u, logq = model.sample(batch, nrow, generator=gen)
         f = logq + action(u)
         return f.mean(), -f.detach()
+    if estimator == "path":
+        _check_path_estimator(model)
+        u, logq = model.sample(batch, nrow, generator=gen, path_gradient=True)
+        f = logq + action(u)
+        return f.mean(), -f.detach()
     if estimator == "reinforce":
         _check_score_estimator(model)
         with torch.no_grad():
@@ -192,7 +204,8 @@ def reverse_kl_loss(
         logq = model.log_prob(u)
         b = f.mean() if baseline is None else baseline(f)
         return ((f - b) * logq).mean() + f.mean(), -f
-    raise ConfigError(f"estimator: expected 'reparam' or 'reinforce', got {estimator!r}")
+    raise ConfigError(f"estimator: expected 'reparam', 'path' or 'reinforce', got "
+                      f"{estimator!r}")
 
 
 class Trainer:
@@ -210,6 +223,8 @@ class Trainer:
             raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {config.nrow}")
         if config.estimator == "reinforce":
             _check_score_estimator(model)
+        if config.estimator == "path":
+            _check_path_estimator(model)
         self.model, self.config = model, config
         self.action = action or (lambda u: wilson_action(u, config.beta))
         self.opt = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,

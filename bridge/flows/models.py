@@ -24,6 +24,7 @@ from ..groups import Group, get_group
 from ..lattice import Lattice
 from .layers import GaugeCouplingLayer
 from .masks import mask_cycle
+from .plaquette import PlaquetteFlow
 from .residual import ResidualStapleLayer, staple_mask_cycle
 
 __all__ = ["GaugeFlow", "make_flow", "haar_log_prob", "ARCHITECTURES"]
@@ -97,7 +98,7 @@ class GaugeFlow(nn.Module):
         return haar_log_prob(u0) + logdet
 
 
-ARCHITECTURES = ("coupling", "residual")
+ARCHITECTURES = ("coupling", "residual", "plaquette")
 
 
 def make_flow(
@@ -113,8 +114,12 @@ def make_flow(
     separable: bool | None = None,
     init_gain: float = 0.01,
     kappa: float | None = None,
+    degree: int | None = None,
+    harmonics: int | None = None,
+    symmetric: bool | None = None,
+    eps: float | None = None,
     dtype: torch.dtype = torch.float64,
-) -> GaugeFlow:
+) -> GaugeFlow | PlaquetteFlow:
     """A flow of one of the :data:`ARCHITECTURES`.
 
     ``coupling``: spectral coupling layers (:class:`~.layers.GaugeCouplingLayer`) cycling
@@ -129,17 +134,41 @@ def make_flow(
     coefficients from a context net, ``hidden`` (default ``None``: constant coefficients),
     ``kernel_size``, ``separable``, ``init_gain``; starts as the identity.
 
+    ``plaquette`` (2D U(1) only): :class:`~.plaquette.PlaquetteFlow`, a learned plaquette
+    density with the torus constraint built in; no layers.  Uses ``degree`` (default 24),
+    ``harmonics`` (default 4), ``symmetric`` (default True), ``eps`` (default 1e-12).
+
     An option that the chosen architecture does not use (``k`` or ``period`` for ``residual``,
-    ``kappa`` for ``coupling``) is an error, not silently ignored.
+    ``kappa`` for ``coupling``, ``degree`` or ``eps`` for both, anything but these two for
+    ``plaquette``) is an error, not silently ignored.
     """
     g = get_group(group)
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch: expected one of {ARCHITECTURES}, got {arch!r}")
-    unused = ({"k": k, "period": period} if arch == "residual" else {"kappa": kappa})
+    if arch == "plaquette":
+        unused = {"n_layers": n_layers, "k": k, "hidden": hidden, "period": period,
+                  "separable": separable, "kappa": kappa,
+                  "kernel_size": None if kernel_size == 3 else kernel_size,
+                  "init_gain": None if init_gain == 0.01 else init_gain}
+    elif arch == "residual":
+        unused = {"k": k, "period": period, "degree": degree, "harmonics": harmonics,
+                  "symmetric": symmetric, "eps": eps}
+    else:
+        unused = {"kappa": kappa, "degree": degree, "harmonics": harmonics,
+                  "symmetric": symmetric, "eps": eps}
     given = sorted(name for name, v in unused.items() if v is not None)
     if given:
         raise ValueError(f"{', '.join(given)}: not an option of the {arch!r} architecture "
                          f"(got {', '.join(f'{n} = {unused[n]!r}' for n in given)})")
+    if arch == "plaquette":
+        if g.name != "U(1)" or int(nd) != 2:
+            raise ValueError(f"arch: the 'plaquette' flow exists for 2D U(1) only (the plaquettes "
+                             f"and holonomies are the only gauge invariants there), got "
+                             f"{g.name} in {nd}D")
+        return PlaquetteFlow(24 if degree is None else degree,
+                             4 if harmonics is None else harmonics,
+                             symmetric=True if symmetric is None else symmetric,
+                             eps=1e-12 if eps is None else eps, dtype=dtype)
     if arch == "residual":
         kappa = 0.9 if kappa is None else kappa
         rcycle = staple_mask_cycle(nd)
