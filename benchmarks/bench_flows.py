@@ -5,6 +5,8 @@
     schedule over the number of steps the budget allows) for ``--budget`` seconds of training
     (default 600); every ``--eval-every`` seconds measure the ESS on ``--eval-n`` fresh samples
     (evaluation time is not counted as training time); the final ESS uses 4096 samples.
+    ``--arch plaquette``: the constrained plaquette flow (:class:`bridge.flows.PlaquetteFlow`,
+    batch 64, lr 0.03, Adam eps 1e-8, the path-gradient estimator), key ``u1_8x8_plaquette``.
 (b) ``cost``: SU(3) in 4D at 4^4, 6^4, 8^4 (period-2 masks, one mask cycle; with ``--arch
     residual`` one cycle of residual staple layers, key ``su3_cost_residual``): seconds and peak
     memory per sample of ``sample`` + ``log_prob`` (forward + exact inverse), no gradient;
@@ -55,20 +57,23 @@ def _measure(model, nrow, beta: float, n: int, seed: int, chunk: int = 256) -> d
 
 def ess_vs_time(group: str, nd: int, nrow, beta: float, budget: float, *, model_kw: dict,
                 batch: int, lr: float, eval_every: float, eval_n: int, final_n: int = 4096,
-                seed: int = 1, adam_eps: float = 1e-2, target: float = 0.7) -> dict:
+                seed: int = 1, adam_eps: float = 1e-2, target: float = 0.7,
+                estimator: str = "reparam") -> dict:
     """Train for ``budget`` seconds (training time only); ESS curve and final numbers.  The
     cosine schedule spans the steps a probe (3 steps after one warm-up step) predicts."""
     torch.manual_seed(seed)
     model = make_flow(group, nd, **model_kw)
     probe = Trainer(make_flow(group, nd, **model_kw),
-                    TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, adam_eps=adam_eps))
+                    TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, adam_eps=adam_eps,
+                                estimator=estimator))
     probe.train(1)
     t0 = time.perf_counter()
     probe.train(3)
     per_step = (time.perf_counter() - t0) / 3
     total = max(int(budget / per_step), 10)
     cfg = TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, schedule="cosine",
-                      total_steps=total, lr_min=lr / 10, seed=seed, adam_eps=adam_eps)
+                      total_steps=total, lr_min=lr / 10, seed=seed, adam_eps=adam_eps,
+                      estimator=estimator)
     tr = Trainer(model, cfg)
     curve = [{"train_seconds": 0.0, "step": 0, **_measure(model, nrow, beta, eval_n, 10_000)}]
     print(f"  t={0:7.1f}s step {0:5d} ESS {curve[-1]['ess']:.4f}", flush=True)
@@ -86,7 +91,7 @@ def ess_vs_time(group: str, nd: int, nrow, beta: float, budget: float, *, model_
     reached = [c for c in curve if c["ess"] >= target]
     return {"group": group, "nrow": list(nrow), "beta": beta, "budget_s": budget,
             "model": model.config, "batch": batch, "lr": lr, "adam_eps": adam_eps,
-            "schedule": "cosine",
+            "schedule": "cosine", "estimator": estimator,
             "planned_steps": total, "steps": tr.step_count, "train_seconds": trained,
             "seconds_per_step": trained / max(tr.step_count, 1), "curve": curve,
             "final_n": final_n, "final_ess": final["ess"], "final_acceptance": final["acceptance"],
@@ -165,21 +170,33 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-n", type=int, default=1024, help="samples per ESS point")
     ap.add_argument("--n-layers", type=int, default=16, help="coupling layers (u1)")
     ap.add_argument("--lr", type=float, default=None,
-                    help="Adam learning rate (default 1e-3; 0.02 for --arch residual)")
+                    help="Adam learning rate (default 1e-3; 0.02 for --arch residual, 0.03 for "
+                         "--arch plaquette)")
     ap.add_argument("--batch", type=int, default=64, help="batch (u1)")
     ap.add_argument("--final-n", type=int, default=4096, help="samples of the final ESS")
-    ap.add_argument("--arch", choices=["coupling", "residual"], default="coupling",
-                    help="flow architecture of the su3 and cost parts")
+    ap.add_argument("--arch", choices=["coupling", "residual", "plaquette"], default="coupling",
+                    help="flow architecture (plaquette: u1 only; residual: su3 and cost only)")
     ap.add_argument("--adam-eps", type=float, default=None,
-                    help="Adam eps (default 1e-2; 1e-8 for --arch residual)")
+                    help="Adam eps (default 1e-2; 1e-8 for --arch residual and plaquette)")
     ap.add_argument("--out", default="benchmarks/results/flows.json")
     args = ap.parse_args(argv)
+    bad = ({"cost", "su3"} if args.arch == "plaquette" else
+           {"u1"} if args.arch == "residual" else set()) & set(args.parts)
+    if bad:
+        ap.error(f"--arch {args.arch} does not apply to the part(s) {sorted(bad)}")
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}
     env = {"machine": platform.node(), "cpu": platform.processor() or platform.machine(),
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "loadavg_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d")}
-    if "u1" in args.parts:
+    if "u1" in args.parts and args.arch == "plaquette":
+        print("(a) 2D U(1) 8x8 beta 2 (plaquette flow): ESS against training time", flush=True)
+        res["u1_8x8_plaquette"] = ess_vs_time(
+            "U1", 2, (8, 8), 2.0, args.budget, batch=args.batch, lr=args.lr or 0.03,
+            eval_every=args.eval_every, eval_n=args.eval_n, final_n=args.final_n,
+            model_kw={"arch": "plaquette"}, adam_eps=args.adam_eps or 1e-8, estimator="path")
+        res["u1_8x8_plaquette"]["env"] = {**env, "loadavg_end": os.getloadavg()}
+    elif "u1" in args.parts:
         print("(a) 2D U(1) 8x8 beta 2: ESS against training time", flush=True)
         res["u1_8x8"] = ess_vs_time(
             "U1", 2, (8, 8), 2.0, args.budget, batch=args.batch, lr=args.lr or 1e-3,
@@ -210,7 +227,8 @@ def main(argv=None) -> int:
         res[key]["env"] = {**env, "loadavg_end": os.getloadavg()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
-    for key in [k for k in ("u1_8x8", "su3_4x4", "su3_4x4_residual") if k in res]:
+    for key in [k for k in ("u1_8x8", "u1_8x8_plaquette", "su3_4x4", "su3_4x4_residual")
+                if k in res]:
         r = res[key]
         print(f"\n{key} ({r['model'].get('arch', 'coupling')})")
         print(f"{'train s':>8} {'step':>6} {'ESS':>7} {'acc':>6}")
