@@ -42,7 +42,7 @@ _DEFAULTS: dict[str, Any] = {
     "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "model": {}, "train": {},
 }
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
-               "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps"}
+               "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid"}
 
 
 # -- parsers ----------------------------------------------------------------------------------

@@ -9,6 +9,11 @@ Gradient estimators:
 
 * ``reparam`` (default): ``U = f_theta(U_0)``, ``U_0 ~ Haar``; differentiate
   ``mean(log q(U) + S(U))`` through the flow (needs a differentiable action).
+* ``path`` (path derivative, "sticking the landing", arXiv:1703.09194): ``reparam`` without the
+  score term ``grad_theta log q_theta(U)|_U`` (mean zero): ``log q`` is evaluated with the
+  parameters held fixed and only the sample differentiated; zero variance where ``q = p``.
+  Needs a model with ``supports_path_gradient`` (``sample(..., path_gradient=True)``), so far
+  :class:`~bridge.flows.PlaquetteFlow`; others are refused.
 * ``reinforce`` (score function): ``grad KL = E_q[(log q - log p - b) grad log q(U)]`` with
   ``U`` detached and the baseline ``b`` the batch mean (arXiv:2101.08176, sec. 3.3), through
   :meth:`GaugeFlow.log_prob`; the action is evaluated without gradient.

@@ -96,3 +96,17 @@ def test_u1_analytic_proposal_tiny(bench, tmp_path):
     assert y["flow_model"]["kind"] == "u1_plaquette"
     assert 0.0 < y["acc_flow"] <= 1.0 and y["steps"] == 20  # min_steps (seconds = 0)
     assert math.isfinite(y["chi_t"]) and y["cost_per_indep"] > 0
+
+
+def test_u1_plaquette_flow_tiny(bench, tmp_path):
+    args = bench.parser().parse_args(
+        ["--u1-arch", "plaquette", "--L", "4", "--betas", "3", "--seconds", "0",
+         "--max-steps", "30", "--chains", "2", "--tune-trajs", "5", "--flow-batch", "4",
+         "--flow-per-cycle", "2", "--eval-n", "64", "--train-seconds", "2",
+         "--models", str(tmp_path / "m")])
+    rows = bench.run_u1(args)
+    assert [r["sampler"] for r in rows] == ["hmc", "hybrid"]
+    y = rows[1]
+    assert y["flow_model"]["arch"] == "plaquette" and y["train_seconds"] > 0
+    assert (tmp_path / "m" / "u1_plaquette_L4_b3" / "checkpoint.pt").exists()
+    assert 0.0 <= y["acc_flow"] <= 1.0 and math.isfinite(y["chi_t"])

@@ -118,6 +118,7 @@ def make_flow(
     harmonics: int | None = None,
     symmetric: bool | None = None,
     eps: float | None = None,
+    grid: int | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> GaugeFlow | PlaquetteFlow:
     """A flow of one of the :data:`ARCHITECTURES`.
@@ -136,11 +137,12 @@ def make_flow(
 
     ``plaquette`` (2D U(1) only): :class:`~.plaquette.PlaquetteFlow`, a learned plaquette
     density with the torus constraint built in; no layers.  Uses ``degree`` (default 24),
-    ``harmonics`` (default 4), ``symmetric`` (default True), ``eps`` (default 1e-12).
+    ``harmonics`` (default 4), ``symmetric`` (default True), ``eps`` (default 1e-12), ``grid``
+    (default 32, the bracketing points of the CDF inversion).
 
     An option that the chosen architecture does not use (``k`` or ``period`` for ``residual``,
-    ``kappa`` for ``coupling``, ``degree`` or ``eps`` for both, anything but these two for
-    ``plaquette``) is an error, not silently ignored.
+    ``kappa`` for ``coupling``; ``degree``, ``harmonics``, ``symmetric``, ``eps``, ``grid`` for
+    both; anything but these five for ``plaquette``) is an error, not silently ignored.
     """
     g = get_group(group)
     if arch not in ARCHITECTURES:
@@ -152,10 +154,10 @@ def make_flow(
                   "init_gain": None if init_gain == 0.01 else init_gain}
     elif arch == "residual":
         unused = {"k": k, "period": period, "degree": degree, "harmonics": harmonics,
-                  "symmetric": symmetric, "eps": eps}
+                  "symmetric": symmetric, "eps": eps, "grid": grid}
     else:
         unused = {"kappa": kappa, "degree": degree, "harmonics": harmonics,
-                  "symmetric": symmetric, "eps": eps}
+                  "symmetric": symmetric, "eps": eps, "grid": grid}
     given = sorted(name for name, v in unused.items() if v is not None)
     if given:
         raise ValueError(f"{', '.join(given)}: not an option of the {arch!r} architecture "
@@ -168,7 +170,8 @@ def make_flow(
         return PlaquetteFlow(24 if degree is None else degree,
                              4 if harmonics is None else harmonics,
                              symmetric=True if symmetric is None else symmetric,
-                             eps=1e-12 if eps is None else eps, dtype=dtype)
+                             eps=1e-12 if eps is None else eps,
+                             grid=32 if grid is None else grid, dtype=dtype)
     if arch == "residual":
         kappa = 0.9 if kappa is None else kappa
         rcycle = staple_mask_cycle(nd)

@@ -24,8 +24,8 @@ have density ``prod_{p} g(theta_p) / f_V(0)`` with respect to ``d theta_1 .. d t
 ``theta_V = -sum`` of the others, and each normalised Haar factor is ``d theta / 2 pi``).  (1) is
 translation and gauge invariant and depends on no ordering of the plaquettes.  For ``g ~
 exp(beta cos theta)`` it *is* the Wilson weight (module :mod:`bridge.flows.analytic`), so the
-family contains the target; for any other plaquette action ``s(theta)`` it contains
-``exp(-s)`` up to the truncation below.
+family contains the target; so does it for any plaquette action ``s(theta)`` that is a
+trigonometric polynomial of degree ``<= K`` (``harmonics``), up to the truncation below.
 
 The plaquette density (Fejer-Riesz).  ``H(theta) = sum_{k=0}^{N} h_k e^{i k theta}`` with complex
 ``h`` normalised to ``sum_k |h_k|^2 = 1``, and
@@ -33,15 +33,19 @@ The plaquette density (Fejer-Riesz).  ``H(theta) = sum_{k=0}^{N} h_k e^{i k thet
     g(theta) = [(1 - eps) |H(theta)|^2 + eps] / (2 pi),                                  (2)
 
 a trigonometric polynomial of degree ``N`` that is non-negative for every ``h`` (every
-non-negative one has this form, Fejer-Riesz theorem), normalised (Parseval), and bounded below by
+non-negative trigonometric polynomial is ``|H|^2`` for some ``H``, Fejer-Riesz theorem; the
+parameterisation below reaches a subset of them), normalised (Parseval), and bounded below by
 ``eps / 2 pi`` (``eps = 1e-12``: log densities stay finite).  Its Fourier coefficients,
 ``g(theta) = (1 / 2 pi) sum_{|n| <= N} c_n e^{i n theta}``, are ``c_0 = 1`` and ``c_n = (1 - eps)
 sum_k h_{k+n} conj(h_k)`` (``c_{-n} = conj(c_n)``), and ``f_j`` has coefficients ``c_n^j``
 (``c_n = E[e^{-i n theta}]``; characteristic functions of independent summands multiply).  The
 Wilson weight is ``|exp(beta e^{i theta} / 2)|^2 = exp(beta cos theta)``, so ``h_k ~ (beta /
-2)^k / k!`` truncated at ``N`` reproduces it to ``(beta / 2)^{N+1} / (N+1)!`` relative
-(:meth:`PlaquetteFlow.wilson_coefficients`; ``N = 16`` gives ~1e-15 at beta = 2, ``N = 24``
-~1e-14 at beta = 6).
+2)^k / k!`` truncated at ``N`` (:meth:`PlaquetteFlow.set_wilson`) reproduces it to a relative
+``~2 e^{beta / 2} (beta / 2)^{N+1} / (N+1)!`` (worst at ``theta = pi``; measured: 3e-14 for
+``N = 16`` at beta = 2, 4e-12 for ``N = 24`` at beta = 6), on top of which the floor changes
+``log g`` by ``eps / (2 pi g)`` at the minimum of ``g`` (2e-11 at beta = 2, 3e-8 at beta = 6).
+``eps >= 1e-13`` is required: the normalisations ``sum_n c_n^j = 2 pi f_j`` carry rounding
+errors of ~``(2N + 1) 1e-16``, which the floor keeps relatively small.
 
 Sampling (the flow).  The free angles are drawn in the order ``p = t L_x + x`` (``p = 1 ..
 V - 1``) from uniform variables ``u_p`` by inverting the exact conditional CDFs: with ``s`` the sum
@@ -68,8 +72,9 @@ transformation is applied; the reported ``log q`` is (1), the same formula as :m
 This is a specialist: 2D, U(1), periodic boundaries (where the plaquettes are the only gauge
 invariants besides the holonomies); :func:`~bridge.flows.models.make_flow` refuses anything else.
 Cost per sample: ``O(V N^2)`` with ``V - 1`` sequential steps (sampling), ``O(V N)`` and fully
-parallel for :meth:`log_prob`.  Trained from the uniform density (``h = (1, 0, ..)``: the Haar
-prior), with either gradient estimator of :class:`~bridge.train.Trainer`.
+parallel for :meth:`log_prob`.  Trained from the uniform density (``a = 0``: the Haar prior),
+with any gradient estimator of :class:`~bridge.train.Trainer` (``path`` recommended: zero
+variance at the solution).
 """
 
 from __future__ import annotations
@@ -113,8 +118,9 @@ class PlaquetteFlow(nn.Module):
         if not 1 <= harmonics <= degree:
             raise ValueError(f"harmonics: expected 1 <= harmonics <= degree = {degree}, got "
                              f"{harmonics}")
-        if not (0 < float(eps) < 1):
-            raise ValueError(f"eps: expected a floor in (0, 1), got {eps}")
+        if not (1e-13 <= float(eps) < 1):
+            raise ValueError(f"eps: expected a floor in [1e-13, 1) (smaller floors let rounding "
+                             f"errors of the normalisations dominate), got {eps}")
         if grid < 4:
             raise ValueError(f"grid: expected at least 4 bracketing points, got {grid}")
         if dtype not in (torch.float64, torch.float32):
@@ -130,7 +136,7 @@ class PlaquetteFlow(nn.Module):
         self.config: dict[str, Any] = {"arch": "plaquette", "group": self.group.name, "nd": 2,
                                        "degree": degree, "harmonics": harmonics,
                                        "symmetric": self.symmetric, "eps": self.eps,
-                                       "dtype": str(dtype)}
+                                       "grid": grid, "dtype": str(dtype)}
         #: Newton iterations of the last :meth:`sample` (worst step), for diagnostics
         self.last_iterations = 0
 
@@ -258,8 +264,11 @@ class PlaquetteFlow(nn.Module):
     def _invert(self, cn: torch.Tensor, u: torch.Tensor, ks: torch.Tensor,
                 grid_e: torch.Tensor, grid_x: torch.Tensor, tol: float = 1e-14,
                 max_iter: int = 60) -> tuple[torch.Tensor, int]:
-        """``F^{-1}(u)`` of (4): bracket on the grid, then Newton steps kept inside the bracket
-        (bisection when one would leave it)."""
+        """``F^{-1}(u)`` of (4): bracket on the grid, then Newton steps kept inside the bracket,
+        with a bisection instead when a step would leave it or when the residual did not at
+        least halve (so the bracket shrinks geometrically whatever the density).  Converged
+        when the residual is ``<= tol`` or the bracket is at the rounding level; after
+        ``max_iter`` iterations a residual up to 1e-10 is accepted, a larger one raises."""
         re_part = cn.real @ grid_e.real - cn.imag @ grid_e.imag  # Re(cn @ grid_e)
         f_grid = (grid_x + math.pi) / _TWO_PI + re_part / math.pi  # [b, M + 1], non-decreasing
         f_grid = torch.cummax(f_grid, dim=1).values
@@ -270,6 +279,7 @@ class PlaquetteFlow(nn.Module):
         x = lo + (u - flo) / (fhi - flo).clamp_min(1e-300) * (hi - lo)
         x = torch.minimum(torch.maximum(x, lo), hi)
         cn_ik = cn / (1j * ks)
+        r_prev = torch.full_like(u, math.inf)
         for it in range(1, max_iter + 1):
             fx, px = self._cdf_and_density(cn, x, ks, cn_ik)
             r = fx - u
@@ -277,12 +287,16 @@ class PlaquetteFlow(nn.Module):
             hi = torch.where(r > 0, x, hi)
             step = r / px.clamp_min(1e-300)
             xn = x - step
-            bad = (xn <= lo) | (xn >= hi) | ~torch.isfinite(xn)
+            bad = ((xn <= lo) | (xn >= hi) | ~torch.isfinite(xn)
+                   | (r.abs() > 0.5 * r_prev.abs()))
             xn = torch.where(bad, 0.5 * (lo + hi), xn)
             done = (r.abs() <= tol) | ((hi - lo) <= 4e-16 * math.pi)
             x = torch.where(done, x, xn)
+            r_prev = torch.where(bad, torch.full_like(r, math.inf), r)
             if bool(done.all()):
                 return x, it
+        if float(r.abs().max()) <= 1e-10:
+            return x, max_iter
         raise ArithmeticError(f"plaquette flow: the conditional CDF inversion did not converge "
                               f"in {max_iter} iterations (largest residual "
                               f"{float(r.abs().max()):.3g}); expected <= {tol:g}")
@@ -332,7 +346,8 @@ class PlaquetteFlow(nn.Module):
             raise ValueError(f"n: expected a positive number of samples, got {n}")
         cdt = complex_dtype(dtype)
         rdt = torch.float64 if cdt == torch.complex128 else torch.float32
-        dev = as_device(device)
+        # default: where the parameters live (a model moved to a GPU samples there)
+        dev = self.alpha.device if device is None else as_device(device)
         lx, lt = lat.nrow
         v = lat.volume
         uni = torch.rand((v - 1, n), generator=generator, dtype=torch.float64, device=dev)
