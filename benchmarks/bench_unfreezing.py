@@ -18,7 +18,10 @@ time, and the flow-step throughput.
       With ``--proposal analytic`` the proposal is instead
       :class:`bridge.flows.U1PlaquetteProposal` (the exact change of variables to plaquette
       angles of 2D U(1); nothing is trained, ``train_seconds`` = 0), results by default in
-      ``benchmarks/results/unfreezing_analytic.json``.
+      ``benchmarks/results/unfreezing_analytic.json``.  With ``--u1-arch plaquette`` the
+      trained flow is :class:`bridge.flows.PlaquetteFlow` (a learned plaquette density with the
+      torus constraint built in; path-gradient estimator, lr 0.03, Adam eps 1e-8), results by
+      default in ``benchmarks/results/unfreezing_plaquette.json``.
 
     Both samplers run ``--chains`` independent chains (one batch) for ``--seconds`` of wall time
     each.  The topological charge ``Q`` (geometric definition, rounded to the integer) is measured
@@ -55,7 +58,8 @@ time, and the flow-step throughput.
 
 Results: ``benchmarks/results/unfreezing.json`` (+ ``unfreezing.png``, tau_int against beta),
 ``unfreezing_su3.json``, ``unfreezing_throughput.json``; with ``--proposal analytic``
-``unfreezing_analytic.json`` (+ ``.png``) (through ``benchmarks/_results.py``).
+``unfreezing_analytic.json`` (+ ``.png``), with ``--u1-arch plaquette``
+``unfreezing_plaquette.json`` (+ ``.png``) (through ``benchmarks/_results.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +95,12 @@ from bridge.train import TrainConfig, Trainer, ess, imh_acceptance
 RESULTS = Path(__file__).resolve().parent / "results"
 NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 U1_ARCH = {"n_layers": 16, "k": 8, "hidden": (8, 8)}
+# --u1-arch plaquette: the constrained plaquette flow, trained with the path-gradient estimator
+U1_PLAQUETTE = {"arch": "plaquette"}
+U1_PLAQUETTE_TRAIN = {"estimator": "path", "adam_eps": 1e-8}
 SU3_ARCH = {"n_layers": 16, "k": 4, "hidden": (8,), "period": 2}
+# --su3-arch residual: one cycle of residual staple layers (lr 0.02, batch 16, Adam eps 1e-8)
+SU3_RESIDUAL = {"arch": "residual"}
 
 
 # -- exact values -----------------------------------------------------------------------------
@@ -243,12 +252,15 @@ def _eval_flow(model, nrow, beta: float, n: int, seed: int, chunk: int = 128) ->
 def train_flow(group: str, nd: int, nrow, beta: float, seconds: float, *, arch: dict,
                batch: int = 64, lr: float = 3e-3, seed: int = 1,
                models: str | None = None, tag: str = "",
-               init_from: str | None = None) -> tuple[Any, dict]:
+               init_from: str | None = None,
+               train_kw: dict | None = None) -> tuple[Any, dict]:
     """A flow for ``beta`` on ``nrow``: loaded from ``models/tag/checkpoint.pt`` when present,
     else trained by reverse KL for ``seconds`` (cosine schedule over the steps a probe
     predicts) and saved there; ``init_from``: a checkpoint (same architecture, e.g. trained at a
     smaller beta: a curriculum) whose weights start the training, its training seconds added
-    to ``train_seconds``.  Returns ``(model, info)`` with the training seconds."""
+    to ``train_seconds``; ``train_kw``: further :class:`TrainConfig` fields (estimator, Adam
+    eps).  Returns ``(model, info)`` with the training seconds."""
+    train_kw = dict(train_kw or {})
     from bridge.commands_flows import load_model
 
     prior_s, prior = 0.0, None
@@ -278,7 +290,8 @@ def train_flow(group: str, nd: int, nrow, beta: float, seconds: float, *, arch: 
     if prior is not None:
         model.load_state_dict(prior.state_dict())
     t0 = time.perf_counter()
-    probe = Trainer(make_flow(group, nd, **arch), TrainConfig(nrow=nrow, beta=beta, batch=batch))
+    probe = Trainer(make_flow(group, nd, **arch), TrainConfig(nrow=nrow, beta=beta, batch=batch,
+                                                              **train_kw))
     probe.train(1)
     t1 = time.perf_counter()
     probe.train(2)
@@ -286,7 +299,7 @@ def train_flow(group: str, nd: int, nrow, beta: float, seconds: float, *, arch: 
     probe_s = time.perf_counter() - t0
     total = max(int(max(seconds - probe_s, 0.0) / per_step), 5)
     cfg = TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=lr, schedule="cosine",
-                      total_steps=total, lr_min=lr / 10, seed=seed)
+                      total_steps=total, lr_min=lr / 10, seed=seed, **train_kw)
     tr = Trainer(model, cfg)
     tr.train(total, time_budget=max(seconds - probe_s, 1.0))
     train_s = time.perf_counter() - t0
@@ -300,7 +313,7 @@ def train_flow(group: str, nd: int, nrow, beta: float, seconds: float, *, arch: 
     return model, {"loaded": None, "steps": tr.step_count, "planned_steps": total,
                    "train_seconds": train_s + prior_s, "prior_train_seconds": prior_s,
                    "init_from": init_from, "train_nrow": list(nrow), "model": model.config,
-                   "batch": batch, "lr": lr, "schedule": "cosine",
+                   "batch": batch, "lr": lr, "schedule": "cosine", **train_kw,
                    "final_batch_ess_mean": float(np.mean([h["ess"] for h in hist]))}
 
 
@@ -461,10 +474,15 @@ def run_u1(args) -> list[dict]:
                 key = (tl, beta)
                 if key not in models:
                     t0 = time.perf_counter()
+                    plaq = args.u1_arch == "plaquette"
                     models[key] = train_flow(
-                        "U1", 2, (tl, tl), beta, args.train_seconds, arch=U1_ARCH,
-                        batch=args.train_batch, lr=args.lr, models=args.models,
-                        tag=f"u1_L{tl}_b{beta:g}", init_from=args.init_from)
+                        "U1", 2, (tl, tl), beta, args.train_seconds,
+                        arch=U1_PLAQUETTE if plaq else U1_ARCH,
+                        batch=args.train_batch, lr=args.lr or (0.03 if plaq else 3e-3),
+                        models=args.models,
+                        tag=f"u1{'_plaquette' if plaq else ''}_L{tl}_b{beta:g}",
+                        init_from=args.init_from,
+                        train_kw=U1_PLAQUETTE_TRAIN if plaq else None)
                     m, inf = models[key]
                     inf["eval_train_L"] = _eval_flow(m, (tl, tl), beta, args.eval_n, 123)
                     print(f"# flow beta {beta:g} on {tl}x{tl}: {inf['steps']} steps, "
@@ -495,9 +513,12 @@ def run_su3(args) -> list[dict]:
 
     model, info = None, {}
     if not args.no_flow:
-        model, info = train_flow("SU3", 4, (L,) * 4, beta, args.train_seconds, arch=SU3_ARCH,
-                                 batch=16, lr=args.lr, models=args.models,
-                                 tag=f"su3_L{L}_b{beta:g}")
+        res = args.su3_arch == "residual"
+        model, info = train_flow("SU3", 4, (L,) * 4, beta, args.train_seconds,
+                                 arch=SU3_RESIDUAL if res else SU3_ARCH, batch=16,
+                                 lr=args.lr or (0.02 if res else 3e-3), models=args.models,
+                                 tag=f"su3{'_residual' if res else ''}_L{L}_b{beta:g}",
+                                 train_kw={"adam_eps": 1e-8} if res else None)
         info["eval_chain_L"] = _eval_flow(model, (L,) * 4, beta, min(args.eval_n, 128), 5, 16)
         print(f"# SU(3) flow: {info['steps']} steps, {info['train_seconds']:.0f} s, ESS "
               f"{info['eval_chain_L']['ess']:.4f}", flush=True)
@@ -554,12 +575,20 @@ def throughput(batches=(1, 4, 16, 64, 256), reps: int = 3, seconds_cap: float = 
     """Proposals per second (``sample`` + Wilson action, no gradient) against the batch size."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     cases = [("U(1) 2D 16x16", "U1", 2, (16, 16), U1_ARCH, 4.0),
-             ("SU(3) 4D 4^4", "SU3", 4, (4, 4, 4, 4), SU3_ARCH, 6.0)]
+             ("U(1) 2D 16x16 plaquette", "U1", 2, (16, 16), U1_PLAQUETTE, 6.0),
+             ("SU(3) 4D 4^4", "SU3", 4, (4, 4, 4, 4), SU3_ARCH, 6.0),
+             ("SU(3) 4D 4^4 residual", "SU3", 4, (4, 4, 4, 4), SU3_RESIDUAL, 6.0)]
     rows = []
     for label, group, nd, nrow, arch, beta in cases:
         for dev in devices:
             torch.manual_seed(0)
             model = make_flow(group, nd, **arch).to(dev)
+            if arch.get("arch") == "plaquette":
+                model.set_wilson(beta)  # the Newton inversions of a peaked trained density
+            elif arch.get("arch") == "residual":
+                with torch.no_grad():  # c_k = -0.044: the size of a trained model's
+                    for p in model.parameters():
+                        p.fill_(-0.3)
             for b in batches:
                 if group == "SU3" and dev == "cpu" and b > 64:
                     continue
@@ -602,7 +631,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-seconds", type=float, default=300.0, help="training per flow")
     ap.add_argument("--train-L", type=int, default=None, help="train on this L (default: L)")
     ap.add_argument("--train-batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="Adam learning rate (default 3e-3; 0.03 with --u1-arch plaquette)")
+    ap.add_argument("--u1-arch", choices=("coupling", "plaquette"), default="coupling",
+                    help="2D U(1) flow: 16 coupling layers, or the constrained plaquette flow "
+                         "(bridge.flows.PlaquetteFlow; path-gradient training, lr 0.03)")
     ap.add_argument("--eval-n", type=int, default=1024, help="samples of the ESS evaluation")
     ap.add_argument("--models", default=None, help="directory to load/save flows (not in git)")
     ap.add_argument("--init-from", default=None,
@@ -617,6 +650,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--su3-L", type=int, default=4)
     ap.add_argument("--su3-beta", type=float, default=6.0)
     ap.add_argument("--su3-flow-time", type=float, default=0.5)
+    ap.add_argument("--su3-arch", choices=("coupling", "residual"), default="coupling",
+                    help="4D SU(3) flow: 16 coupling layers or one cycle of residual staple "
+                         "layers (lr 0.02, Adam eps 1e-8)")
     ap.add_argument("--throughput", action="store_true", help="run the throughput part instead")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/...)")
     ap.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
@@ -639,12 +675,15 @@ def main(argv=None) -> int:
                       loadavg_start=la0, loadavg_end=os.getloadavg())
         return 0
     rows = run_u1(args)
-    default = "unfreezing_analytic.json" if args.proposal == "analytic" else "unfreezing.json"
+    default = ("unfreezing_analytic.json" if args.proposal == "analytic" else
+               "unfreezing_plaquette.json" if args.u1_arch == "plaquette" else "unfreezing.json")
     out = Path(args.out or RESULTS / default)
     write_results(out, rows, command=cmd, loadavg_start=la0, loadavg_end=os.getloadavg())
     plot(rows, Path(args.plot) if args.plot else out.with_suffix(".png"),
          title=("2D U(1): HMC vs hybrid (analytic plaquette proposal + HMC)"
-                if args.proposal == "analytic" else None))
+                if args.proposal == "analytic" else
+                "2D U(1): HMC vs hybrid (trained plaquette flow + HMC)"
+                if args.u1_arch == "plaquette" else None))
     print("\n" + HEADER)
     for r in rows:
         _print_row(r)
