@@ -60,7 +60,8 @@ from ..gauge import gauge_transform, plaquette_field, random_gauge_transformatio
 from ..groups import complex_dtype, get_group
 from ..lattice import Lattice, as_device
 
-__all__ = ["U1PlaquetteProposal", "von_mises", "plaquette_links", "log_i0"]
+__all__ = ["U1PlaquetteProposal", "von_mises", "plaquette_links", "plaquette_field_from_angles",
+           "log_i0"]
 
 
 def log_i0(beta: float) -> float:
@@ -133,6 +134,20 @@ def plaquette_links(theta: torch.Tensor, phi_x: torch.Tensor, phi_t: torch.Tenso
     return a
 
 
+def plaquette_field_from_angles(theta: torch.Tensor, phi: torch.Tensor, lattice: Lattice, *,
+                                generator: torch.Generator | None = None,
+                                dtype: torch.dtype = torch.complex128) -> torch.Tensor:
+    """A U(1) field ``U[n, 2, t, x, 1, 1]`` uniform on the gauge orbit with plaquette angles
+    ``theta[n, t, x]`` and Polyakov loops ``exp(i phi[0])``, ``exp(i phi[1])``: the fixed-gauge
+    links of :func:`plaquette_links` and a Haar-random gauge transformation (drawn from
+    ``generator``).  Differentiable in ``theta`` and ``phi``."""
+    a = plaquette_links(theta, phi[0], phi[1])
+    u = torch.polar(torch.ones_like(a), a).to(dtype)[..., None, None]
+    omega = random_gauge_transformation(lattice, get_group("U1"), theta.shape[0],
+                                        generator=generator, dtype=dtype, device=theta.device)
+    return gauge_transform(u, omega)
+
+
 class U1PlaquetteProposal:
     """The plaquette-variable proposal for 2D U(1) Wilson theory at coupling ``beta`` (module
     docstring): ``sample(n, lattice, generator=, dtype=, device=) -> (U, log q)`` and
@@ -187,11 +202,7 @@ class U1PlaquetteProposal:
         theta = torch.cat([th, p0], dim=1).reshape(n, lt, lx)  # p0: the last site
         phi = math.pi * (2 * torch.rand((2, n), generator=generator, dtype=torch.float64,
                                         device=dev) - 1)
-        a = plaquette_links(theta, phi[0], phi[1])
-        u = torch.polar(torch.ones_like(a), a).to(cdt)[..., None, None]
-        omega = random_gauge_transformation(lat, self.group, n, generator=generator, dtype=cdt,
-                                            device=dev)
-        u = gauge_transform(u, omega)
+        u = plaquette_field_from_angles(theta, phi, lat, generator=generator, dtype=cdt)
         log_q = (self.beta * torch.cos(th).sum(dim=1) - (v - 1) * self.log_i0).to(rdt)
         if return_angles:
             return u, log_q, theta

@@ -86,10 +86,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..gauge import gauge_transform, plaquette_field, random_gauge_transformation
+from ..gauge import plaquette_field
 from ..groups import complex_dtype, get_group
 from ..lattice import Lattice, as_device
-from .analytic import plaquette_links
+from .analytic import plaquette_field_from_angles
 
 __all__ = ["PlaquetteFlow"]
 
@@ -384,11 +384,7 @@ class PlaquetteFlow(nn.Module):
         else:
             log_q = self._log_q(theta, cpow)
         theta = theta.reshape(n, lt, lx)
-        a = plaquette_links(theta, phi[0], phi[1])
-        u = torch.polar(torch.ones_like(a), a).to(cdt)[..., None, None]
-        omega = random_gauge_transformation(lat, self.group, n, generator=generator, dtype=cdt,
-                                            device=dev)
-        u = gauge_transform(u, omega)
+        u = plaquette_field_from_angles(theta, phi, lat, generator=generator, dtype=cdt)
         if return_angles:
             return u, log_q.to(rdt), theta
         return u, log_q.to(rdt)
