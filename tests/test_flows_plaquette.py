@@ -496,3 +496,26 @@ def test_hybrid_chain_with_a_trained_flow_gives_the_exact_topological_susceptibi
     mean, err = float(m.mean()), float(m.std() / math.sqrt(nb))
     exact = u1_2d_topological_susceptibility(beta, lat.nrow)
     assert abs(mean - exact) < 3 * err, (mean, err, exact)
+
+
+def test_training_learns_a_plaquette_action_beyond_wilson():
+    """With an extra adjoint-like term, ``S = -sum_p (beta cos theta_p + gamma cos 2 theta_p)``,
+    the exact solution is ``a_1 = beta / 2, a_2 = gamma / 2`` (``|exp(A)|^2 = exp(2 Re A)``):
+    training from the uniform density finds both harmonics."""
+    torch.manual_seed(1)
+    beta, gamma = 1.5, 0.8
+
+    def action(u: torch.Tensor) -> torch.Tensor:
+        th = _plaq_angles(u)
+        return -(beta * torch.cos(th) + gamma * torch.cos(2 * th)).sum(1)
+
+    f = make_flow("U1", 2, arch="plaquette", degree=20, harmonics=3)
+    Trainer(f, TrainConfig(nrow=(4, 4), beta=beta, batch=32, lr=0.05, adam_eps=1e-8,
+                           estimator="path", schedule="cosine", total_steps=200, lr_min=0.005),
+            action=action).train(200)
+    a = f.alpha.detach()[0]
+    assert abs(float(a[0]) - beta / 2) < 0.05 and abs(float(a[1]) - gamma / 2) < 0.05, a
+    assert abs(float(a[2])) < 0.05, a
+    with torch.no_grad():
+        u, lq = f.sample(256, (6, 6), generator=_gen(31))
+        assert ess(-action(u) - lq) > 0.95
