@@ -102,10 +102,15 @@ def _wrap(a: torch.Tensor) -> torch.Tensor:
 
 
 class PlaquetteFlow(nn.Module):
-    """The constrained plaquette model of the module docstring for 2D U(1): ``degree`` ``N`` of
-    the plaquette density (2), ``eps`` its floor.  ``sample(n, lattice, generator=, dtype=,
-    device=) -> (U, log q)`` (reparameterised) and ``log_prob(U)`` (closed form (1),
-    differentiable in the parameters); any 2D lattice (the density is per plaquette)."""
+    """The constrained plaquette model of the module docstring for 2D U(1).
+
+    ``degree``: ``N``, the degree of the plaquette density (2); ``harmonics``: ``K``, the number
+    of learnable ``a_k``; ``symmetric``: real ``a_k`` (an even ``g``, charge-conjugation
+    invariant ``q``); ``eps``: the floor of ``g``; ``grid``: bracketing points of the CDF
+    inversion; ``dtype``: of the parameters (the density is evaluated in float64).
+    ``sample(n, lattice, generator=, dtype=, device=) -> (U, log q)`` (reparameterised) and
+    ``log_prob(U)`` (closed form (1), differentiable in the parameters); any 2D lattice (the
+    density is per plaquette)."""
 
     def __init__(self, degree: int = 24, harmonics: int = 4, *, symmetric: bool = True,
                  eps: float = 1e-12, grid: int = 32,
