@@ -760,7 +760,9 @@ def run_chains(
     if not resume and (ck.exists() or h5path.exists()):
         raise _config_error(f"out: {ck if ck.exists() else h5path} exists; pass --resume to "
                             f"continue it or choose another --out")
-    device = torch.device(s["device"])
+    from .train import rank_device
+
+    device = rank_device(s["device"], world)
     dtype = torch.complex128 if s["precision"] == 64 else torch.complex64
     if model is not None and hasattr(model, "to"):
         model.to(device)

@@ -39,7 +39,8 @@ _GROUPS = {"u1": "U1", "su2": "SU2", "su3": "SU3"}
 _DEFAULTS: dict[str, Any] = {
     "group": "u1", "nrow": [8, 8], "beta": 2.0, "steps": 1000, "batch": 64, "lr": 1e-3,
     "seed": 0, "out": "flow-run", "time_budget": None, "eval_samples": 4096,
-    "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "model": {}, "train": {},
+    "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "device": "cpu", "model": {},
+    "train": {},
 }
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
                "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid"}
@@ -74,6 +75,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the model and the sample streams")
     p.add_argument("--out", help="output directory (default flow-run)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", help="torch device of the model and the samples (default cpu; "
+                   "'cuda' under torchrun: one GPU per rank, cuda:LOCAL_RANK, nccl)")
     p.add_argument("--eval-samples", type=int, help="fresh samples for the final ESS (>= 4096 "
                    "by default)")
     p.add_argument("--eval-batch", type=int, help="samples per chunk of the final evaluation")
@@ -126,7 +129,7 @@ def train_settings(args: argparse.Namespace) -> dict[str, Any]:
                 raise ConfigError(f"config {args.config}: {key!r} must be a JSON object of "
                                   f"settings, got {json.dumps(s[key])}")
     for key in ("group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "seed", "out",
-                "eval_samples", "eval_batch", "checkpoint_every", "log_every"):
+                "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device"):
         v = getattr(args, key, None)
         if v is not None:
             s[key] = v
@@ -164,10 +167,13 @@ def _evaluate(model: Any, nrow: list[int], beta: float, n: int, chunk: int,
     from .train import ess, imh_acceptance
 
     logws = []
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
     with torch.no_grad():
         for i, start in enumerate(range(0, n, chunk)):
             m = min(chunk, n - start)
-            u, logq = model.sample(m, nrow, generator=generator(rng_key(seed, step, 3, i)))
+            u, logq = model.sample(m, nrow, generator=generator(rng_key(seed, step, 3, i), dev),
+                                   device=dev)
             logws.append(-wilson_action(u, beta) - logq)
     logw = torch.cat(logws)
     return {"ess": ess(logw), "acceptance": imh_acceptance(logw, generator(
@@ -179,10 +185,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError
     from .flows import make_flow
-    from .train import TrainConfig, Trainer, init_distributed
+    from .train import TrainConfig, Trainer, init_distributed, rank_device
 
     s = train_settings(args)
-    rank, world = init_distributed()
+    cuda = rank_device(s["device"]).type == "cuda"  # validates the device first
+    rank, world = init_distributed("nccl" if cuda else "gloo")
+    dev = rank_device(s["device"], world)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     out = Path(s["out"])
     ck = out / "checkpoint.pt"
     if rank == 0:
@@ -193,7 +203,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"out: {ck} exists; pass --resume to continue it or choose another "
                           f"--out")
     torch.manual_seed(int(s["seed"]))
-    model = make_flow(_GROUPS[s["group"]], len(s["nrow"]), **s["model"])
+    model = make_flow(_GROUPS[s["group"]], len(s["nrow"]), **s["model"]).to(dev)
     extra = dict(s["train"])
     extra.setdefault("total_steps", int(s["steps"]))
     cfg = TrainConfig(nrow=s["nrow"], beta=float(s["beta"]), batch=int(s["batch"]),

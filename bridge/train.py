@@ -164,6 +164,26 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def rank_device(device: str | torch.device, world: int = 1) -> torch.device:
+    """The torch device of this process: ``device`` itself, except that a bare ``cuda`` under a
+    process group of ``world > 1`` ranks becomes ``cuda:LOCAL_RANK`` (one GPU per rank, as
+    ``torchrun`` numbers them; ``RANK`` when ``LOCAL_RANK`` is unset).  Raises
+    :class:`ConfigError` for an unknown device or CUDA where there is none."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device: expected a torch device such as 'cpu' or 'cuda', got "
+                          f"{device!r} ({exc})") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {device!r} requested, but this machine (or this torch "
+                              f"build) has no CUDA device; use --device cpu")
+        if dev.index is None and world > 1:
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK",
+                                                          os.environ.get("RANK", "0"))))
+    return dev
+
+
 def _check_score_estimator(model: GaugeFlow) -> None:
     if not getattr(model, "differentiable_log_prob", True):
         raise ConfigError("estimator: 'reinforce' differentiates log q(U) at fixed U through the "
@@ -187,24 +207,27 @@ def reverse_kl_loss(
     gen: torch.Generator | None = None,
     estimator: str = "reparam",
     baseline: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(surrogate, logw)``: a scalar whose gradient is the chosen estimate of the gradient of
     ``KL(q || p)``, and the per-sample log-weights ``log w = -S(U) - log q(U)`` (detached).
     ``baseline(f)`` (REINFORCE only) returns the baseline for ``f = log q + S``; default the
-    batch mean (the data-parallel trainer passes the mean over all ranks)."""
+    batch mean (the data-parallel trainer passes the mean over all ranks).  ``device``: where
+    the samples are drawn (the generator must live there too); default the model's own
+    default."""
     if estimator == "reparam":
-        u, logq = model.sample(batch, nrow, generator=gen)
+        u, logq = model.sample(batch, nrow, generator=gen, device=device)
         f = logq + action(u)
         return f.mean(), -f.detach()
     if estimator == "path":
         _check_path_estimator(model)
-        u, logq = model.sample(batch, nrow, generator=gen, path_gradient=True)
+        u, logq = model.sample(batch, nrow, generator=gen, device=device, path_gradient=True)
         f = logq + action(u)
         return f.mean(), -f.detach()
     if estimator == "reinforce":
         _check_score_estimator(model)
         with torch.no_grad():
-            u, logq0 = model.sample(batch, nrow, generator=gen)
+            u, logq0 = model.sample(batch, nrow, generator=gen, device=device)
             f = (logq0 + action(u)).detach()
         logq = model.log_prob(u)
         b = f.mean() if baseline is None else baseline(f)
@@ -248,11 +271,14 @@ class Trainer:
 
     # -- data parallelism ---------------------------------------------------------------------
     def batch_generator(self, step: int, rank: int | None = None) -> torch.Generator:
-        """The generator of this rank's batch at ``step``: ``rng_key(seed, step)`` in a single
-        process, ``rng_key(seed, step, 2, rank)`` on rank ``rank`` of a process group."""
+        """The generator of this rank's batch at ``step``, on the model's device:
+        ``rng_key(seed, step)`` in a single process, ``rng_key(seed, step, 2, rank)`` on rank
+        ``rank`` of a process group."""
+        dev = self._device()
         if self.world_size == 1 and rank is None:
-            return generator(rng_key(self.config.seed, step))
-        return generator(rng_key(self.config.seed, step, 2, self.rank if rank is None else rank))
+            return generator(rng_key(self.config.seed, step), dev)
+        return generator(rng_key(self.config.seed, step, 2, self.rank if rank is None else rank),
+                         dev)
 
     def _device(self) -> torch.device:
         p = next(self.model.parameters(), None)
@@ -307,7 +333,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         surrogate, logw = reverse_kl_loss(
             self.model, self.action, cfg.batch, cfg.nrow, gen=gen, estimator=cfg.estimator,
-            baseline=self._global_mean if self.world_size > 1 else None)
+            baseline=self._global_mean if self.world_size > 1 else None, device=self._device())
         logw = self._gather(logw)
         loss = float(-logw.mean())
         if not (math.isfinite(loss) and bool(torch.isfinite(logw).all())):

@@ -160,3 +160,19 @@ def test_su3_4d_sample_to_ensemble_store_and_ildg(tmp_path):
     with torch.no_grad():
         want = float(-wilson_action(u, 1.0) - model.log_prob(u))
     assert w["configs"][1]["log_w"] == pytest.approx(want, abs=1e-9)
+
+
+def test_train_device_option(tmp_path, capsys):
+    rc, out = _train(tmp_path, "cpu", "--steps", "2", "--device", "cpu")
+    assert rc == 0
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    capsys.readouterr()
+    assert main(["train", *TINY, "--steps", "1", "--device", "tpu7",
+                 "--out", str(tmp_path / "d")]) == 1
+    assert "device: expected a torch device such as 'cpu' or 'cuda', got 'tpu7'" in (
+        capsys.readouterr().err)
+    if not torch.cuda.is_available():
+        assert main(["train", *TINY, "--steps", "1", "--device", "cuda",
+                     "--out", str(tmp_path / "e")]) == 1
+        assert "'cuda' requested, but this machine (or this torch build) has no CUDA" in (
+            capsys.readouterr().err)

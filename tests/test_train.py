@@ -142,3 +142,37 @@ def test_bad_config():
         TrainConfig(nrow=(4, 4), beta=1.0, batch=1)
     with pytest.raises(ConfigError, match="nrow"):
         Trainer(make_flow("U1", 2, n_layers=1), TrainConfig(nrow=(4, 4, 4, 4), beta=1.0))
+
+
+def test_rank_device(monkeypatch):
+    from bridge.train import rank_device
+
+    assert rank_device("cpu") == torch.device("cpu")
+    assert rank_device("cpu", 4) == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device: expected a torch device"):
+        rank_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert rank_device("cuda", 4) == torch.device("cuda", 3)  # one GPU per rank
+    assert rank_device("cuda", 1) == torch.device("cuda")
+    assert rank_device("cuda:1", 4) == torch.device("cuda", 1)  # an explicit index is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="has no CUDA device; use --device cpu"):
+        rank_device("cuda")
+
+
+def test_trainer_draws_batches_on_the_model_device():
+    """The trainer passes the model's device to ``sample`` and seeds a generator there (so a
+    model moved to a GPU trains on it)."""
+    from bridge.flows import PlaquetteFlow
+
+    seen = []
+
+    class Recording(PlaquetteFlow):
+        def sample(self, n, lattice, *, generator=None, device=None, **kw):
+            seen.append((device, generator.device))
+            return super().sample(n, lattice, generator=generator, device=device, **kw)
+
+    tr = Trainer(Recording(8), TrainConfig(nrow=(4, 4), beta=1.0, batch=4))
+    tr.step()
+    assert seen == [(torch.device("cpu"), torch.device("cpu"))]
