@@ -34,6 +34,12 @@ __all__ = ["add_demo_parser", "run_demo"]
 
 _MARK = "demo.json"
 _MODEL = {"n_layers": 8, "k": 8, "hidden": [8, 8]}
+# --arch: the model and the training settings of the flow the demo trains
+_ARCHS = {
+    "coupling": ({"model": _MODEL}, ["--lr", "3e-3"]),
+    "plaquette": ({"model": {"arch": "plaquette"},
+                   "train": {"adam_eps": 1e-8, "estimator": "path"}}, ["--lr", "0.03"]),
+}
 
 
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +58,9 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", help="use this `qcd-bridge train` run instead of training one")
+    p.add_argument("--arch", choices=sorted(_ARCHS), default="coupling",
+                   help="flow to train: 8 gauge-equivariant coupling layers, or the constrained "
+                        "plaquette flow of 2D U(1) (exact family: acceptance ~1 in seconds)")
     p.add_argument("--out", default="qcd-bridge-demo", help="output directory")
     p.add_argument("--nrow", nargs=2, type=int, default=None, metavar="L",
                    help="lattice extents (2D; default 8 8, or the training lattice of --model)")
@@ -99,13 +108,14 @@ def _train(args: argparse.Namespace, out: Path) -> Path:
     if mdir.exists():
         shutil.rmtree(mdir)
     cfg = out / "train.json"
-    cfg.write_text(json.dumps({"model": _MODEL}) + "\n")
+    settings, opts = _ARCHS[args.arch]
+    cfg.write_text(json.dumps(settings) + "\n")
     parser = argparse.ArgumentParser(prog="qcd-bridge")
     add_train_parser(parser.add_subparsers())
     targs = parser.parse_args([
         "train", str(cfg), "--group", "u1", "--nrow", *map(str, args.nrow), "--beta",
         str(args.beta), "--steps", str(args.train_steps), "--time-budget", str(args.train_seconds),
-        "--batch", "64", "--lr", "3e-3", "--seed", str(args.seed), "--out", str(mdir),
+        "--batch", "64", *opts, "--seed", str(args.seed), "--out", str(mdir),
         "--eval-samples", "1024", "--eval-batch", "256", "--log-every",
         "0" if args.no_progress else "100", "--checkpoint-every", "200"])
     rc = targs.func(targs)
@@ -184,7 +194,8 @@ def run_demo(args: argparse.Namespace) -> int:
         model = str(args.model)
         print(f"[demo] using the flow in {model}", flush=True)
     else:
-        print(f"[demo] training a small flow for {args.train_seconds:g} s", flush=True)
+        print(f"[demo] training a small {args.arch} flow for {args.train_seconds:g} s",
+              flush=True)
         model = str(_train(args, out))
     t_train = time.perf_counter() - t_train
     runs = {}

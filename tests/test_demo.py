@@ -81,3 +81,17 @@ def test_table_numbers_carry_into_the_next_digit():
     assert _fmt(0.69712, 0.0016) == "0.6971(16)"
     assert _fmt(1.0, 0.0996) == "1.00(10)"  # not 1.000(100)
     assert _fmt(0.5, None) == "0.50000" and _fmt(None, 0.1) == "n/a"
+
+
+def test_demo_with_the_plaquette_flow(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = main(["demo", *SMALL, "--arch", "plaquette", "--train-seconds", "20",
+               "--train-steps", "60", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "training a small plaquette flow" in text
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["model"]["arch"] == "plaquette" and cfg["train"]["estimator"] == "path"
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["validation"] == "PASS"
+    assert demo["rows"][0]["acceptance"]["flow"] > 0.8  # 60 steps suffice at 4x4, beta 1.5
