@@ -140,6 +140,36 @@ def test_log_q_is_the_product_of_the_sampling_conditionals():
     assert (total - lq).abs().max() < 1e-10
 
 
+def test_log_q_is_the_product_of_the_split_tree_conditionals():
+    """(1) equals the sum over the internal nodes of the sampler's split tree of
+    ``log(2 pi f_{m1}(x) f_{m2}(sigma - x) / f_m(sigma))`` (5), with the node sums taken from
+    the drawn angles: the telescoping identity of the tree, each conditional normalised."""
+    f = _random_flow(26)
+    nrow = (5, 3)
+    v = 15
+    with torch.no_grad():
+        _, lq, theta = f.sample(6, nrow, generator=_gen(27), return_angles=True)
+        theta = theta.flatten(1)
+        c, bs, ks, _, _, _ = f._tables(torch.device("cpu"))
+        cpow = f._powers(c, v)
+        total = torch.zeros(6, dtype=torch.float64)
+        nodes, n_internal = [(0, v)], 0
+        while nodes:
+            st, m = nodes.pop()
+            if m == 1:
+                continue
+            m1 = m // 2
+            sigma = _wrapped(theta[:, st:st + m].sum(1))
+            x = _wrapped(theta[:, st:st + m1].sum(1))
+            cn = f._conditional(cpow[m - m1 - 1], f._toeplitz(cpow[m1 - 1]), -sigma, bs)
+            _, dens = f._cdf_and_density(cn, x, ks)
+            total += torch.log(2 * math.pi * dens)
+            n_internal += 1
+            nodes += [(st, m1), (st + m1, m - m1)]
+    assert n_internal == v - 1
+    assert (total - lq).abs().max() < 1e-10
+
+
 def _links_from_angles(free: torch.Tensor, nrow) -> torch.Tensor:
     """Links (fixed gauge, trivial holonomies) whose free plaquette angles are ``free[b, V-1]``."""
     lx, lt = nrow

@@ -47,32 +47,44 @@ Wilson weight is ``|exp(beta e^{i theta} / 2)|^2 = exp(beta cos theta)``, so ``h
 ``eps >= 1e-13`` is required: the normalisations ``sum_n c_n^j = 2 pi f_j`` carry rounding
 errors of ~``(2N + 1) 1e-16``, which the floor keeps relatively small.
 
-Sampling (the flow).  The free angles are drawn in the order ``p = t L_x + x`` (``p = 1 ..
-V - 1``) from uniform variables ``u_p`` by inverting the exact conditional CDFs: with ``s`` the sum
-of the angles drawn so far and ``j = V - p`` angles still to come (the last one being fixed by the
-constraint),
+Sequential view.  Drawn in the order ``p = t L_x + x``, the free angles would have the exact
+conditionals (``s`` the sum of the angles drawn so far, ``j = V - p`` angles still to come, the
+last one fixed by the constraint)
 
     q(theta | s) = g(theta) f_j(-s - theta) / f_{j+1}(-s),                                (3)
 
-(the remaining ``j`` angles must sum to ``-s - theta``).  The product of (3) over ``p``
-telescopes to (1) (``f_1 = g``).  (3) is a trigonometric polynomial of degree ``2 N`` with
-coefficients ``C_k = sum_b c_{b+k} c_b^j e^{-i b s}`` (times ``1 / 4 pi^2``), so its CDF is
-analytic:
+whose product over ``p`` telescopes to (1) (``f_1 = g``).  The sampler uses the same idea on a
+binary tree, which needs ``ceil(log2 V)`` sequential rounds instead of ``V - 1``.
 
-    F(theta) = (theta + pi) / (2 pi) + (1 / pi) Re sum_{k=1}^{2N} (C_k / C_0)
-               (e^{i k theta} - (-1)^k) / (i k),                                          (4)
+Sampling (the flow): the split tree.  A node is a block of ``m`` consecutive plaquettes (in the
+order ``p = t L_x + x``) whose angles must sum to ``sigma`` (mod 2 pi); the root is all ``V``
+with ``sigma = 0``.  A node splits into its first ``m1 = floor(m / 2)`` and last ``m2 = m - m1``
+plaquettes; the left sum ``x`` is drawn from
 
-inverted to machine precision by a grid bracket and safeguarded Newton steps (whose derivative is
-(3) itself).  Reparameterisation gradients go through the implicit function theorem:
-``d theta = -(dF at fixed theta) / q(theta | s)`` (with respect to the parameters and ``s``).  Then
-``theta_V = -sum`` (wrapped), links are built in a fixed gauge
+    q(x | sigma) = f_{m1}(x) f_{m2}(sigma - x) / f_m(sigma),                              (5)
+
+the children get the sums ``x`` and ``sigma - x``, and a leaf's sum is its angle.  The product
+of (5) over the ``V - 1`` splits telescopes to ``prod_p g(theta_p) / f_V(0)``, i.e. (1) (the map
+from the split sums to the free angles is an integer matrix of determinant 1), so samples and
+:meth:`log_prob` agree exactly; (3) is the special case ``m1 = 1`` of (5).  All nodes of one
+level are drawn in one batched call.  (5) is a trigonometric polynomial of degree ``2 N`` with
+coefficients ``C_k = sum_b c_{b+k}^{m1} c_b^{m2} e^{i b sigma}`` (times ``1 / 4 pi^2``), so its
+CDF is analytic:
+
+    F(x) = (x + pi) / (2 pi) + (1 / pi) Re sum_{k=1}^{2N} (C_k / C_0)
+           (e^{i k x} - (-1)^k) / (i k),                                                  (4)
+
+inverted to machine precision by a grid bracket and safeguarded Newton steps (whose derivative
+is (5) itself) from one uniform variable per split.  Reparameterisation gradients go through the
+implicit function theorem: ``dx = -(dF at fixed x) / q(x | sigma)`` (with respect to the
+parameters and ``sigma``).  Links are then built in a fixed gauge
 (:func:`~bridge.flows.analytic.plaquette_links`) with uniform holonomies, and a Haar-random gauge
 transformation is applied; the reported ``log q`` is (1), the same formula as :meth:`log_prob`.
 
 This is a specialist: 2D, U(1), periodic boundaries (where the plaquettes are the only gauge
 invariants besides the holonomies); :func:`~bridge.flows.models.make_flow` refuses anything else.
-Cost per sample: ``O(V N^2)`` with ``V - 1`` sequential steps (sampling), ``O(V N)`` and fully
-parallel for :meth:`log_prob`.  Trained from the uniform density (``a = 0``: the Haar prior),
+Cost per sample: ``O(V N^2)`` in ``ceil(log2 V)`` sequential rounds (sampling), ``O(V N)`` and
+fully parallel for :meth:`log_prob`.  Trained from the uniform density (``a = 0``: the Haar prior),
 with any gradient estimator of :class:`~bridge.train.Trainer` (``path`` recommended: zero
 variance at the solution).
 """
@@ -94,6 +106,7 @@ from .analytic import plaquette_field_from_angles
 __all__ = ["PlaquetteFlow"]
 
 _TWO_PI = 2 * math.pi
+_CHUNK = 1 << 16  # conditional draws per batched inversion (bounds the memory of a level)
 
 
 def _wrap(a: torch.Tensor) -> torch.Tensor:
@@ -231,7 +244,7 @@ class PlaquetteFlow(nn.Module):
         cpow = self._powers(self.fourier().to(theta.device), lat.volume)
         return self._log_q(theta, cpow).to(u.real.dtype)
 
-    # -- (3), (4): sampling ------------------------------------------------------------------
+    # -- (3)-(5): sampling --------------------------------------------------------------------
     @staticmethod
     def _phases(x: torch.Tensor, n: int) -> torch.Tensor:
         """``e^{i k x}``, ``k = 1 .. n``, shape ``[b, n]``: one sine/cosine and a cumulative
@@ -253,8 +266,9 @@ class PlaquetteFlow(nn.Module):
 
     def _conditional(self, cpow_j: torch.Tensor, toeplitz: torch.Tensor, s: torch.Tensor,
                      bs: torch.Tensor) -> torch.Tensor:
-        """Normalised coefficients ``C_k / C_0``, ``k = 1 .. 2N``, of (3), shape
-        ``[b, 2N]``."""
+        """Normalised coefficients ``C_k / C_0``, ``k = 1 .. 2N``, shape ``[b, 2N]``, of the
+        density ``prop. to f_left(x) f_j(-s - x)`` (``cpow_j`` the coefficients of ``f_j``,
+        ``toeplitz`` that of ``f_left``): (3) for ``f_left = g``, (5) with ``s = -sigma``."""
         nn_ = (bs.numel() - 1) // 2
         pos = self._phases(-s, nn_)  # e^{-i b s}, b = 1 .. N
         one = torch.ones_like(pos[:, :1])
@@ -307,7 +321,7 @@ class PlaquetteFlow(nn.Module):
                               f"{float(r.abs().max()):.3g}); expected <= {tol:g}")
 
     def _tables(self, dev: torch.device) -> tuple[torch.Tensor, ...]:
-        """What every conditional of (3)-(4) uses: ``c_n`` (differentiable), the frequencies
+        """What every conditional of (3)-(5) uses: ``c_n`` (differentiable), the frequencies
         ``b = -N .. N`` and ``k = 1 .. 2N``, the Toeplitz matrix ``T[b, k] = c_{b+k}`` (``k = 0
         .. 2N``, zero where ``|b + k| > N``), the bracketing grid on ``[-pi, pi]`` and the CDF
         terms ``(e^{ik x} - (-1)^k) / (ik)`` on it."""
@@ -315,15 +329,21 @@ class PlaquetteFlow(nn.Module):
         c = self.fourier().to(dev)
         bs = torch.arange(-nn_, nn_ + 1, device=dev, dtype=torch.float64)
         ks = torch.arange(1, 2 * nn_ + 1, device=dev, dtype=torch.float64)
-        idx = (torch.arange(2 * nn_ + 1, device=dev)[:, None]
-               + torch.arange(2 * nn_ + 1, device=dev)[None, :])
-        toeplitz = torch.cat([c, torch.zeros(2 * nn_, dtype=c.dtype, device=dev)])[idx]
+        toeplitz = self._toeplitz(c)
         grid_x = torch.linspace(-math.pi, math.pi, self.grid + 1, dtype=torch.float64,
                                 device=dev)
         sign = 1.0 - 2.0 * torch.remainder(ks, 2)
         grid_e = ((torch.polar(torch.ones_like(grid_x)[None, :], ks[:, None] * grid_x[None, :])
                    - sign[:, None]) / (1j * ks[:, None]))
         return c, bs, ks, toeplitz, grid_x, grid_e
+
+    def _toeplitz(self, c: torch.Tensor) -> torch.Tensor:
+        """``T[b, k] = c_{b+k}`` for ``b = -N .. N``, ``k = 0 .. 2N`` (zero where ``|b + k| >
+        N``) of coefficients ``c[2N + 1]``: ``w @ T`` is the correlation in (3) and (5)."""
+        nn_ = self.degree
+        idx = (torch.arange(2 * nn_ + 1, device=c.device)[:, None]
+               + torch.arange(2 * nn_ + 1, device=c.device)[None, :])
+        return torch.cat([c, torch.zeros(2 * nn_, dtype=c.dtype, device=c.device)])[idx]
 
     def sample(
         self,
@@ -358,32 +378,57 @@ class PlaquetteFlow(nn.Module):
         uni = torch.rand((v - 1, n), generator=generator, dtype=torch.float64, device=dev)
         phi = math.pi * (2 * torch.rand((2, n), generator=generator, dtype=torch.float64,
                                         device=dev) - 1)
-        c, bs, ks, toeplitz, grid_x, grid_e = self._tables(dev)
+        c, bs, ks, _, grid_x, grid_e = self._tables(dev)
         cpow = self._powers(c, v)  # [v, 2N + 1]
         grad = torch.is_grad_enabled() and self.alpha.requires_grad
-        thetas = []
-        s = torch.zeros(n, dtype=torch.float64, device=dev)
-        worst = 0
-        for p in range(v - 1):
-            j = v - 1 - p  # angles still to come, the constrained one included
-            cp = cpow[j - 1]
-            with torch.no_grad():
-                cn0 = self._conditional(cp.detach(), toeplitz.detach(), s.detach(), bs)
-                x, iters = self._invert(cn0, uni[p], ks, grid_e, grid_x)
-            worst = max(worst, iters)
-            if grad:
-                # implicit function theorem: F(theta; psi) = u => d theta = -dF|_theta / q
-                cn = self._conditional(cp, toeplitz, s, bs)
-                fx, px = self._cdf_and_density(cn, x, ks)
-                x = x - (fx - fx.detach()) / px.detach()
-            thetas.append(x)
-            s = s + x
-        self.last_iterations = worst
-        if v > 1:
-            free = torch.stack(thetas, 1)
-            theta = torch.cat([free, _wrap(-free.sum(1, keepdim=True))], 1)
-        else:
-            theta = torch.zeros((n, 1), dtype=torch.float64, device=dev)
+        self.last_iterations = 0
+
+        def draw(sig: torch.Tensor, u: torch.Tensor, m1: int, m2: int) -> torch.Tensor:
+            """The left sums ``x`` of nodes of size ``m1 + m2`` with sums ``sig`` (5), from the
+            uniforms ``u`` (flat tensors), in chunks that bound the memory."""
+            tp = self._toeplitz(cpow[m1 - 1])
+            out = []
+            for a in range(0, sig.numel(), _CHUNK):
+                sg, uu = sig[a:a + _CHUNK], u[a:a + _CHUNK]
+                with torch.no_grad():
+                    cn0 = self._conditional(cpow[m2 - 1].detach(), tp.detach(), -sg.detach(), bs)
+                    x, iters = self._invert(cn0, uu, ks, grid_e, grid_x)
+                self.last_iterations = max(self.last_iterations, iters)
+                if grad:
+                    # implicit function theorem: F(x; psi, sig) = u => dx = -dF|_x / density
+                    cn = self._conditional(cpow[m2 - 1], tp, -sg, bs)
+                    fx, px = self._cdf_and_density(cn, x, ks)
+                    x = x - (fx - fx.detach()) / px.detach()
+                out.append(x)
+            return torch.cat(out)
+
+        # the split tree (module docstring): nodes (start, size) of one level, their sums
+        nodes, sig = [(0, v)], torch.zeros((n, 1), dtype=torch.float64, device=dev)
+        leaf_at, leaf_val, k_u = [], [], 0
+        while nodes:
+            leaves = [i for i, (_, m) in enumerate(nodes) if m == 1]
+            if leaves:
+                leaf_at += [nodes[i][0] for i in leaves]
+                leaf_val.append(sig[:, leaves])
+            groups: dict[int, list[int]] = {}
+            for i, (_, m) in enumerate(nodes):
+                if m > 1:
+                    groups.setdefault(m, []).append(i)
+            new_nodes, new_sig = [], []
+            for m, idx in groups.items():
+                m1, g = m // 2, len(idx)
+                sg = sig[:, idx]  # [n, g]
+                x = draw(sg.reshape(-1), uni[k_u:k_u + g].T.reshape(-1), m1, m - m1).reshape(n, g)
+                k_u += g
+                new_sig.append(torch.stack([x, _wrap(sg - x)], 2).reshape(n, 2 * g))
+                for i in idx:
+                    st = nodes[i][0]
+                    new_nodes += [(st, m1), (st + m1, m - m1)]
+            nodes = new_nodes
+            sig = torch.cat(new_sig, 1) if new_sig else sig
+        order = torch.as_tensor(leaf_at, device=dev)
+        theta = torch.cat(leaf_val, 1)[:, torch.argsort(order)]  # [n, V] in site order
+        theta = _wrap(theta)
         if path_gradient:
             log_q = self._log_q(theta, cpow.detach(), self.coefficients().detach())
         else:
