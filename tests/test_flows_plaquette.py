@@ -216,45 +216,56 @@ def test_inverse_cdf_and_its_derivative():
         assert f._cdf_and_density(cn, -ends, ks)[0].abs().max() < 1e-14
 
 
-def _quad_marginal_cdf(f: PlaquetteFlow, v: int, n: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The exact CDF of the first free angle on a lattice of ``v`` plaquettes, by direct
-    quadrature: marginal ``g(theta) f_{v-1}(-theta) / f_v(0)`` with ``f_j`` the ``j``-fold
-    circular convolution of ``g`` computed on a grid (independent of the Fourier route)."""
+def _quad_sum_marginal_cdf(f: PlaquetteFlow, v: int, k: int,
+                           n: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The exact CDF of the sum (mod 2 pi) of ``k`` of the ``v`` plaquette angles (the model is
+    exchangeable, so any ``k``), by direct quadrature: ``f_k(x) f_{v-k}(-x) / f_v(0)`` with
+    ``f_j`` the ``j``-fold circular convolution of ``g`` on a grid (independent of the Fourier
+    route and of the sampler's split tree)."""
     th = np.linspace(-math.pi, math.pi, n, endpoint=False)
     with torch.no_grad():
         g = f.log_density(torch.from_numpy(th)).exp().numpy()
     d = 2 * math.pi / n
 
     def conv(a, b):  # circular convolution on the grid, a direct O(n^2) sum (n small)
-        return np.array([np.sum(a * np.roll(b[::-1], i + 1)) * d for i in range(n)])
-
-    fj = g.copy()
-    for _ in range(v - 2):
         # conv[i] is the density at theta_i + pi (both grids start at -pi): shift back
-        fj = np.roll(conv(fj, g), n // 2)
-    # f_{v-1}(-theta) on the grid: index of -theta
-    neg = (-np.arange(n)) % n
-    m = g * fj[neg]
-    cdf = np.cumsum(m) / m.sum()
-    return th, cdf
+        return np.roll(np.array([np.sum(a * np.roll(b[::-1], i + 1)) * d for i in range(n)]),
+                       n // 2)
+
+    fs = {1: g}
+    for j in range(2, v):
+        fs[j] = conv(fs[j - 1], g)
+    neg = (-np.arange(n)) % n  # the grid index of -theta
+    m = fs[k] * fs[v - k][neg]
+    return th, np.cumsum(m) / m.sum()
 
 
-@pytest.mark.parametrize("nrow", [(2, 1), (3, 1)])
-def test_sampled_angles_follow_the_exact_marginal(nrow):
-    """Kolmogorov-Smirnov: every plaquette angle (the constrained last one included: (1) is
-    exchangeable, so all share one marginal) against the marginal by quadrature."""
+def _ks(x: np.ndarray, th: np.ndarray, cdf: np.ndarray) -> float:
+    x = np.sort(x)
+    model = np.interp(x, th + (th[1] - th[0]), cdf, left=0.0)
+    emp_hi = np.arange(1, x.size + 1) / x.size
+    return max(np.abs(emp_hi - model).max(), np.abs(emp_hi - 1 / x.size - model).max())
+
+
+@pytest.mark.parametrize("nrow", [(2, 1), (3, 1), (4, 1), (5, 1)])
+def test_sampled_angles_follow_the_exact_marginals(nrow):
+    """Kolmogorov-Smirnov against quadrature: every plaquette angle (the last one included: (1)
+    is exchangeable, so all share one marginal), and on 4 and 5 plaquettes also the sums of
+    the first two and of the first three angles (the split variables of the sampler's tree,
+    and one that is not)."""
     f = _random_flow(11, symmetric=False, scale=0.8)
     v = nrow[0] * nrow[1]
     with torch.no_grad():
         _, _, theta = f.sample(4000, nrow, generator=_gen(12), return_angles=True)
-    th, cdf = _quad_marginal_cdf(f, v, 1024 if v == 3 else 4096)
-    d = 2 * math.pi / th.size
+    theta = theta.flatten(1).numpy()
+    crit = 1.63 / math.sqrt(theta.shape[0]) + 2e-3  # 1% KS level (+ quadrature error)
+    th, cdf = _quad_sum_marginal_cdf(f, v, 1, 4096 if v == 2 else 1024)
     for p in range(v):
-        x = np.sort(theta.flatten(1)[:, p].numpy())
-        model = np.interp(x, th + d, cdf, left=0.0)
-        emp_hi = np.arange(1, x.size + 1) / x.size
-        ks = max(np.abs(emp_hi - model).max(), np.abs(emp_hi - 1 / x.size - model).max())
-        assert ks < 1.63 / math.sqrt(x.size) + 2e-3, p  # 1% KS level (+ quadrature error)
+        assert _ks(theta[:, p], th, cdf) < crit, p
+    for k in (2, 3) if v >= 4 else ():
+        th, cdf = _quad_sum_marginal_cdf(f, v, k)
+        x = np.remainder(theta[:, :k].sum(1) + math.pi, 2 * math.pi) - math.pi
+        assert _ks(x, th, cdf) < crit, k
 
 
 # -- gradients ---------------------------------------------------------------------------------
