@@ -120,8 +120,9 @@ def test_log_prob_gauge_and_charge_conjugation_invariant():
 
 
 def test_log_q_is_the_product_of_the_sampling_conditionals():
-    """(1) equals the sum of the logs of the conditional densities (3) that the sampler inverts
-    (the telescoping identity, and each conditional normalised)."""
+    """(1) equals the sum of the logs of the sequential conditionals (3) (the telescoping
+    identity of the one-at-a-time factorisation, each conditional normalised; the sampler's
+    split tree, next test, contains (3) as its ``m1 = 1`` case)."""
     f = _random_flow(7)
     nrow = (3, 4)
     v = 12
