@@ -322,20 +322,18 @@ class PlaquetteFlow(nn.Module):
 
     def _tables(self, dev: torch.device) -> tuple[torch.Tensor, ...]:
         """What every conditional of (3)-(5) uses: ``c_n`` (differentiable), the frequencies
-        ``b = -N .. N`` and ``k = 1 .. 2N``, the Toeplitz matrix ``T[b, k] = c_{b+k}`` (``k = 0
-        .. 2N``, zero where ``|b + k| > N``), the bracketing grid on ``[-pi, pi]`` and the CDF
+        ``b = -N .. N`` and ``k = 1 .. 2N``, the bracketing grid on ``[-pi, pi]`` and the CDF
         terms ``(e^{ik x} - (-1)^k) / (ik)`` on it."""
         nn_ = self.degree
         c = self.fourier().to(dev)
         bs = torch.arange(-nn_, nn_ + 1, device=dev, dtype=torch.float64)
         ks = torch.arange(1, 2 * nn_ + 1, device=dev, dtype=torch.float64)
-        toeplitz = self._toeplitz(c)
         grid_x = torch.linspace(-math.pi, math.pi, self.grid + 1, dtype=torch.float64,
                                 device=dev)
         sign = 1.0 - 2.0 * torch.remainder(ks, 2)
         grid_e = ((torch.polar(torch.ones_like(grid_x)[None, :], ks[:, None] * grid_x[None, :])
                    - sign[:, None]) / (1j * ks[:, None]))
-        return c, bs, ks, toeplitz, grid_x, grid_e
+        return c, bs, ks, grid_x, grid_e
 
     def _toeplitz(self, c: torch.Tensor) -> torch.Tensor:
         """``T[b, k] = c_{b+k}`` for ``b = -N .. N``, ``k = 0 .. 2N`` (zero where ``|b + k| >
@@ -378,7 +376,7 @@ class PlaquetteFlow(nn.Module):
         uni = torch.rand((v - 1, n), generator=generator, dtype=torch.float64, device=dev)
         phi = math.pi * (2 * torch.rand((2, n), generator=generator, dtype=torch.float64,
                                         device=dev) - 1)
-        c, bs, ks, _, grid_x, grid_e = self._tables(dev)
+        c, bs, ks, grid_x, grid_e = self._tables(dev)
         cpow = self._powers(c, v)  # [v, 2N + 1]
         grad = torch.is_grad_enabled() and self.alpha.requires_grad
         self.last_iterations = 0
