@@ -55,9 +55,9 @@ _NOT_COMPARED = ("/code_version[0]/chroma[0]", "/code_version[0]/qdp[0]", "/run_
 # the reference run (once per module)
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def chroma_run(reference_dir, tmp_path_factory):
+def chroma_run(data_dir, tmp_path_factory):
     """Run the exact reference input (cfg_file -> the reference lime) in a fresh directory."""
-    folder = reference_dir / CHROMA
+    folder = data_dir / CHROMA
     work = tmp_path_factory.mktemp("chroma_run")
     text = (folder / "chroma_measure.ini.xml").read_text()
     cfg = folder / "nf2_b1.0_k0.1_4x4_cfg_1500.lime"
@@ -450,8 +450,8 @@ def test_named_objects_are_tracked(meas, message):
     assert message in str(exc.value)
 
 
-def test_reference_input_parses_and_bad_files(reference_dir, tmp_path):
-    inp = read_chroma_input(reference_dir / CHROMA / "chroma_measure.ini.xml")
+def test_reference_input_parses_and_bad_files(data_dir, tmp_path):
+    inp = read_chroma_input(data_dir / CHROMA / "chroma_measure.ini.xml")
     assert [m.name for m in inp.measurements][:3] == ["PLAQUETTE", "POLYAKOV_LOOP", "QACTDEN"]
     assert inp.measurements[8].creates == {"gauge_out": "wflow_t4"}
     assert inp.measurements[11].params == {"version": 1, "k5": 0.0}
@@ -595,10 +595,10 @@ def test_meson_and_baryon_contractions_basic_properties(cpu_generator):
 
 
 @pytest.mark.slow
-def test_qtop_naive_all_reference_configurations(reference_dir):
+def test_qtop_naive_all_reference_configurations(data_dir):
     """``qtop_naive_k5_0_t4`` of measured_by_chroma.json on all five configurations (five
     400-step flows)."""
-    folder = reference_dir / CHROMA
+    folder = data_dir / CHROMA
     entries = json.loads((folder / "measured_by_chroma.json").read_text())
     u = torch.cat([read_ildg(folder / e["file"])[0] for e in entries])
     flowed = chroma_wilson_flow(u, 400, 4.0).U

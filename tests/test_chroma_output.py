@@ -90,8 +90,8 @@ CHROMA_FIXTURE = """<?xml version='1.0'?>
 
 
 # -- real Chroma outputs ------------------------------------------------------------------------
-def test_real_hmc_output(reference_dir):
-    out = read_output(reference_dir / HMC_OUT)
+def test_real_hmc_output(data_dir):
+    out = read_output(data_dir / HMC_OUT)
     assert out["program"] == "hmc" and out["nrow"] == [4, 4, 4, 4]
     assert out["code_version"]["chroma"] == "3.44.1"
     ups = out["updates"]
@@ -108,9 +108,9 @@ def test_real_hmc_output(reference_dir):
         assert u["AccProb"] == pytest.approx(min(1.0, np.exp(-u["deltaH"])), rel=1e-12)
 
 
-def test_real_chroma_output_matches_chromas_printed_values(reference_dir):
-    out = read_output(reference_dir / CHROMA_OUT)
-    ref = json.loads((reference_dir / MEASURED).read_text())[0]
+def test_real_chroma_output_matches_chromas_printed_values(data_dir):
+    out = read_output(data_dir / CHROMA_OUT)
+    ref = json.loads((data_dir / MEASURED).read_text())[0]
     assert ref["file"].endswith("_cfg_1500.lime") and out["trajectory"] == 1500
     assert out["observables"]["w_plaq"] == ref["w_plaq"]
     by = {m["label"]: m["values"] for m in out["measurements"]}
@@ -125,11 +125,11 @@ def test_real_chroma_output_matches_chromas_printed_values(reference_dir):
     assert by["PolyakovLoop"]["poly_loop"][3] == pytest.approx(ref["poly_t"], abs=1e-15)
 
 
-def test_real_outputs_into_store(reference_dir, tmp_path):
+def test_real_outputs_into_store(data_dir, tmp_path):
     store = tmp_path / "ens.h5"
-    names = store_output(read_output(reference_dir / HMC_OUT), store)
+    names = store_output(read_output(data_dir / HMC_OUT), store)
     assert "hmc.deltaH" in names and "hmc.poly_loop" in names
-    store_output(read_output(reference_dir / CHROMA_OUT), store)
+    store_output(read_output(data_dir / CHROMA_OUT), store)
     with EnsembleStore(store, "r") as s:
         dh, traj = s.measurement("hmc.deltaH")
         assert traj.tolist() == [1, 2, 3, 5019, 5020] and dh[0] == 26.9127421218759

@@ -127,8 +127,8 @@ def test_measure_template_renders_every_measurement():
 
 
 @pytest.mark.parametrize("rel", REFERENCE_INPUTS)
-def test_structure_accepts_chromas_real_inputs(reference_dir, rel):
-    tree = etree.parse(str(reference_dir / rel))
+def test_structure_accepts_chromas_real_inputs(data_dir, rel):
+    tree = etree.parse(str(data_dir / rel))
     assert structure_problems(tree, strict=True) == []
 
 
@@ -220,8 +220,8 @@ def test_structure_strict_and_lenient_unknown_elements():
         "/hmc: expected root <Params> (hmc input) or <chroma> (chroma input)"]
 
 
-def test_structure_reports_broken_chroma_input(reference_dir):
-    tree = etree.parse(str(reference_dir / REFERENCE_INPUTS[2]))
+def test_structure_reports_broken_chroma_input(data_dir):
+    tree = etree.parse(str(data_dir / REFERENCE_INPUTS[2]))
     root = copy.deepcopy(tree.getroot())
     flow = root.findall("Param/InlineMeasurements/elem")[8]  # WILSON_FLOW
     assert flow.findtext("Name") == "WILSON_FLOW"
@@ -329,7 +329,7 @@ def test_cli_hmc_from_options_and_from_json(tmp_path, capsys):
     assert not (tmp_path / "x.xml").exists()
 
 
-def test_cli_measure_and_check(tmp_path, capsys, reference_dir):
+def test_cli_measure_and_check(tmp_path, capsys, data_dir):
     out = tmp_path / "m.ini.xml"
     assert main(["chroma-xml", "measure", "--nrow", "4", "4", "4", "4", "--cfg", "c_cfg_5.lime",
                  "--plaquette", "--pion", "--kappa", "0.1", "--wilson-flow", "2",
@@ -338,7 +338,7 @@ def test_cli_measure_and_check(tmp_path, capsys, reference_dir):
         "Param/InlineMeasurements/elem")]
     assert names == ["PLAQUETTE", "MAKE_SOURCE", "PROPAGATOR", "SINK_SMEAR", "HADRON_SPECTRUM",
                      "WILSON_FLOW", "PLAQUETTE", "QTOP_NAIVE"]
-    refs = [str(reference_dir / r) for r in REFERENCE_INPUTS]
+    refs = [str(data_dir / r) for r in REFERENCE_INPUTS]
     assert main(["chroma-xml", "check", str(out), *refs]) == 0
     assert capsys.readouterr().out.count(": ok (") == 4
     bad = tmp_path / "bad.xml"
@@ -365,9 +365,9 @@ def _canonical(el: etree._Element) -> tuple:
     return (el.tag, value, tuple(_canonical(c) for c in el if isinstance(c.tag, str)))
 
 
-def test_rendered_inputs_equal_chromas_example_inputs(reference_dir):
+def test_rendered_inputs_equal_chromas_example_inputs(data_dir):
     """The templates with the reference runs' parameters give the inputs Chroma ran
-    (../shared/reference/chroma), element for element; only MonitorForces (a diagnostic
+    (tests/data/chroma), element for element; only MonitorForces (a diagnostic
     print) differs for the pure-gauge run."""
     runs = [("chroma/pure_gauge_b5.5_4x4/hmc.ini.xml",
              {"nrow": [4, 4, 4, 4], "beta": 5.5, "tau": 1.0, "md_steps": 10, "n_warmup": 20,
@@ -378,7 +378,7 @@ def test_rendered_inputs_equal_chromas_example_inputs(reference_dir):
               "md_steps": 5, "n_updates": 15100, "save_interval": 10,
               "prefix": "nf2_b1.0_k0.1_4x4", "start": "hot", "reverse_check_every": 100})]
     for rel, params in runs:
-        ref = etree.parse(str(reference_dir / rel)).getroot()
+        ref = etree.parse(str(data_dir / rel)).getroot()
         got = render_hmc(hmc_params_from_dict(params))
         if "pure_gauge" in rel:
             assert ref.findtext("MCControl/MonitorForces") == "true"

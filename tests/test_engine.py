@@ -27,15 +27,15 @@ def _edit(text: str, **repl: str) -> str:
     return text
 
 
-def _input(reference_dir, tmp_path, name="in.xml", **repl) -> Path:
-    text = (reference_dir / PURE).read_text()
+def _input(data_dir, tmp_path, name="in.xml", **repl) -> Path:
+    text = (data_dir / PURE).read_text()
     p = tmp_path / name
     p.write_text(_edit(text, **repl))
     return p
 
 
-def test_parse_reference_inputs(reference_dir):
-    inp = read_hmc_input(reference_dir / PURE)
+def test_parse_reference_inputs(data_dir):
+    inp = read_hmc_input(data_dir / PURE)
     assert inp.nrow == (4, 4, 4, 4) and inp.cfg.cfg_type == "UNIT"
     assert inp.seed == (12345, 0, 0, 0)
     assert (inp.n_warmup, inp.n_production, inp.n_this_run) == (20, 5020, 5020)
@@ -45,9 +45,9 @@ def test_parse_reference_inputs(reference_dir):
     assert inp.measurements == [{"name": "POLYAKOV_LOOP", "frequency": 1}]
 
 
-def test_run_writes_chroma_outputs(reference_dir, tmp_path, monkeypatch):
+def test_run_writes_chroma_outputs(data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    inp = _input(reference_dir, tmp_path, NProductionUpdates="6", NUpdatesThisRun="6",
+    inp = _input(data_dir, tmp_path, NProductionUpdates="6", NUpdatesThisRun="6",
                  SaveInterval="4", NWarmUpUpdates="2", ReverseCheckFrequency="3")
     assert main(["hmc", "-i", str(inp), "-o", "out.xml", "--quiet"]) == 0
     for f in ("pg_b5.5_4x4_cfg_4.lime", "pg_b5.5_4x4_cfg_6.lime", "pg_b5.5_4x4_restart_4.xml",
@@ -86,7 +86,7 @@ def test_run_writes_chroma_outputs(reference_dir, tmp_path, monkeypatch):
     assert r.cfg.cfg_file == "pg_b5.5_4x4_cfg_6.lime" and r.cfg.reunit is False
 
 
-def test_restart_is_bit_identical(reference_dir, tmp_path, monkeypatch):
+def test_restart_is_bit_identical(data_dir, tmp_path, monkeypatch):
     """6 updates in one run == 3 updates, then a run from the restart file: same bits."""
     one = tmp_path / "one"
     two = tmp_path / "two"
@@ -95,10 +95,10 @@ def test_restart_is_bit_identical(reference_dir, tmp_path, monkeypatch):
     kw = dict(NProductionUpdates="6", NUpdatesThisRun="6", SaveInterval="3",
               NWarmUpUpdates="1", ReverseCheckP="false")
     monkeypatch.chdir(one)
-    res1 = run_hmc(read_hmc_input(_input(reference_dir, one, **kw)), "out.xml", progress=False)
+    res1 = run_hmc(read_hmc_input(_input(data_dir, one, **kw)), "out.xml", progress=False)
     monkeypatch.chdir(two)
     kw["NUpdatesThisRun"] = "3"
-    run_hmc(read_hmc_input(_input(reference_dir, two, **kw)), "out.xml", progress=False)
+    run_hmc(read_hmc_input(_input(data_dir, two, **kw)), "out.xml", progress=False)
     res2 = run_hmc(read_hmc_input(two / "pg_b5.5_4x4_restart_3.xml"), "out2.xml",
                    progress=False)
     assert [r["deltaH"] for r in res2.updates] == [r["deltaH"] for r in res1.updates[3:]]
@@ -143,8 +143,8 @@ def _parse(text: str):
          "/Params/MCControl/RNG/Seed: expected 4 elems, got 3"),
     ],
 )
-def test_unsupported_or_malformed_input(reference_dir, old, new, message):
-    text = (reference_dir / PURE).read_text()
+def test_unsupported_or_malformed_input(data_dir, old, new, message):
+    text = (data_dir / PURE).read_text()
     assert old in text
     with pytest.raises(ConfigError) as exc:
         _parse(text.replace(old, new, 1))
@@ -162,18 +162,18 @@ def test_root_and_syntax_errors(tmp_path):
     assert main(["hmc", "-i", str(p), "-o", str(tmp_path / "o.xml")]) == 1
 
 
-def test_zero_acceptance_warns(reference_dir, tmp_path, monkeypatch):
+def test_zero_acceptance_warns(data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    inp = _input(reference_dir, tmp_path, NProductionUpdates="12", NUpdatesThisRun="12",
+    inp = _input(data_dir, tmp_path, NProductionUpdates="12", NUpdatesThisRun="12",
                  NWarmUpUpdates="0", n_steps="1", tau0="3.0", SaveInterval="100",
                  cfg_type="DISORDERED")
     with pytest.warns(RuntimeWarning, match="step size tau0/n_steps = 3.0/1 is too large"):
         run_hmc(read_hmc_input(inp), "out.xml", progress=False)
 
 
-def _chroma_start(reference_dir, per_config: int) -> torch.Tensor:
+def _chroma_start(data_dir, per_config: int) -> torch.Tensor:
     """Chroma's equilibrated configurations (updates 500..4500), each repeated."""
-    files = sorted((reference_dir / "chroma/pure_gauge_b5.5_4x4").glob("*.lime"))
+    files = sorted((data_dir / "chroma/pure_gauge_b5.5_4x4").glob("*.lime"))
     u = torch.cat([read_ildg(f)[0] for f in files])
     return u.repeat_interleave(per_config, dim=0)
 
@@ -195,21 +195,21 @@ def _batched_pure_gauge(u0: torch.Tensor, ntraj: int, ntherm: int, seed: int):
     return torch.stack(plaq), torch.stack(acc)
 
 
-def test_pure_gauge_matches_chroma_smoke(reference_dir):
+def test_pure_gauge_matches_chroma_smoke(data_dir):
     """Fast smoke version of the Chroma comparison: from Chroma's equilibrated configurations
     our chains stay at Chroma's plaquette and acceptance (loose bounds: short chains)."""
-    plaq, acc = _batched_pure_gauge(_chroma_start(reference_dir, 1), 20, 4, seed=5)
+    plaq, acc = _batched_pure_gauge(_chroma_start(data_dir, 1), 20, 4, seed=5)
     assert abs(float(plaq.mean()) - 0.4987) < 0.01
     assert 0.55 < float(acc.mean()) < 0.85
 
 
 @pytest.mark.slow
-def test_pure_gauge_matches_chroma(reference_dir):
+def test_pure_gauge_matches_chroma(data_dir):
     """4^4 SU(3), beta 5.5, leapfrog tau 1, 10 steps: Chroma gives w_plaq 0.49866(69) and
-    acceptance 0.706(4) (../shared/reference/chroma/README.md).  30 chains started from Chroma's
+    acceptance 0.706(4) (tests/data/PROVENANCE.md).  30 chains started from Chroma's
     equilibrated configurations (a cold start needs ~200 trajectories to relax); errors from
     the spread of the chain means; agreement within 3 combined sigma."""
-    plaq, acc = _batched_pure_gauge(_chroma_start(reference_dir, 6), 240, 40, seed=7)
+    plaq, acc = _batched_pure_gauge(_chroma_start(data_dir, 6), 240, 40, seed=7)
     pm, am = plaq.mean(0), acc.mean(0)
     p_err = float(pm.std()) / math.sqrt(pm.numel())
     a_err = float(am.std()) / math.sqrt(am.numel())
@@ -220,15 +220,15 @@ def test_pure_gauge_matches_chroma(reference_dir):
 NF2 = "chroma/nf2_b1.0_k0.1_4x4/hmc.ini.xml"
 
 
-def test_parse_and_run_nf2_input(reference_dir, tmp_path, monkeypatch):
+def test_parse_and_run_nf2_input(data_dir, tmp_path, monkeypatch):
     """Chroma's Nf=2 input (even-odd Wilson, CG) runs unchanged; CG counts as Chroma's."""
-    inp = read_hmc_input(reference_dir / NF2)
+    inp = read_hmc_input(data_dir / NF2)
     m = inp.monomials["wilson_two_flav"]
     assert m.kind == "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL"
     assert m.params["kappa"] == 0.1 and m.params["boundary"] == (1, 1, 1, -1)
     assert m.params["predictor"] == "LAST_SOLUTION_4D_PREDICTOR"
     monkeypatch.chdir(tmp_path)
-    text = _edit((reference_dir / NF2).read_text(), NProductionUpdates="3",
+    text = _edit((data_dir / NF2).read_text(), NProductionUpdates="3",
                  NUpdatesThisRun="3", SaveInterval="3")
     (tmp_path / "nf2.xml").write_text(text)
     res = run_hmc(read_hmc_input(tmp_path / "nf2.xml"), "out.xml", progress=False)

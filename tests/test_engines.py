@@ -5,7 +5,6 @@ messages for missing executables, and the Chroma engine run through a fake ``hmc
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from bridge.engines import (
 from bridge.errors import ConfigError, FormatError
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("QCD_BRIDGE_REFERENCE", REPO.parent / "shared" / "reference"))
+REFERENCE = Path(__file__).resolve().parent / "data"
 
 # A fake Chroma `hmc`: pure Python (no torch, starts fast).  It reads -i/-o/-l like Chroma,
 # copies a template configuration (written by the test with bridge's ILDG writer) to

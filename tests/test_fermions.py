@@ -392,14 +392,14 @@ def _chroma_mesons(xml_path) -> dict[int, list[complex]]:
     return out
 
 
-def test_chroma_meson_correlators(reference_dir):
+def test_chroma_meson_correlators(data_dir):
     """Chroma's ``Point_Point_Wilson_Mesons`` (all 16 Gamma(n), point source at the origin,
     kappa 0.1, antiperiodic time) reproduced from our propagator: checks the kappa and Chroma
     normalisations, the time boundary, the link convention and Chroma's Gamma(n) numbering.
     Chroma (mesons_w.cc): ``C_n(t) = sum_x Tr[(g5 S g5)^dag Gamma(n) S Gamma(n)]``."""
     from bridge.io.ildg import read_ildg
 
-    folder = reference_dir / "chroma" / "nf2_b1.0_k0.1_4x4"
+    folder = data_dir / "chroma" / "nf2_b1.0_k0.1_4x4"
     meas = json.loads((folder / "measured_by_chroma.json").read_text())
     entry = next(m for m in meas if m["file"].endswith("_1500.lime"))
     u, _ = read_ildg(folder / entry["file"])
@@ -743,14 +743,14 @@ def test_iterations_grow_towards_critical_kappa(cpu_generator):
     assert its[0] < its[1] < its[2], its
 
 
-def test_chroma_reference_cg_iterations(reference_dir):
+def test_chroma_reference_cg_iterations(data_dir):
     """Chroma's reference run reports 17.0 CG iterations per action solve (zero guess, RsdCG
     1e-10) for the even-odd Wilson monomial at kappa 0.1; our heat bath + action solve on its
     saved configurations takes the same number (a check of the Schur operator's spectrum, the
     heat bath's normalisation and the stopping criterion)."""
     from bridge.io.ildg import read_ildg
 
-    folder = reference_dir / "chroma" / "nf2_b1.0_k0.1_4x4"
+    folder = data_dir / "chroma" / "nf2_b1.0_k0.1_4x4"
     u, _ = read_ildg(folder / "nf2_b1.0_k0.1_4x4_cfg_1500.lime")
     params = {"kappa": 0.1, "fermact": "WILSON", "boundary": (1, 1, 1, -1), "rsd_cg": 1e-10,
               "max_cg": 2000, "predictor": "LAST_SOLUTION_4D_PREDICTOR"}

@@ -38,12 +38,12 @@ def _cli_main():
 
 
 @pytest.fixture(scope="module")
-def public(reference_dir: Path) -> Path:
-    return reference_dir / "public"
+def public(data_dir: Path) -> Path:
+    return data_dir / "public"
 
 
-def test_inspect_json_matches_chroma(reference_dir, capsys):
-    folder = reference_dir / "chroma" / "pure_gauge_b5.5_4x4"
+def test_inspect_json_matches_chroma(data_dir, capsys):
+    folder = data_dir / "chroma" / "pure_gauge_b5.5_4x4"
     entry = json.loads((folder / "measured_by_chroma.json").read_text())[0]
     assert _run(["inspect", str(folder / entry["file"]), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

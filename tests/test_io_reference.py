@@ -10,16 +10,22 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import external_file
 
 from bridge.gauge import mesplq, polyakov_loop
 from bridge.io import FormatWarning, read_gauge, write_ildg
 
 # (file, format, nrow given by the caller, precision, plaquette, stored checksum or None,
-#  computed checksum) -- values from ../shared/reference/public/PROVENANCE.md
+#  computed checksum) -- values from tests/data/PROVENANCE.md
 PUBLIC = [
     ("pyquda_weak_field.lime", "ildg", None, 64, 0.994804132266700,
      {"suma": "a2c41090", "sumb": "11193c39"}),
     ("lyncs_unity.lime", "ildg", None, 64, 1.0, {"suma": "35b49a1b", "sumb": "b49a1b35"}),
+    ("qcdmeas_conf_00000008.ildg", "ildg", (4, 4, 4, 4), 64, 0.614790430840494, None),
+    ("chroma_t_nersc.cfg", "nersc", None, 32, 0.0382422893, {"nersc": "717938df"}),
+]
+# files of unclear licence, not redistributed: run with `-m external` and QCD_BRIDGE_EXTERNAL_DATA
+EXTERNAL = [
     ("ahmidas_conf.48", "ildg", None, 64, 0.635005572228871,
      {"suma": "1c231a18", "sumb": "3c553b"}),
     ("ahmidas_conf.9999", "ildg", None, 64, 0.626472923739766,
@@ -31,8 +37,6 @@ PUBLIC = [
      {"suma": "37affb9c", "sumb": "2fc07bbf"}),
     ("ahmidas_lat.sample.l4444.milc", "milc", None, 32, 0.594850158947151,
      {"sum29": "2352c05", "sum31": "d137321d"}),
-    ("qcdmeas_conf_00000008.ildg", "ildg", (4, 4, 4, 4), 64, 0.614790430840494, None),
-    ("chroma_t_nersc.cfg", "nersc", None, 32, 0.0382422893, {"nersc": "717938df"}),
 ]
 # checksums PROVENANCE.md states as computed for the files that store none
 COMPUTED_ONLY = {
@@ -42,17 +46,24 @@ COMPUTED_ONLY = {
 
 
 @pytest.fixture(scope="module")
-def public(reference_dir: Path) -> Path:
-    folder = reference_dir / "public"
-    if not folder.is_dir():
-        pytest.skip(f"public reference files not found in {folder}")
-    return folder
+def public(data_dir: Path) -> Path:
+    return data_dir / "public"
 
 
 @pytest.mark.parametrize("name, fmt, nrow, precision, plaq, stored", PUBLIC,
                          ids=[p[0] for p in PUBLIC])
 def test_public_file_plaquette_and_checksum(public, name, fmt, nrow, precision, plaq, stored):
-    path = public / name
+    _check_plaquette_and_checksum(public / name, name, fmt, nrow, precision, plaq, stored)
+
+
+@pytest.mark.external
+@pytest.mark.parametrize("name, fmt, nrow, precision, plaq, stored", EXTERNAL,
+                         ids=[p[0] for p in EXTERNAL])
+def test_external_file_plaquette_and_checksum(name, fmt, nrow, precision, plaq, stored):
+    _check_plaquette_and_checksum(external_file(name), name, fmt, nrow, precision, plaq, stored)
+
+
+def _check_plaquette_and_checksum(path, name, fmt, nrow, precision, plaq, stored):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         u, info = read_gauge(path, nrow=nrow)
@@ -76,8 +87,8 @@ def test_public_file_plaquette_and_checksum(public, name, fmt, nrow, precision, 
 
 
 def test_public_details(public):
-    """Sub-plaquettes and link traces stated in PROVENANCE.md; the MILC binary file holds the
-    same links as the MILC/QIO ILDG file; the NERSC header values are checked."""
+    """Sub-plaquettes and link traces stated in PROVENANCE.md; the NERSC header values are
+    checked."""
     u, _ = read_gauge(public / "pyquda_weak_field.lime")
     m = mesplq(u)
     assert float(m.s_plaq[0]) == pytest.approx(0.9947985783, abs=1e-10)
@@ -87,8 +98,25 @@ def test_public_details(public):
     assert float(m.w_plaq[0]) == pytest.approx(0.994803994066185, abs=2e-7)
     assert float(m.link[0]) == pytest.approx(0.379449338496973, abs=2e-7)
 
-    a, ia = read_gauge(public / "ahmidas_lat.sample.l4444.ildg")
-    b, ib = read_gauge(public / "ahmidas_lat.sample.l4444.milc")
+    n, info = read_gauge(public / "chroma_t_nersc.cfg")
+    assert info.variant == "3x2"
+    assert info.header_checks["PLAQUETTE"]["ok"] and info.header_checks["LINK_TRACE"]["ok"]
+    assert float(mesplq(n).link[0]) == pytest.approx(0.4630322098, abs=1e-9)
+    assert info.metadata["CREATOR_HARDWARE"].endswith("Quarks=g")  # value contains '='
+
+
+def test_tmlqcd_file(public):
+    """A tmLQCD file (pretty-printed ildg-format, xlf-info record) reads as alien ILDG."""
+    _, info = read_gauge(public / "lyncs_unity.lime")
+    assert info.variant == "ildg"
+    assert "xlf-info" in info.metadata
+
+
+@pytest.mark.external
+def test_milc_binary_and_qio_files_hold_the_same_links():
+    """MILC's binary sample lattice holds the links of its QIO ILDG file; sub-plaquettes."""
+    a, ia = read_gauge(external_file("ahmidas_lat.sample.l4444.ildg"))
+    b, ib = read_gauge(external_file("ahmidas_lat.sample.l4444.milc"))
     assert ia.variant == "scidac" and ib.endianness == "little"
     assert bool((a == b).all())
     m = mesplq(a)
@@ -97,35 +125,28 @@ def test_public_details(public):
     assert float(m.link[0]) == pytest.approx(0.6467587374, abs=1e-9)
     assert ia.metadata["ildg-data-lfn"] == "lfn://USQCD/MILC/test/lat.sample.l4444"
 
-    n, info = read_gauge(public / "chroma_t_nersc.cfg")
-    assert info.variant == "3x2"
-    assert info.header_checks["PLAQUETTE"]["ok"] and info.header_checks["LINK_TRACE"]["ok"]
-    assert float(mesplq(n).link[0]) == pytest.approx(0.4630322098, abs=1e-9)
-    assert info.metadata["CREATOR_HARDWARE"].endswith("Quarks=g")  # value contains '='
 
-
-def test_tmlqcd_variants(public):
-    """tmLQCD files: pretty-printed ildg-format without NUL, 0x checksums, MB=ME=1 records,
-    extra records (xlf-info, ranluxd-state) -- all read as alien ILDG."""
-    for name in ("ahmidas_conf.48", "ahmidas_conf.9999", "lyncs_unity.lime"):
-        _, info = read_gauge(public / name)
+@pytest.mark.external
+def test_tmlqcd_variants():
+    """Older tmLQCD files: 0x checksums, MB=ME=1 records, extra records (xlf-info,
+    ranluxd-state) -- all read as alien ILDG."""
+    for name in ("ahmidas_conf.48", "ahmidas_conf.9999"):
+        _, info = read_gauge(external_file(name))
         assert info.variant == "ildg"
         assert "xlf-info" in info.metadata
-    _, info = read_gauge(public / "ahmidas_conf.48")
+    _, info = read_gauge(external_file("ahmidas_conf.48"))
     assert "ranluxd-state" in [r.type for r in info.records]
     assert "0x1c231a18" in info.metadata["scidac-checksum"]
 
 
-def _chroma_sets(reference_dir: Path) -> list[Path]:
-    base = reference_dir / "chroma"
-    if not base.is_dir():
-        pytest.skip(f"Chroma reference folder {base} not found")
+def _chroma_sets(data_dir: Path) -> list[Path]:
+    base = data_dir / "chroma"
     return sorted(p for p in base.iterdir() if (p / "measured_by_chroma.json").is_file())
 
 
-def test_chroma_configurations_reproduce_measurements(reference_dir):
+def test_chroma_configurations_reproduce_measurements(data_dir):
     checked = 0
-    for folder in _chroma_sets(reference_dir):
+    for folder in _chroma_sets(data_dir):
         entries = json.loads((folder / "measured_by_chroma.json").read_text())
         for e in entries:
             u, info = read_gauge(folder / e["file"])
@@ -166,10 +187,8 @@ def test_rewrite_pyquda_byte_for_byte(public, tmp_path):
     assert out.read_bytes() == src.read_bytes()
 
 
-def test_rewrite_chroma_hmc_configuration_byte_for_byte(reference_dir, tmp_path):
-    src = reference_dir / "chroma" / "pure_gauge_b5.5_4x4" / "pg_b5.5_4x4_cfg_500.lime"
-    if not src.is_file():
-        pytest.skip(f"{src} not found")
+def test_rewrite_chroma_hmc_configuration_byte_for_byte(data_dir, tmp_path):
+    src = data_dir / "chroma" / "pure_gauge_b5.5_4x4" / "pg_b5.5_4x4_cfg_500.lime"
     u, info = read_gauge(src)
     out = tmp_path / "rewritten.lime"
     write_ildg(out, u, file_xml=info.metadata["scidac-file-xml"],
@@ -177,9 +196,10 @@ def test_rewrite_chroma_hmc_configuration_byte_for_byte(reference_dir, tmp_path)
     assert out.read_bytes() == src.read_bytes()
 
 
-def test_rewrite_milc_qio_file_byte_for_byte(public, tmp_path):
+@pytest.mark.external
+def test_rewrite_milc_qio_file_byte_for_byte(tmp_path):
     """MILC's QIO file (32-bit, LFN record, old v1.0 private record XML passed through)."""
-    src = public / "ahmidas_lat.sample.l4444.ildg"
+    src = external_file("ahmidas_lat.sample.l4444.ildg")
     u, info = read_gauge(src)
     out = tmp_path / "rewritten.ildg"
     write_ildg(out, u, precision=32, file_xml=info.metadata["scidac-file-xml"],
@@ -217,3 +237,14 @@ def test_sloppy_real_file_variants(public, tmp_path):
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_test_data_is_unchanged(data_dir):
+    """Every file of tests/data is the byte-for-byte copy PROVENANCE.md describes."""
+    import hashlib
+
+    lines = (data_dir / "SHA256SUMS").read_text().split("\n")
+    sums = dict(reversed(line.split("  ", 1)) for line in lines if line)
+    assert len(sums) >= 20
+    for name, digest in sums.items():
+        assert hashlib.sha256((data_dir / name).read_bytes()).hexdigest() == digest, name

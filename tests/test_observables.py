@@ -112,8 +112,8 @@ def _smooth(lat: Lattice, batch: int, gen: torch.Generator, eps: float, nc: int 
     return expm_algebra(eps * x)
 
 
-def _chroma_entries(reference_dir):
-    folder = reference_dir / CHROMA
+def _chroma_entries(data_dir):
+    folder = data_dir / CHROMA
     return folder, json.loads((folder / "measured_by_chroma.json").read_text())
 
 
@@ -210,8 +210,8 @@ def test_constant_flux_exact_values():
         assert abs(float(clover_charge(u, traceless=True)) - q) < 1e-12
 
 
-def test_charge_sign_flips_under_reflections(cpu_generator, reference_dir):
-    folder, entries = _chroma_entries(reference_dir)
+def test_charge_sign_flips_under_reflections(cpu_generator, data_dir):
+    folder, entries = _chroma_entries(data_dir)
     u = torch.cat([_flux_su3((4, 4, 4, 4), 1, 1), _read(folder, entries[:1])])
     q = clover_charge(u)
     e = energy_density(u)
@@ -421,8 +421,8 @@ def test_pion_input_validation(cpu_generator):
 # ------------------------------------------------------------------------------------------------
 # Chroma reference: plaquette, Polyakov loop, pion, QACTDEN on the unflowed field
 # ------------------------------------------------------------------------------------------------
-def test_chroma_plaquette_and_polyakov(reference_dir):
-    folder, entries = _chroma_entries(reference_dir)
+def test_chroma_plaquette_and_polyakov(data_dir):
+    folder, entries = _chroma_entries(data_dir)
     u = _read(folder, entries)
     w = torch.tensor([e["w_plaq"] for e in entries], dtype=torch.float64)
     assert torch.allclose(plaquette_obs(u), w, rtol=1e-13, atol=0)
@@ -438,9 +438,9 @@ def _check_chroma_pion(folder, entries) -> None:
     assert st.converged
 
 
-def test_chroma_pion_all_configurations(reference_dir):
+def test_chroma_pion_all_configurations(data_dir):
     """Chroma's ``mesprop`` (gamma_value 15) on all five configurations, 12 solves each."""
-    folder, entries = _chroma_entries(reference_dir)
+    folder, entries = _chroma_entries(data_dir)
     _check_chroma_pion(folder, entries)
 
 
@@ -456,12 +456,12 @@ def _qactden(xml_path, which: int, what: str = "naiveTopCharge") -> torch.Tensor
     return torch.tensor(vals, dtype=torch.float64).reshape(4, 4, 4, 4)
 
 
-def test_chroma_qactden_density_unflowed(reference_dir):
+def test_chroma_qactden_density_unflowed(data_dir):
     """Chroma's QACTDEN on the rough (unflowed) cfg 1500, site by site: the charge density is our
     clover density with Chroma's non-traceless ``mesField`` (the traceless variant differs at the
     30% level on this field); the mean ``actionDensity`` is ``E_plaq / (8 pi^2)`` (qactden.cc:
     ``sum_{planes, 4 leaves} Re Tr(1 - L) / (16 pi^2)``, each plaquette is a leaf at 4 sites)."""
-    folder, entries = _chroma_entries(reference_dir)
+    folder, entries = _chroma_entries(data_dir)
     entry = next(e for e in entries if e["file"].endswith("_1500.lime"))
     u = _read(folder, [entry])
     xml = folder / "chroma_measure_cfg_1500.out.xml"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from bridge.io.hdf5 import EnsembleStore
 from bridge.run import flow_action, load_workflow, run_workflow, xml_facts
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("QCD_BRIDGE_REFERENCE", REPO.parent / "shared" / "reference"))
+REFERENCE = Path(__file__).resolve().parent / "data"
 PURE = REFERENCE / "chroma" / "pure_gauge_b5.5_4x4" / "hmc.ini.xml"
 NF2 = REFERENCE / "chroma" / "nf2_b1.0_k0.1_4x4" / "hmc.ini.xml"
 SERIES = ("w_plaq", "kernel", "accepted", "delta", "acc_prob", "warmup")

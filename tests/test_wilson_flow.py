@@ -222,8 +222,8 @@ def test_flow_extra_observables(cpu_generator):
 # ------------------------------------------------------------------------------------------------
 # Chroma's WILSON_FLOW (nstep 400, wtime 4.0) on the reference configurations
 # ------------------------------------------------------------------------------------------------
-def _chroma(reference_dir):
-    folder = reference_dir / CHROMA
+def _chroma(data_dir):
+    folder = data_dir / CHROMA
     return folder, json.loads((folder / "measured_by_chroma.json").read_text())
 
 
@@ -238,13 +238,13 @@ def _xml_floats(tree, tag: str) -> torch.Tensor:
                         dtype=torch.float64)
 
 
-def test_chroma_wilson_flow_cfg1500_every_step(reference_dir):
+def test_chroma_wilson_flow_cfg1500_every_step(data_dir):
     """Chroma's full ``wilson_flow_results`` of cfg 1500 (401 times), its flowed plaquette
     (all planes), flowed Polyakov loops (4 directions), ``t^2 E`` at t = 1, 2, 4, the clover
     charge at t = 4 and QACTDEN's charge density site by site at t = 4."""
     from lxml import etree
 
-    folder, entries = _chroma(reference_dir)
+    folder, entries = _chroma(data_dir)
     entry = next(e for e in entries if e["file"].endswith("_1500.lime"))
     u = _read(folder, [entry])
     tree = etree.parse(str(folder / "chroma_measure_cfg_1500.out.xml"))
@@ -274,8 +274,8 @@ def test_chroma_wilson_flow_cfg1500_every_step(reference_dir):
     assert torch.allclose(q, dens, rtol=1e-10, atol=1e-15)
 
 
-def _check_all_configurations(reference_dir) -> None:
-    folder, entries = _chroma(reference_dir)
+def _check_all_configurations(data_dir) -> None:
+    folder, entries = _chroma(data_dir)
     u = _read(folder, entries)
     res = wilson_flow(u, [1.0, 2.0, 4.0], eps=4.0 / 400)
     w = torch.tensor([e["w_plaq_flow_t4"] for e in entries], dtype=torch.float64)
@@ -290,8 +290,8 @@ def _check_all_configurations(reference_dir) -> None:
 
 
 @pytest.mark.slow
-def test_chroma_wilson_flow_all_configurations(reference_dir):
-    _check_all_configurations(reference_dir)
+def test_chroma_wilson_flow_all_configurations(data_dir):
+    _check_all_configurations(data_dir)
 
 
 def test_chroma_semantics_eps_is_wtime_over_nstep(cpu_generator):
