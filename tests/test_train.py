@@ -51,18 +51,25 @@ def _run_u1_8x8(steps, batch, n_layers, lr, n_eval):
                                     total_steps=steps, schedule="cosine", lr_min=lr / 10))
     hist = tr.train(steps)
     _, logw, plaq = _measure(model, nrow, beta, n_eval, 12)
-    return hist, ess(logw0), ess(logw), logw, plaq
+    return hist, logw0, logw, plaq
 
 
 def test_training_u1_8x8_beta2_fast():
-    """Short run: the loss falls, ESS on a fresh batch grows clearly, the reweighted plaquette
-    agrees with the exact torus result within 4 sigma."""
-    hist, ess0, ess1, logw, plaq = _run_u1_8x8(steps=250, batch=32, n_layers=8, lr=1e-2,
-                                               n_eval=1024)
+    """Short run: the loss falls; on fresh samples the reverse-KL estimate -<log w> falls by
+    far more than its standard error and the spread of log w shrinks; the reweighted plaquette
+    agrees with the exact torus result within 4 sigma.
+
+    Such a short run ends at ESS ~0.01, where an ESS estimated from 1024 samples rests on a few
+    weights and varies 5x between seeds and CPU kernel sets: the slow test asserts on ESS.
+    Measured over seeds: -<log w> 128 -> 79, Var log w 125 -> 8."""
+    hist, logw0, logw, plaq = _run_u1_8x8(steps=250, batch=32, n_layers=8, lr=1e-2, n_eval=1024)
     first = sum(h["loss"] for h in hist[:10]) / 10
     last = sum(h["loss"] for h in hist[-10:]) / 10
     assert last < first - 10, (first, last)
-    assert ess1 > max(0.03, 3 * ess0), (ess0, ess1)
+    kl0, kl1 = -float(logw0.mean()), -float(logw.mean())
+    se = math.sqrt((float(logw0.var()) + float(logw.var())) / len(logw))
+    assert kl1 < kl0 - max(20.0, 20 * se), (kl0, kl1, se)
+    assert float(logw.var()) < float(logw0.var()) / 4, (float(logw0.var()), float(logw.var()))
     mean, err = reweighted_mean(plaq, logw)
     exact = u1_2d_plaquette(2.0, 8)
     assert abs(mean - exact) < 4 * err + 1e-3, (mean, err, exact)
@@ -72,8 +79,8 @@ def test_training_u1_8x8_beta2_fast():
 def test_training_u1_8x8_beta2_slow():
     """Longer run: ESS well above the untrained model, independence-Metropolis chain on fresh
     proposals reproduces the exact plaquette."""
-    hist, ess0, ess1, logw, plaq = _run_u1_8x8(steps=600, batch=64, n_layers=16, lr=3e-3,
-                                               n_eval=4096)
+    hist, logw0, logw, plaq = _run_u1_8x8(steps=600, batch=64, n_layers=16, lr=3e-3, n_eval=4096)
+    ess0, ess1 = ess(logw0), ess(logw)
     assert ess1 > 0.1 and ess1 > 50 * ess0, (ess0, ess1)
     mean, err = reweighted_mean(plaq, logw)
     exact = u1_2d_plaquette(2.0, 8)
