@@ -38,9 +38,10 @@ from pathlib import Path
 import torch
 
 from bridge.flows import make_flow
+from bridge.flows.training import TrainConfig, Trainer
+from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.gauge import wilson_action
 from bridge.rng import generator, rng_key
-from bridge.train import TrainConfig, Trainer, ess, imh_acceptance
 
 
 def _measure(model, nrow, beta: float, n: int, seed: int, chunk: int = 256) -> dict:

@@ -31,13 +31,13 @@ import torch
 from _results import write_results
 
 from bridge import _native_gauge
-from bridge.actions import GaugeMonomial
 from bridge.fermions import _native
 from bridge.fermions.pseudofermion import TwoFlavorEOPrecWilsonMonomial
 from bridge.gauge import random_gauge
-from bridge.hmc import hmc_kernel
-from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
+from bridge.mcmc.hmc import hmc_kernel
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
 
 RUNS = {
     "a": dict(label="pure gauge 8^4 b5.5 tau1 20 LF", L=8, beta=5.5, kappa=None, tau=1.0,

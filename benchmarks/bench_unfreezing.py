@@ -8,10 +8,10 @@ time, and the flow-step throughput.
       automatically (smallest of 2, 3, 4, 5, 6, 8, 10, 12, 16, ... with acceptance
       >= ``--target-acc``, default 0.8, on short runs that also thermalise); tuning time is
       recorded, not counted.
-    * **hybrid**: :func:`bridge.sampler.compose` of ``--hmc-per-cycle`` of the same tuned HMC
+    * **hybrid**: :func:`bridge.mcmc.sampler.compose` of ``--hmc-per-cycle`` of the same tuned HMC
       trajectories and ``--flow-per-cycle`` independence-Metropolis flow steps
-      (:func:`bridge.sampler.flow_metropolis_kernel`), started from the thermalised HMC state.
-      The flow is trained per beta with :class:`bridge.train.Trainer` for ``--train-seconds``
+      (:func:`bridge.mcmc.sampler.flow_metropolis_kernel`), started from the thermalised HMC state.
+      The flow is trained per beta with :class:`bridge.flows.training.Trainer` for ``--train-seconds``
       on ``--train-L`` (default: the chain's L; a model trained on a smaller L is applied to the
       larger lattice, the layers being translation equivariant), or loaded from ``--models DIR``
       (``DIR/u1_L{L}_b{beta}/checkpoint.pt``; freshly trained models are saved there).
@@ -26,7 +26,7 @@ time, and the flow-step throughput.
     Both samplers run ``--chains`` independent chains (one batch) for ``--seconds`` of wall time
     each.  The topological charge ``Q`` (geometric definition, rounded to the integer) is measured
     after every step (HMC: a trajectory; hybrid: a cycle); ``tau_int(Q)`` comes from the Gamma
-    method (:func:`bridge.analysis.gamma`, pyerrors, S = 2, chains as replicas) in units of
+    method (:func:`bridge.analysis.stats.gamma`, pyerrors, S = 2, chains as replicas) in units of
     steps.  It is **resolved** when every chain is at least ``--resolve-factor`` (default 50)
     tau_int long and every chain changed Q at least ``--min-tunnel`` times; otherwise the Gamma
     value is reported as a lower bound (a short chain underestimates tau_int).  As a
@@ -79,18 +79,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's bridge
 from _results import write_results  # noqa: E402
 
-from bridge.actions import GaugeMonomial
-from bridge.analysis import gamma
+from bridge.analysis.stats import gamma
 from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows import U1PlaquetteProposal, make_flow
+from bridge.flows.training import TrainConfig, Trainer
+from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.gauge import plaquette_traces, unit_gauge, wilson_action
-from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
+from bridge.mcmc.sampler import compose, flow_metropolis_kernel, hmc, run_chain
 from bridge.observables import flowed_topological_charge
 from bridge.observables.field_strength import geometric_charge_u1
 from bridge.rng import generator, rng_key
-from bridge.sampler import compose, flow_metropolis_kernel, hmc, run_chain
-from bridge.train import TrainConfig, Trainer, ess, imh_acceptance
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
@@ -120,7 +121,7 @@ def make_hmc(beta: float, n_steps: int, name: str = "hmc"):
 
 
 class Rec(NamedTuple):
-    """What the benchmark keeps of a step's :class:`~bridge.sampler.StepInfo` (keeping the
+    """What the benchmark keeps of a step's :class:`~bridge.mcmc.sampler.StepInfo` (keeping the
     records themselves, with their HMC details, costs gigabytes over long runs)."""
 
     kernel: str
@@ -261,7 +262,7 @@ def train_flow(group: str, nd: int, nrow, beta: float, seconds: float, *, arch: 
     to ``train_seconds``; ``train_kw``: further :class:`TrainConfig` fields (estimator, Adam
     eps).  Returns ``(model, info)`` with the training seconds."""
     train_kw = dict(train_kw or {})
-    from bridge.commands_flows import load_model
+    from bridge.flows.checkpoints import load_model
 
     prior_s, prior = 0.0, None
     if init_from and not (models and (Path(models) / tag / "checkpoint.pt").exists()):

@@ -1,4 +1,4 @@
-"""bridge.analysis: pyerrors glue (tau_int of AR(1), replicas, trajectory gaps), reweighting,
+"""bridge.analysis.stats: pyerrors glue (tau_int of AR(1), replicas, trajectory gaps), reweighting,
 ESS, bootstrap histograms against binomial errors, bin edges, error messages."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bridge import analysis as A
+from bridge.analysis import stats as A
 
 
 def _ar1(n: int, rho: float, seed: int) -> np.ndarray:

@@ -10,26 +10,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bridge"
 
-# lattice/groups -> actions -> solvers -> integrators/HMC -> flows -> training -> samplers
-# -> observables/analysis -> io -> engines/commands -> cli
+# base -> gauge -> solvers -> fermions -> mcmc -> flows -> observables -> analysis -> io
+# -> chroma -> jobs -> cli; testing (the public exactness kit) may use everything
 LEVELS = {
     "errors": 0, "rng": 0, "lattice": 0, "exact": 0, "_native_build": 0,
     "groups": 1, "_native_gauge": 1,
     "gauge": 2,
-    "actions": 3, "testing": 3,
-    "solvers": 4,
-    "fermions": 5,
-    "integrators": 6,
-    "hmc": 7,
-    "flows": 8,
-    "train": 9,
-    "sampler": 10,
-    "observables": 11,
-    "analysis": 12,
-    "io": 13,
-    "engine": 14, "measure": 14, "validate": 14, "run": 14, "engines": 14,
-    "commands_flows": 14, "chains": 14, "demo": 14, "commands_chroma": 14,
-    "cli": 15,
+    "solvers": 3,
+    "fermions": 4,
+    "mcmc": 5,
+    "flows": 6,
+    "observables": 7,
+    "analysis": 8,
+    "io": 9,
+    "chroma": 10,
+    "jobs": 11,
+    "cli": 12,
+    "testing": 13,
 }
 
 
@@ -81,7 +78,7 @@ def test_no_side_effects_on_import():
     import subprocess
     import sys
 
-    code = ("import sys; sys.argv=['x','--bogus']; import bridge, bridge.cli, bridge.engine, "
+    code = ("import sys; sys.argv=['x','--bogus']; import bridge, bridge.cli, bridge.chroma.hmc_program, "
             "bridge.io; print('ok', 'mpi4py' in sys.modules, 'pyquda' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["ok", "False", "False"]

@@ -1,4 +1,4 @@
-"""``qcd-bridge chain`` (bridge.chains): records equal to the kernels' own infos, bookkeeping of
+"""``qcd-bridge chain`` (bridge.jobs.chain): records equal to the kernels' own infos, bookkeeping of
 cycles/steps/observables/fields, checkpoint/resume bit for bit (also after a run died with
 records past its last checkpoint), rank-seeded chains over 2 gloo processes, refusal of a model
 for another group/lattice/coupling, exactness of the hybrid chain on 2D U(1) against the
@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.chains import (
+from bridge.cli import main
+from bridge.errors import ConfigError
+from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
+from bridge.flows import make_flow
+from bridge.flows.training import TrainConfig, Trainer
+from bridge.gauge import mesplq, random_gauge, wilson_action
+from bridge.jobs.chain import (
     Progress,
     build_kernel,
     chain_settings,
@@ -29,15 +35,9 @@ from bridge.chains import (
     resolve_model,
     run_chains,
 )
-from bridge.cli import main
-from bridge.errors import ConfigError
-from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
-from bridge.flows import make_flow
-from bridge.gauge import mesplq, random_gauge, wilson_action
 from bridge.lattice import Lattice
+from bridge.mcmc.sampler import flat_infos
 from bridge.rng import generator, rng_key
-from bridge.sampler import flat_infos
-from bridge.train import TrainConfig, Trainer
 
 NROW, BETA = [4, 4], 1.0
 REPO = Path(__file__).resolve().parents[1]
@@ -401,7 +401,7 @@ def test_progress_bar_line_and_tty_detection():
 
 
 def test_summary_lines_name_the_errors_and_the_charge_definition():
-    from bridge.chains import summary_lines
+    from bridge.jobs.chain import summary_lines
 
     q = {"mean": 0.1, "chi_t": 0.0194, "chi_t_error": 0.0012, "chi_t_naive_error": 0.0005,
          "tau_int": 2.0, "tau_int_error": 0.5, "definition": "geometric"}
@@ -421,7 +421,7 @@ def test_summary_lines_name_the_errors_and_the_charge_definition():
 
 
 def test_cli_forced_progress_and_validate_reads_chain_files(tmp_path, capsys):
-    from bridge.validate import available_observables, ensemble_metadata, load_series
+    from bridge.analysis.validate import available_observables, ensemble_metadata, load_series
 
     a = tmp_path / "a"
     assert main(["chain", "--nrow", "4", "4", "--chains", "3", "--steps", "25", "--therm", "5",

@@ -20,19 +20,19 @@ import pytest
 import torch
 from lxml import etree
 
-from bridge.cli import main
-from bridge.errors import ConfigError
-from bridge.gauge import mesplq, random_gauge, random_gauge_transformation, unit_gauge
-from bridge.groups import expm_algebra, random_algebra
-from bridge.io.chroma_measure_xml import (
+from bridge.chroma.measure_input import (
     SUPPORTED_MEASUREMENTS,
     parse_chroma_input,
     read_chroma_input,
 )
+from bridge.cli import main
+from bridge.errors import ConfigError
+from bridge.gauge import mesplq, random_gauge, random_gauge_transformation, unit_gauge
+from bridge.groups import expm_algebra, random_algebra
 from bridge.io.ildg import read_ildg, scidac_checksum, write_ildg
 from bridge.io.lime import LimeReader
+from bridge.jobs.measure import baryon_correlators, meson_correlators, run_chroma_measurements
 from bridge.lattice import Lattice
-from bridge.measure import baryon_correlators, meson_correlators, run_chroma_measurements
 from bridge.observables import (
     chroma_wilson_flow,
     clover_charge,

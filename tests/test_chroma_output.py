@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from bridge.chroma.output import read_output, series, store_output
 from bridge.cli import main
 from bridge.errors import ConfigError, FormatError
-from bridge.io.chroma_output import read_output, series, store_output
 from bridge.io.hdf5 import EnsembleStore
 
 HMC_OUT = "chroma/pure_gauge_b5.5_4x4/hmc.out.trimmed.xml"

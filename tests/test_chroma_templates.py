@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from bridge.cli import main
-from bridge.engine import run_hmc
-from bridge.errors import ConfigError
-from bridge.io.chroma_measure_xml import parse_chroma_input
-from bridge.io.chroma_output import read_output, series
-from bridge.io.chroma_templates import (
+from bridge.chroma.hmc_input import parse_hmc_input
+from bridge.chroma.hmc_program import run_hmc
+from bridge.chroma.measure_input import parse_chroma_input
+from bridge.chroma.output import read_output, series
+from bridge.chroma.templates import (
     TEMPLATE_FILES,
     check_structure,
     hmc_params_from_dict,
@@ -30,7 +29,8 @@ from bridge.io.chroma_templates import (
     structure_problems,
     write_checked,
 )
-from bridge.io.chroma_xml import parse_hmc_input
+from bridge.cli import main
+from bridge.errors import ConfigError
 
 REFERENCE_INPUTS = ["chroma/pure_gauge_b5.5_4x4/hmc.ini.xml",
                     "chroma/nf2_b1.0_k0.1_4x4/hmc.ini.xml",

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from bridge.cli import main
-from bridge.demo import _fmt
 from bridge.flows import make_flow
-from bridge.train import TrainConfig, Trainer
+from bridge.flows.training import TrainConfig, Trainer
+from bridge.jobs.demo import _fmt
 
 SMALL = ["--nrow", "4", "4", "--beta", "1.5", "--chains", "2", "--steps", "40", "--therm",
          "5", "--md-steps", "4", "--bootstrap", "20", "--no-progress"]

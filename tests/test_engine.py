@@ -11,10 +11,10 @@ import pytest
 import torch
 from lxml import etree
 
+from bridge.chroma.hmc_input import parse_hmc_input, read_hmc_input
+from bridge.chroma.hmc_program import run_hmc
 from bridge.cli import main
-from bridge.engine import run_hmc
 from bridge.errors import ConfigError
-from bridge.io.chroma_xml import parse_hmc_input, read_hmc_input
 from bridge.io.ildg import read_ildg
 
 PURE = "chroma/pure_gauge_b5.5_4x4/hmc.ini.xml"
@@ -179,9 +179,9 @@ def _chroma_start(data_dir, per_config: int) -> torch.Tensor:
 
 
 def _batched_pure_gauge(u0: torch.Tensor, ntraj: int, ntherm: int, seed: int):
-    from bridge.actions import GaugeMonomial
-    from bridge.hmc import hmc_kernel
-    from bridge.integrators import Integrator, Level, scheme
+    from bridge.mcmc.hmc import hmc_kernel
+    from bridge.mcmc.integrators import Integrator, Level, scheme
+    from bridge.mcmc.monomials import GaugeMonomial
 
     k = hmc_kernel(Integrator([Level(scheme("LCM_STS_LEAPFROG"), 10, [GaugeMonomial(5.5)])]),
                    1.0)
@@ -243,12 +243,12 @@ def test_parse_and_run_nf2_input(data_dir, tmp_path, monkeypatch):
 def test_nf2_matches_chroma():
     """4^4, beta 1.0, kappa 0.1, eo-prec Wilson, leapfrog tau 0.5, 5 steps: Chroma gives
     w_plaq 0.06059(11) and acceptance 0.948(2).  16 chains from a disordered start."""
-    from bridge.actions import GaugeMonomial
     from bridge.fermions.pseudofermion import TwoFlavorEOPrecWilsonMonomial
     from bridge.gauge import random_gauge
-    from bridge.hmc import hmc_kernel
-    from bridge.integrators import Integrator, Level, scheme
     from bridge.lattice import Lattice
+    from bridge.mcmc.hmc import hmc_kernel
+    from bridge.mcmc.integrators import Integrator, Level, scheme
+    from bridge.mcmc.monomials import GaugeMonomial
 
     mons = [TwoFlavorEOPrecWilsonMonomial(0.1, predictor="last_solution"), GaugeMonomial(1.0)]
     k = hmc_kernel(Integrator([Level(scheme("LCM_STS_LEAPFROG"), 5, mons)]), 0.5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.engines import (
+from bridge.chroma.engines import (
     ENV_CHROMA,
     ENV_HMC,
     ENV_LAUNCHER,
@@ -263,7 +263,7 @@ def test_engine_that_cannot_start_or_fails_is_named(tmp_path):
     non-zero exit, name the command, the status and the kept input, stdout and stderr."""
     import sys
 
-    from bridge.engines import ChromaEngine, _run_files
+    from bridge.chroma.engines import ChromaEngine, _run_files
 
     bad = tmp_path / "hmc"
     bad.write_text("#!/nonexistent/interpreter\n")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.actions import GaugeMonomial
 from bridge.exact import bessel_i, u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows import U1PlaquetteProposal
 from bridge.flows.analytic import log_i0, plaquette_links, von_mises
@@ -22,10 +21,11 @@ from bridge.gauge import (
     random_gauge_transformation,
     wilson_action,
 )
-from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
+from bridge.mcmc.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
 from bridge.observables.field_strength import geometric_charge_u1
-from bridge.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""``qcd-bridge train`` / ``qcd-bridge sample`` (bridge.commands_flows): summary.json, resume
+"""``qcd-bridge train`` / ``qcd-bridge sample`` (bridge.cli.flows): summary.json, resume
 bit for bit, samples with log-weights equal to -S - log q recomputed from the saved model, HDF5
 (plain and EnsembleStore) and ILDG outputs, clear errors for bad input."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bridge.cli import main
-from bridge.commands_flows import load_model
+from bridge.flows.checkpoints import load_model
 from bridge.gauge import wilson_action
 
 TINY = ["--group", "u1", "--nrow", "4", "4", "--batch", "8", "--lr", "1e-2",

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from bridge.actions import GaugeMonomial
 from bridge.cli import main as cli_main
-from bridge.commands_flows import load_model
+from bridge.flows.checkpoints import load_model
 from bridge.errors import ConfigError
 from bridge.exact import u1_2d_plaquette
 from bridge.flows import GaugeFlow, PlaquetteFlow, make_flow
 from bridge.flows.analytic import plaquette_links
+from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
+from bridge.mcmc.reweighting import ess
 from bridge.gauge import (
     gauge_transform,
     plaquette_field,
@@ -28,11 +29,11 @@ from bridge.gauge import (
     random_gauge_transformation,
     wilson_action,
 )
-from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
-from bridge.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
+from bridge.mcmc.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
 from bridge.testing import assert_flow_density
-from bridge.train import TrainConfig, Trainer, ess, reverse_kl_loss
 
 
 def _gen(seed: int) -> torch.Generator:

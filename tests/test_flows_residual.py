@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 
-from bridge.chains import chain_settings, read_chain, resolve_model, run_chains
 from bridge.cli import main
-from bridge.commands_flows import load_model
+from bridge.flows.checkpoints import load_model
 from bridge.errors import ConfigError, ConvergenceError
 from bridge.flows import (
     MaskError,
@@ -23,12 +22,14 @@ from bridge.flows import (
     staple_mask_cycle,
 )
 from bridge.flows.masks import loop_links_count
+from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
 from bridge.gauge import (
     plaquette_traces,
     random_gauge,
     staple,
 )
 from bridge.groups import mm, trace
+from bridge.jobs.chain import chain_settings, read_chain, resolve_model, run_chains
 from bridge.lattice import Lattice
 from bridge.testing import (
     assert_flow_density,
@@ -37,7 +38,6 @@ from bridge.testing import (
     assert_invertible,
     assert_logdet_matches_autograd,
 )
-from bridge.train import TrainConfig, Trainer, reverse_kl_loss
 
 CASES = [("U1", (2, 2)), ("SU2", (2, 2)), ("SU3", (2, 2)), ("SU2", (2, 2, 2, 2)),
          ("U1", (4, 6)), ("SU3", (4, 4, 4, 4))]

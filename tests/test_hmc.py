@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from bridge import gauge as Gg
-from bridge.actions import GaugeMonomial
 from bridge.errors import PhysicsError
 from bridge.exact import u1_2d_plaquette
 from bridge.groups import random_algebra, reunitarize
-from bridge.hmc import hmc_kernel, kinetic_energy
-from bridge.integrators import MIN_NORM_2_LAMBDA, Integrator, Level, Scheme, scheme
 from bridge.lattice import Lattice
+from bridge.mcmc.hmc import hmc_kernel, kinetic_energy
+from bridge.mcmc.integrators import MIN_NORM_2_LAMBDA, Integrator, Level, Scheme, scheme
+from bridge.mcmc.monomials import GaugeMonomial
 from bridge.testing import assert_reversible
 
 SCHEME_NAMES = ["LCM_STS_LEAPFROG", "LCM_TST_LEAPFROG", "LCM_STS_MIN_NORM_2",
@@ -223,7 +223,7 @@ def test_bad_parameters():
 def test_kinetic_energy_matches_trace_form(generator):
     """``sum |P_ab|^2`` equals the literal ``Re Tr P^dagger P`` to rounding."""
     from bridge.groups import random_algebra
-    from bridge.hmc import _kinetic_energy_reference
+    from bridge.mcmc.hmc import _kinetic_energy_reference
 
     p = random_algebra("SU3", (3, 4, 2, 2, 2, 2), generator=generator)
     assert torch.allclose(kinetic_energy(p), _kinetic_energy_reference(p), rtol=1e-14, atol=0)

@@ -17,8 +17,8 @@ from bridge.gauge import random_gauge
 from bridge.groups import expm_algebra, random_algebra
 from bridge.io.hdf5 import EnsembleStore
 from bridge.io.ildg import read_ildg, write_ildg
+from bridge.jobs.measure import measure_ensemble, measurement_name, trajectory_from_name
 from bridge.lattice import Lattice
-from bridge.measure import measure_ensemble, measurement_name, trajectory_from_name
 from bridge.observables import OBSERVABLES, get_observable
 
 NROW = (2, 2, 2, 4)

@@ -17,11 +17,11 @@ import torch
 from lxml import etree
 from test_engines import set_fake_mode, write_fake_chroma
 
+from bridge.chroma.engines import ENV_HMC, EngineFailed
 from bridge.cli import main
-from bridge.engines import ENV_HMC, EngineFailed
 from bridge.errors import ChecksumError, ConfigError, FormatError
 from bridge.io.hdf5 import EnsembleStore
-from bridge.run import flow_action, load_workflow, run_workflow, xml_facts
+from bridge.jobs.dropin import flow_action, load_workflow, run_workflow, xml_facts
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parent / "data"
@@ -54,7 +54,7 @@ def write_model(tmp: Path, *, beta: float = 0.1, nrow=(4, 4, 4, 4), group: str =
                 name: str = "flow") -> Path:
     """An untrained small flow saved as `qcd-bridge train` saves it (OUT/checkpoint.pt)."""
     from bridge.flows import make_flow
-    from bridge.train import TrainConfig, Trainer
+    from bridge.flows.training import TrainConfig, Trainer
 
     torch.manual_seed(3)
     model = make_flow(group, len(nrow), n_layers=2, hidden=(4,), k=2)
@@ -460,7 +460,7 @@ def test_dropin_guide_shows_the_segment_rewrite(tmp_path):
     import re
     import shlex
 
-    from bridge.run import segment_xml
+    from bridge.jobs.dropin import segment_xml
 
     doc = (REPO / "docs" / "dropin.md").read_text()
     command = re.search(r"```\n(qcd-bridge chroma-xml hmc [^`]*?)\n```", doc).group(1)
@@ -531,7 +531,7 @@ def test_nf2_input_with_exact_determinant(tmp_path):
     """Nf = 2 Wilson (the reference input on 2^3 x 4): the built-in engine runs the pseudofermion
     HMC, the flow steps use S_g - log det(D^dag D)."""
     from bridge.flows import make_flow
-    from bridge.train import TrainConfig, Trainer
+    from bridge.flows.training import TrainConfig, Trainer
 
     write_xml(tmp_path, src=NF2, nrow="2 2 2 4", beta=1.0, n_steps=5, tau0=0.5)
     torch.manual_seed(3)

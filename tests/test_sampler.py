@@ -1,4 +1,4 @@
-"""The hybrid sampler (bridge.sampler): exactness on 2D U(1) against the character expansion,
+"""The hybrid sampler (bridge.mcmc.sampler): exactness on 2D U(1) against the character expansion,
 exactness with a poor flow, known transition matrices on a discrete toy (composition, mixture,
 pseudo-marginal), bookkeeping after rejection/acceptance, bit-for-bit resume, bad input, log-space
 weights."""
@@ -12,17 +12,17 @@ import warnings
 import pytest
 import torch
 
-from bridge.actions import GaugeMonomial
 from bridge.errors import ConfigError
 from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows.models import make_flow
+from bridge.mcmc.reweighting import ess, reweighted_mean
 from bridge.gauge import mesplq, random_gauge, wilson_action
 from bridge.groups import get_group
-from bridge.hmc import Kernel
-from bridge.integrators import Integrator, Level, scheme
 from bridge.lattice import Lattice
-from bridge.rng import generator, rng_key
-from bridge.sampler import (
+from bridge.mcmc.hmc import Kernel
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
+from bridge.mcmc.sampler import (
     ChainState,
     StepInfo,
     compose,
@@ -32,7 +32,7 @@ from bridge.sampler import (
     reweight_samples,
     run_chain,
 )
-from bridge.train import ess, reweighted_mean
+from bridge.rng import generator, rng_key
 
 
 def _plaq(u: torch.Tensor) -> torch.Tensor:

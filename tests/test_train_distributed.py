@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from bridge.flows import make_flow
-from bridge.train import TrainConfig, Trainer, ess, reverse_kl_loss
+from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
+from bridge.mcmc.reweighting import ess
 
 NROW, BATCH = (4, 4), 6
 
@@ -23,7 +24,7 @@ WORKER = textwrap.dedent("""
     import os, sys, torch
     import torch.distributed as dist
     from bridge.flows import make_flow
-    from bridge.train import TrainConfig, Trainer, init_distributed
+    from bridge.flows.training import TrainConfig, Trainer, init_distributed
 
     out, estimator = sys.argv[1], sys.argv[2]
     rank, world = init_distributed("gloo")
@@ -127,7 +128,7 @@ def test_two_rank_training_matches_single_process(tmp_path, estimator):
 
 
 def test_importing_initialises_nothing():
-    code = ("import torch.distributed as d, bridge.train, bridge.commands_flows;"
+    code = ("import torch.distributed as d, bridge.flows.training, bridge.cli.flows;"
             "print(d.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, OMP_NUM_THREADS="1", WORLD_SIZE="2"), timeout=120)

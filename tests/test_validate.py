@@ -1,4 +1,4 @@
-"""bridge.validate and ``qcd-bridge validate``: ensembles of the same sampler agree, ensembles at
+"""bridge.analysis.validate and ``qcd-bridge validate``: ensembles of the same sampler agree, ensembles at
 different beta disagree, reweighted ensembles agree only with their weights, the report files and
 summary keys, reading series from stores, npz and CSV files, and every error message."""
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from bridge import gauge as Gg
-from bridge import validate as V
-from bridge.actions import GaugeMonomial
+from bridge.analysis import validate as V
+from bridge.analysis.validate import EXIT_DISAGREE, SUMMARY_KEYS, validate, write_report
 from bridge.cli import main
-from bridge.hmc import hmc_kernel
-from bridge.integrators import Integrator, Level, scheme
 from bridge.io.hdf5 import EnsembleStore
 from bridge.lattice import Lattice
+from bridge.mcmc.hmc import hmc_kernel
+from bridge.mcmc.integrators import Integrator, Level, scheme
+from bridge.mcmc.monomials import GaugeMonomial
 from bridge.observables import geometric_charge_u1, plaquette
-from bridge.validate import EXIT_DISAGREE, SUMMARY_KEYS, validate, write_report
 
 L, CHAINS, NTRAJ, THERM = 8, 4, 250, 50
 

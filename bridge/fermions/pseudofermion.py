@@ -1,6 +1,6 @@
 """Nf = 2 Wilson(-clover) pseudofermion monomials (Chroma's two-flavour fermion monomials).
 
-Interface (the :class:`bridge.actions.Monomial` protocol): ``refresh(U, generator)``,
+Interface (the :class:`bridge.mcmc.monomials.Monomial` protocol): ``refresh(U, generator)``,
 ``action(U) -> [batch]``, ``force(U) -> like U`` in the project's force convention
 (``d/de S(exp(e Z) U) = -2 sum Re Tr[Z F]``, :mod:`bridge.gauge`), ``stochastic = True``, plus
 ``iterations`` (CG iterations since the last reset; the HMC resets it every trajectory),
@@ -276,7 +276,7 @@ class TwoFlavorEOPrecWilsonMonomial(_TwoFlavorBase):
 def monomial_from_chroma(
     kind: str, params: Mapping[str, Any], name: str = "wilson_two_flav"
 ) -> TwoFlavorWilsonMonomial | TwoFlavorEOPrecWilsonMonomial:
-    """Build a monomial from a parsed Chroma ``<elem>`` (see :mod:`bridge.io.chroma_xml`).
+    """Build a monomial from a parsed Chroma ``<elem>`` (see :mod:`bridge.chroma.hmc_input`).
 
     ``kind``: ``TWO_FLAVOR_UNPREC_FERM_MONOMIAL``, ``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL``
     (Wilson only) or ``TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL``; ``params``: ``kappa``,

@@ -85,7 +85,7 @@ This is a specialist: 2D, U(1), periodic boundaries (where the plaquettes are th
 invariants besides the holonomies); :func:`~bridge.flows.models.make_flow` refuses anything else.
 Cost per sample: ``O(V N^2)`` in ``ceil(log2 V)`` sequential rounds (sampling), ``O(V N)`` and
 fully parallel for :meth:`log_prob`.  Trained from the uniform density (``a = 0``: the Haar prior),
-with any gradient estimator of :class:`~bridge.train.Trainer` (``path`` recommended: zero
+with any gradient estimator of :class:`~bridge.flows.training.Trainer` (``path`` recommended: zero
 variance at the solution).
 """
 

@@ -30,7 +30,7 @@ import torch
 from .hdf5 import EnsembleStore, read_hdf5, write_hdf5
 from .ildg import GaugeInfo, read_ildg, write_ildg
 from .inspect import FORMATS, detect_format
-from .lime import FormatWarning, LimeReader, LimeRecord, LimeWriter
+from .lime import FormatWarning, IntegrityWarning, LimeReader, LimeRecord, LimeWriter
 from .milc import read_milc, write_milc
 from .nersc import read_nersc, write_nersc
 
@@ -41,6 +41,7 @@ __all__ = [
     "GaugeInfo",
     "EnsembleStore",
     "FormatWarning",
+    "IntegrityWarning",
     "LimeReader",
     "LimeWriter",
     "LimeRecord",

@@ -1,13 +1,13 @@
 """Chroma input XML from templates: typed parameters, validation, rendering, structural check.
 
-The template files live in ``bridge/xml_templates/`` (package data).  Rendering loads them with
+The template files live in the top-level ``xml_templates/`` (installed as ``bridge.xml_templates``).  Rendering loads them with
 lxml, sets element texts, clones elements (monomials, integrator levels, measurements) and never
 formats XML as strings.  Every rendered document is checked against :data:`HMC_STRUCTURE` or
 :data:`CHROMA_STRUCTURE` -- a description of the elements Chroma's readers require, written from
 Chroma's source (``mainprogs/main/hmc.cc``, ``mainprogs/main/chroma.cc``,
 ``lib/update/molecdyn/**``, ``lib/meas/inline/**``, ``lib/util/gauge/*_gauge_init.cc``; the facts
 are collected in ``docs/formats.md`` section 4) -- before it is written atomically with
-:func:`bridge.io.chroma_xml.write_xml`.
+:func:`bridge.chroma.hmc_input.write_xml`.
 
 ``hmc``  (:class:`HMCParams`, :func:`render_hmc`)
     pure gauge, or Nf=2 Wilson/clover fermions with ``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL``
@@ -29,12 +29,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from lxml import etree
 
 from ..errors import ConfigError
-from .chroma_xml import write_xml
+from .hmc_input import write_xml
 
 __all__ = [
     "GaugeParams",
@@ -817,12 +818,21 @@ def measure_params_from_dict(d: Mapping[str, Any],
 
 
 # == rendering ==================================================================================
+def _template_dir():
+    """The installed ``bridge.xml_templates`` package; in a source tree that is not installed,
+    the top-level ``xml_templates/`` folder beside ``bridge/``."""
+    try:
+        return resources.files("bridge.xml_templates")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "xml_templates"
+
+
 def load_template(name: str) -> etree._Element:
     """A fresh copy of the root element of template ``name`` (one of :data:`TEMPLATE_FILES`),
     comments removed."""
     if name not in TEMPLATE_FILES:
         raise ConfigError(f"template {name!r}: expected one of {', '.join(TEMPLATE_FILES)}")
-    data = (resources.files("bridge") / "xml_templates" / name).read_bytes()
+    data = _template_dir().joinpath(name).read_bytes()
     parser = etree.XMLParser(remove_blank_text=True, remove_comments=True)
     return etree.fromstring(data, parser)
 

@@ -3,19 +3,19 @@
 A run alternates, for ``cycles`` cycles:
 
 1. an **HMC segment** of ``trajectories`` trajectories in the engine (Chroma's ``hmc`` or the
-   built-in fallback, :mod:`bridge.engines`), run through files from the user's own ``hmc``
+   built-in fallback, :mod:`bridge.chroma.engines`), run through files from the user's own ``hmc``
    input XML with the start configuration, RNG seed, update counters and save prefix rewritten
    for the segment (the engine's restart XML supplies the seed of the next segment);
 2. the configuration the engine wrote is read back and checked (expected file name, lattice,
    SciDAC checksum, plaquette against the engine's output XML, restart XML);
-3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.sampler.flow_metropolis_kernel`) in
+3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.mcmc.sampler.flow_metropolis_kernel`) in
    Python with an action built from the same XML (same beta and boundary conditions; Nf = 2
    fermion monomials through the exact determinant on small lattices, refused beyond
    ``fermion_max_sites``); the result is written as ILDG and starts the next segment.
 
 Exactness: the flow step is independence Metropolis targeting ``p(U) ~ exp(-S(U))`` (with the
 fermion determinant where the XML has fermions), the HMC segment leaves the same ``p``
-invariant, so their composition does (:mod:`bridge.sampler`).
+invariant, so their composition does (:mod:`bridge.mcmc.sampler`).
 
 Everything is recorded in an HDF5 :class:`~bridge.io.hdf5.EnsembleStore` in the run directory
 (per update: ``w_plaq``, ``kernel`` 0 = HMC / 1 = flow, ``accepted``, ``delta`` = deltaH or
@@ -58,7 +58,7 @@ _REQUIRED = ("hmc_input", "trajectories", "cycles")
 
 
 def _config_error(msg: str) -> Exception:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     return ConfigError(msg)
 
@@ -179,7 +179,7 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
     if not isinstance(d["device"], str):
         raise _config_error(f"workflow {source}: device = {d['device']!r}: expected a torch "
                             f"device name like 'cpu' or 'cuda'")
-    from .engines import EngineConfig
+    from ..chroma.engines import EngineConfig
 
     EngineConfig.from_value(d["engine"], where=f"workflow {source}: engine")
     run_dir = path("run_dir")
@@ -246,7 +246,7 @@ def _real(el: Any, rel: str, where: str, source: str, required: bool = False
 def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
     """Parse the user's ``hmc`` input for lattice, monomials, seed, counters and save prefix
     (:class:`~bridge.errors.ConfigError` naming the file and element path otherwise)."""
-    from .io.chroma_xml import parse_xml_file
+    from ..chroma.hmc_input import parse_xml_file
 
     source = os.fspath(path)
     tree = parse_xml_file(source, "the hmc input")
@@ -348,7 +348,7 @@ def flow_action(facts: XMLFacts, *, max_sites: int = 256
     (:func:`bridge.fermions.exact_logdet`, dense: refused beyond ``max_sites`` lattice sites).
     Anything else is refused with a :class:`~bridge.errors.ConfigError` that says why; plain
     HMC (no flow steps) stays possible."""
-    from .lattice import Lattice
+    from ..lattice import Lattice
 
     vol = Lattice(facts.nrow).volume
     parts: list[tuple[str, dict[str, Any]]] = []
@@ -414,8 +414,8 @@ def flow_action(facts: XMLFacts, *, max_sites: int = 256
                 f"{m['kind']!r}; run plain HMC (no model, flow_steps 0) for this input")
 
     def action(u: Any) -> Any:
-        from .fermions import exact_logdet
-        from .gauge import wilson_action
+        from ..fermions import exact_logdet
+        from ..gauge import wilson_action
 
         total = None
         for kind, m in parts:
@@ -448,7 +448,7 @@ def segment_xml(facts: XMLFacts, *, start_cfg: str | None, start_update: int, n:
     ``NUpdatesThisRun = SaveInterval = n``, ``SavePrefix`` and the RNG seed."""
     from lxml import etree
 
-    from .io.chroma_xml import set_szinqio_start
+    from ..chroma.hmc_input import set_szinqio_start
 
     tree = copy.deepcopy(facts.tree)
     root = tree.getroot()
@@ -481,7 +481,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from .io.lime import atomic_path
+    from ..io.lime import atomic_path
 
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
@@ -500,7 +500,7 @@ def _rel(p: Path, base: Path) -> str:
 
 def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: XMLFacts) -> None:
     """A flow for another lattice, group or coupling than the XML's: ConfigError naming both."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     where = f"workflow {wf.source}: model {wf.model} vs hmc_input {facts.source}"
     group = str(meta.get("group", getattr(getattr(model, "group", None), "name", "?")))
@@ -539,7 +539,7 @@ class _Run:
 
     def __init__(self, wf: Workflow, log: Callable[[str], None],
                  hook: Callable[[str, int], None] | None, engine: Any) -> None:
-        from .engines import EngineConfig, discover_engine
+        from ..chroma.engines import EngineConfig, discover_engine
 
         self.wf, self.log, self.hook = wf, log, hook
         self.facts = xml_facts(wf.hmc_input)
@@ -547,14 +547,14 @@ class _Run:
             EngineConfig.from_value(wf.engine, where=f"workflow {wf.source}: engine"),
             device=wf.device)
         if self.engine.name == "builtin":  # the built-in engine must understand every element
-            from .io.chroma_xml import read_hmc_input
+            from ..chroma.hmc_input import read_hmc_input
 
             read_hmc_input(wf.hmc_input)
         self.model = self.meta = self.action = None
         self.action_desc = "none (plain HMC)"
         if wf.flow_steps > 0:
-            from .commands_flows import load_model
-            from .sampler import check_flow
+            from ..flows.checkpoints import load_model
+            from ..mcmc.sampler import check_flow
 
             self.model, self.meta = load_model(wf.model)
             if wf.device != "cpu":  # load_model builds the flow on the CPU
@@ -564,8 +564,8 @@ class _Run:
                                                         max_sites=wf.fermion_max_sites)
             import torch
 
-            from .gauge import unit_gauge
-            from .lattice import Lattice
+            from ..gauge import unit_gauge
+            from ..lattice import Lattice
 
             check_flow(self.model, unit_gauge(Lattice(self.facts.nrow), "SU3", 1,
                                               dtype=torch.complex128))
@@ -583,7 +583,7 @@ class _Run:
 
     # -- state ----------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         if not self.state_path.exists():
             return {"format": STATE_FORMAT, "version": 1, "fingerprint": self.fingerprint,
@@ -680,11 +680,11 @@ class _Run:
 
     # -- phases ---------------------------------------------------------------------------
     def hmc_segment(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
-        from .engines import EngineFailed, read_hmc_output
-        from .errors import ChecksumError, FormatError
-        from .gauge import mesplq
-        from .io.chroma_xml import write_xml
-        from .io.ildg import read_ildg
+        from ..chroma.engines import EngineFailed, read_hmc_output
+        from ..chroma.hmc_input import write_xml
+        from ..errors import ChecksumError, FormatError
+        from ..gauge import mesplq
+        from ..io.ildg import read_ildg
 
         c, h, n = st["cycle"], st["hmc_update"], self.wf.trajectories
         self.seg_dir.mkdir(parents=True, exist_ok=True)
@@ -781,10 +781,10 @@ class _Run:
     def flow_block(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
         import torch
 
-        from .gauge import mesplq
-        from .io.ildg import read_ildg, write_ildg
-        from .rng import rng_key
-        from .sampler import flow_metropolis_kernel
+        from ..gauge import mesplq
+        from ..io.ildg import read_ildg, write_ildg
+        from ..mcmc.sampler import flow_metropolis_kernel
+        from ..rng import rng_key
 
         c, m = st["cycle"], self.wf.flow_steps
         t0 = time.perf_counter()
@@ -825,7 +825,7 @@ class _Run:
         return st
 
     def run(self, max_cycles: int | None) -> RunSummary:
-        from .io.hdf5 import EnsembleStore
+        from ..io.hdf5 import EnsembleStore
 
         self.wf.run_dir.mkdir(parents=True, exist_ok=True)
         st = self.load_state()
@@ -884,7 +884,7 @@ def run_workflow(
 ) -> RunSummary:
     """Run (or resume) a workflow; ``max_cycles`` limits the cycles of this call; ``hook(phase,
     cycle)`` is called after each phase ("hmc", "flow") once its state is saved; ``engine``
-    overrides discovery (an :class:`~bridge.engines.Engine`).  Every input is validated (XML,
+    overrides discovery (an :class:`~bridge.chroma.engines.Engine`).  Every input is validated (XML,
     model, lattice/action match, engine) before anything runs."""
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     if max_cycles is not None and max_cycles < 0:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import torch
 
-from .gauge import gauge_transform, random_gauge_transformation
-from .groups import (
+from ..gauge import gauge_transform, random_gauge_transformation
+from ..groups import (
     algebra_basis,
     expm_algebra,
     get_group,
@@ -21,7 +21,7 @@ from .groups import (
     trace,
     unitarity_violation,
 )
-from .lattice import Lattice
+from ..lattice import Lattice
 
 __all__ = [
     "assert_in_group",

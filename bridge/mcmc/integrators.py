@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .actions import Monomial
-from .errors import PhysicsError
-from .groups import expm_algebra_mul
+from ..errors import PhysicsError
+from ..groups import expm_algebra_mul
+from .monomials import Monomial
 
 __all__ = [
     "Scheme",

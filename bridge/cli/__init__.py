@@ -23,7 +23,7 @@ def _nrow(values: Sequence[str]) -> tuple[int, ...]:
 # -- field: a random or unit configuration and its basic observables -----------------------------
 def add_field_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``qcd-bridge field`` (the former ``demo``; ``demo`` is now the end-to-end hybrid
-    sampler demo of :mod:`bridge.demo`)."""
+    sampler demo of :mod:`bridge.jobs.demo`)."""
     p = sub.add_parser(
         "field",
         help="generate a gauge configuration and print its action, plaquettes and Polyakov loops",
@@ -52,8 +52,8 @@ def add_field_parser(sub: argparse._SubParsersAction) -> None:
 def _run_field(args: argparse.Namespace) -> int:
     import torch
 
-    from . import gauge
-    from .lattice import Lattice
+    from .. import gauge
+    from ..lattice import Lattice
 
     lat = Lattice(_nrow(args.nrow))
     dtype = torch.complex128 if args.precision == "64" else torch.complex64
@@ -121,8 +121,8 @@ def add_hmc_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_hmc(args: argparse.Namespace) -> int:
-    from .engine import run_hmc, summarize
-    from .io.chroma_xml import read_hmc_input
+    from ..chroma.hmc_input import read_hmc_input
+    from ..chroma.hmc_program import run_hmc, summarize
 
     inp = read_hmc_input(args.input)
     res = run_hmc(inp, args.output, device=args.device, progress=not args.quiet)
@@ -142,15 +142,15 @@ def _run_hmc(args: argparse.Namespace) -> int:
 _SUBCOMMANDS = [
     "bridge.io.inspect:add_inspect_parser",
     "bridge.io.inspect:add_convert_parser",
-    "bridge.measure:add_chroma_parser",
-    "bridge.measure:add_measure_parser",
-    "bridge.validate:add_validate_parser",
-    "bridge.commands_flows:add_train_parser",
-    "bridge.commands_flows:add_sample_parser",
-    "bridge.run:add_run_parser",
-    "bridge.chains:add_chain_parser",
-    "bridge.commands_chroma:add_chroma_xml_parser",
-    "bridge.demo:add_demo_parser",
+    "bridge.jobs.measure:add_chroma_parser",
+    "bridge.jobs.measure:add_measure_parser",
+    "bridge.analysis.validate:add_validate_parser",
+    "bridge.cli.flows:add_train_parser",
+    "bridge.cli.flows:add_sample_parser",
+    "bridge.jobs.dropin:add_run_parser",
+    "bridge.jobs.chain:add_chain_parser",
+    "bridge.cli.chroma:add_chroma_xml_parser",
+    "bridge.jobs.demo:add_demo_parser",
 ]
 
 
@@ -165,7 +165,7 @@ def _registrars():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="qcd-bridge",
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qcd-bridge`` console script; returns the exit status."""
-    from .errors import BridgeError
+    from ..errors import BridgeError
 
     parser = build_parser()
     args = parser.parse_args(argv)

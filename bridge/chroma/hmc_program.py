@@ -25,16 +25,16 @@ from pathlib import Path
 import torch
 from lxml import etree
 
-from . import __version__
-from .actions import GaugeMonomial, Monomial
-from .errors import ConfigError
-from .gauge import mesplq, polyakov_loop, random_gauge, unit_gauge
-from .groups import expm_algebra, random_algebra, reunitarize
-from .hmc import HMCInfo, HMCState, hmc_kernel
-from .integrators import Integrator, Level, scheme
-from .io.chroma_xml import HMCInput, IntegratorSpec, MonomialSpec, restart_xml, write_xml
-from .lattice import Lattice
-from .rng import generator, rng_key
+from .. import __version__
+from ..errors import ConfigError
+from ..gauge import mesplq, polyakov_loop, random_gauge, unit_gauge
+from ..groups import expm_algebra, random_algebra, reunitarize
+from ..lattice import Lattice
+from ..mcmc.hmc import HMCInfo, HMCState, hmc_kernel
+from ..mcmc.integrators import Integrator, Level, scheme
+from ..mcmc.monomials import GaugeMonomial, Monomial
+from ..rng import generator, rng_key
+from .hmc_input import HMCInput, IntegratorSpec, MonomialSpec, restart_xml, write_xml
 
 __all__ = ["run_hmc", "build_monomial", "build_integrator", "HMCRunResult"]
 
@@ -51,7 +51,7 @@ def build_monomial(spec: MonomialSpec) -> Monomial:
     """A monomial object from its parsed Chroma specification."""
     if spec.kind == "GAUGE_MONOMIAL":
         return GaugeMonomial(spec.params["beta"], name=spec.monomial_id)
-    from .fermions.pseudofermion import monomial_from_chroma  # lazy: heavier import
+    from ..fermions.pseudofermion import monomial_from_chroma  # lazy: heavier import
 
     return monomial_from_chroma(spec.kind, spec.params, name=spec.monomial_id)
 
@@ -81,7 +81,7 @@ def _start(inp: HMCInput, lat: Lattice, seed: int, device) -> torch.Tensor:
         p = random_algebra("SU3", (1, lat.nd, *lat.shape),
                            generator=generator(rng_key(seed, 0x3EAF), device), device=device)
         return expm_algebra(WEAK_FIELD_AMPLITUDE * p).contiguous()
-    from .io.ildg import read_ildg
+    from ..io.ildg import read_ildg
 
     u, info = read_ildg(inp.cfg.cfg_file, nrow=lat.nrow, device=device)
     if inp.cfg.reunit:  # hmc re-unitarises the configuration it reads
@@ -164,7 +164,7 @@ def run_hmc(
 ) -> HMCRunResult:
     """Run the updates an ``hmc`` input asks for; write configurations, restart files and the
     output XML (rewritten atomically after every saved configuration and at the end)."""
-    from .io.ildg import write_ildg
+    from ..io.ildg import write_ildg
 
     lat = Lattice(inp.nrow)
     if lat.nd != 4:

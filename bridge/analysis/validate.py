@@ -5,7 +5,7 @@ freedom, and a table of means with Gamma-method errors, tau_int and a p-value pe
 
 Statistics (details and assumptions: docs/validation.md):
 
-* Means: Gamma-method errors through pyerrors (:func:`bridge.analysis.gamma`; Wolff,
+* Means: Gamma-method errors through pyerrors (:func:`bridge.analysis.stats.gamma`; Wolff,
   hep-lat/0306017), reweighted as ``<w O>/<w>`` when an ensemble carries weights.  Two-sided
   test of equal means ``z = (m_A - m_B) / sqrt(dm_A^2 + dm_B^2)``, ``p_mean = erfc(|z|/sqrt 2)``
   (A and B independent; the errors include the autocorrelations).
@@ -41,7 +41,7 @@ Inputs (:func:`load_series`; one file = one replica/chain):
   metadata), then one row per configuration.
 
 * ``qcd-bridge chain`` files (HDF5 with attribute ``format = "qcd-bridge-chain"``,
-  :mod:`bridge.chains`): ``/observables/<name>`` ``[cycles, chains]``, **one replica per chain**
+  :mod:`bridge.jobs.chain`): ``/observables/<name>`` ``[cycles, chains]``, **one replica per chain**
   (named ``<file stem>.c<global chain index>``), the cycles ``<= therm`` (attribute) left out.
 
 Components of array-valued series are addressed as ``name[i]`` (``name[i,j]``).
@@ -65,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import (
+from .stats import (
     Series,
     block_length,
     blocked_variance,
@@ -289,7 +289,7 @@ def compare_series(
     block_factor: float = 4.0,
     calibrate: bool = True,
 ) -> ObservableComparison:
-    """Compare two :class:`bridge.analysis.Series` of the same observable (module docstring):
+    """Compare two :class:`bridge.analysis.stats.Series` of the same observable (module docstring):
     Gamma-method means (pyerrors ensembles ``"A"`` and ``"B"``), bootstrap histograms on common
     edges, the means test, the histogram chi^2 test and the per-bin residuals; the observable
     passes when its p-value is at least ``threshold``."""
@@ -450,7 +450,7 @@ def _kind(path: str) -> str:
 def _is_chain_file(path: str) -> bool:
     import h5py
 
-    from .chains import CHAIN_FORMAT
+    from ..jobs.chain import CHAIN_FORMAT
 
     try:
         with h5py.File(path, "r") as f:
@@ -556,7 +556,7 @@ def available_observables(path: str | os.PathLike[str]) -> list[str]:
     kind = _kind(spath)
     names: list[str] = []
     if kind == "hdf5":
-        from .io.hdf5 import EnsembleStore
+        from ..io.hdf5 import EnsembleStore
 
         with EnsembleStore(spath, "r") as st:
             for m in st.measurement_names:
@@ -589,8 +589,8 @@ def ensemble_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if kind != "hdf5":
         meta.update(_table(spath, kind)[1])
         return meta
-    from .io.hdf5 import EnsembleStore
-    from .io.ildg import NC
+    from ..io.hdf5 import EnsembleStore
+    from ..io.ildg import NC
 
     with EnsembleStore(spath, "r") as st:
         meta["ensemble"], meta["replica"] = st.ensemble, st.replica
@@ -664,7 +664,7 @@ def _measure_store(st: Any, path: str, base: str,
     part)."""
     import torch
 
-    from .observables import get_observable
+    from ..observables import get_observable
 
     fn = get_observable(base)
     n = len(st)
@@ -691,8 +691,8 @@ def _load_one(path: str, observable: str,
                                                                np.ndarray | None, str]:
     kind = _kind(path)
     if kind == "hdf5":
-        from .io.hdf5 import EnsembleStore
-        from .observables import OBSERVABLES
+        from ..io.hdf5 import EnsembleStore
+        from ..observables import OBSERVABLES
 
         with EnsembleStore(path, "r") as st:
             base, index = _split_component(observable, st.measurement_names)

@@ -35,7 +35,7 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from .chroma_xml import CfgSpec, _Node, parse_xml_file, read_kappa_csw, read_seed
+from .hmc_input import CfgSpec, _Node, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
     "Measurement",

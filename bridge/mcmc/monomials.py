@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .gauge import wilson_action, wilson_force
+from ..gauge import wilson_action, wilson_force
 
 __all__ = ["Monomial", "GaugeMonomial"]
 

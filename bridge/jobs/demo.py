@@ -1,11 +1,11 @@
 """``qcd-bridge demo``: the main job end to end on a small default (issue 7, item 6).
 
 1. Train a small gauge-equivariant flow for 2D U(1) (8x8, beta = 2) by reverse-KL self-training
-   for a fixed time budget (:mod:`bridge.train`; arXiv:2003.06413, arXiv:2101.08176), or load one
+   for a fixed time budget (:mod:`bridge.flows.training`; arXiv:2003.06413, arXiv:2101.08176), or load one
    with ``--model``.
 2. Run hybrid chains (one HMC trajectory then four flow-proposal Metropolis steps per cycle) and
-   pure-HMC chains with :mod:`bridge.chains` (a few independent chains each).
-3. Validate the hybrid ensemble against the HMC ensemble with :mod:`bridge.validate`
+   pure-HMC chains with :mod:`bridge.jobs.chain` (a few independent chains each).
+3. Validate the hybrid ensemble against the HMC ensemble with :mod:`bridge.analysis.validate`
    (histograms, residuals, Gamma-method means as in arXiv:2208.03832, Figs. 2-3) and write the
    report.
 4. Compare both plaquettes with the exact finite-volume value of the character expansion
@@ -16,7 +16,7 @@ Output directory (``--out``, default ``qcd-bridge-demo``): ``model/`` (the `trai
 ``demo.json`` (the table).  A directory holding an earlier demo's ``demo.json`` is reused
 (its parts are replaced); any other existing non-empty directory is refused.
 
-Exit status: 0 when the validation passes, 3 (:data:`bridge.validate.EXIT_DISAGREE`) when an
+Exit status: 0 when the validation passes, 3 (:data:`bridge.analysis.validate.EXIT_DISAGREE`) when an
 observable disagrees, 1 for errors.
 """
 
@@ -86,7 +86,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(out: Path) -> None:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
@@ -102,7 +102,7 @@ def _prepare(out: Path) -> None:
 
 def _train(args: argparse.Namespace, out: Path) -> Path:
     """``qcd-bridge train`` for ``--train-seconds`` into ``OUT/model``."""
-    from .commands_flows import add_train_parser
+    from ..cli.flows import add_train_parser
 
     mdir = out / "model"
     if mdir.exists():
@@ -120,7 +120,7 @@ def _train(args: argparse.Namespace, out: Path) -> Path:
         "0" if args.no_progress else "100", "--checkpoint-every", "200"])
     rc = targs.func(targs)
     if rc:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"training into {mdir} failed with exit status {rc}")
     return mdir
@@ -128,7 +128,7 @@ def _train(args: argparse.Namespace, out: Path) -> Path:
 
 def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
            schedule: str, seed: int) -> dict[str, Any]:
-    from .chains import chain_settings, resolve_model, run_chains
+    from .chain import chain_settings, resolve_model, run_chains
 
     s, explicit = chain_settings(
         model=model, group="u1", nrow=list(args.nrow), beta=float(args.beta),
@@ -143,7 +143,7 @@ def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
 
 def _fmt(value: float | None, error: float | None) -> str:
     """``value(error)`` as in the validation report, ``n/a`` without a value."""
-    from .validate import _pm
+    from ..analysis.validate import _pm
 
     if value is None:
         return "n/a"
@@ -155,11 +155,11 @@ def _fmt(value: float | None, error: float | None) -> str:
 def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
     """``--nrow``/``--beta``, else those of ``--model``'s training run, else 8 8 and 2.0; a
     model that is not a 2D U(1) flow is refused."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     nrow, beta = args.nrow, args.beta
     if args.model:
-        from .commands_flows import load_model
+        from ..flows.checkpoints import load_model
 
         model, meta = load_model(args.model)
         if int(model.group.nc) != 1 or int(model.nd) != 2:
@@ -176,9 +176,9 @@ def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``qcd-bridge demo`` (module docstring); returns the exit status."""
-    from .errors import ConfigError
-    from .exact import u1_2d_plaquette, u1_2d_topological_susceptibility
-    from .validate import EXIT_DISAGREE, validate, write_report
+    from ..analysis.validate import EXIT_DISAGREE, validate, write_report
+    from ..errors import ConfigError
+    from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 
     if int(args.steps) <= int(args.therm) + 1:
         raise ConfigError(f"--steps {args.steps}: expected more cycles than --therm "

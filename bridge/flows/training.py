@@ -51,11 +51,12 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, PhysicsError
-from .flows.models import GaugeFlow
-from .gauge import wilson_action
-from .lattice import Lattice
-from .rng import generator, rng_key
+from ..errors import ConfigError, PhysicsError
+from ..gauge import wilson_action
+from ..lattice import Lattice
+from ..mcmc.reweighting import ess, imh_acceptance
+from ..rng import generator, rng_key
+from .models import GaugeFlow
 
 __all__ = ["TrainConfig", "Trainer", "ess", "imh_acceptance", "init_distributed",
            "reverse_kl_loss", "reweighted_mean"]
@@ -109,38 +110,6 @@ class TrainConfig:
         if self.warmup and step < self.warmup:
             f *= (step + 1) / self.warmup
         return self.lr * f
-
-
-def ess(logw: torch.Tensor) -> float:
-    """Normalised effective sample size ``(sum w)^2 / (N sum w^2)`` of log-weights ``logw``."""
-    lw = logw.detach().double()
-    lw = lw - lw.max()
-    w = lw.exp()
-    return float(w.sum() ** 2 / (lw.numel() * (w * w).sum()))
-
-
-def imh_acceptance(logw: torch.Tensor, gen: torch.Generator | None = None) -> float:
-    """Acceptance rate of an independence-Metropolis chain run over the batch in order
-    (proposal ``q``, target ``p``, ``w = p/q``; accept with ``min(1, w'/w)``)."""
-    lw = logw.detach().double().cpu()
-    logu = torch.log(torch.rand(lw.numel(), generator=gen, dtype=torch.float64)).tolist()
-    lw = lw.tolist()
-    cur, acc = lw[0], 0
-    for x, lu in zip(lw[1:], logu[1:], strict=True):
-        if lu < x - cur:
-            cur, acc = x, acc + 1
-    return acc / max(len(lw) - 1, 1)
-
-
-def reweighted_mean(obs: torch.Tensor, logw: torch.Tensor) -> tuple[float, float]:
-    """Self-normalised importance-sampling estimate ``sum w O / sum w`` and its delta-method
-    error ``sqrt(sum w^2 (O - mean)^2) / sum w`` (exact in the limit of many samples)."""
-    lw = logw.detach().double()
-    w = (lw - lw.max()).exp()
-    o = obs.detach().double()
-    mean = float((w * o).sum() / w.sum())
-    err = float(torch.sqrt((w * w * (o - mean) ** 2).sum()) / w.sum())
-    return mean, err
 
 
 def init_distributed(backend: str | None = None) -> tuple[int, int]:

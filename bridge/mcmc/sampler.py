@@ -1,6 +1,6 @@
 """The hybrid sampler: flow-proposal Metropolis kernels, HMC, and their compositions.
 
-Every kernel is an ``(init, step)`` pair (:class:`bridge.hmc.Kernel`) acting on one shared state
+Every kernel is an ``(init, step)`` pair (:class:`bridge.mcmc.hmc.Kernel`) acting on one shared state
 type, :class:`ChainState`, which carries what is costly: the field ``U``, its action ``S(U)``, the
 flow density ``log q(U)``, the importance log-weight ``log w(U) = -S(U) - log q(U) + log W(U)``
 and the pseudo-marginal log-estimate ``log W(U)`` attached to ``U``.  A kernel that moves ``U``
@@ -20,7 +20,7 @@ mixture with fixed probabilities does as well):
   true for a flow built on the Haar prior.  Decisions are made in log space; a proposal whose
   ``log w`` is not finite is rejected (and counted), which is the Metropolis step of a proposal
   with zero density, so exactness is kept.
-* :func:`hmc`: :func:`bridge.hmc.hmc_kernel` on :class:`ChainState` (Duane et al. 1987).
+* :func:`hmc`: :func:`bridge.mcmc.hmc.hmc_kernel` on :class:`ChainState` (Duane et al. 1987).
 * :func:`compose`: ``K = K_a^k K_b^m``: if ``p K_a = p`` and ``p K_b = p`` then ``p K = p``.
 * :func:`mixture`: ``K = sum_i p_i K_i`` with probabilities independent of the state:
   ``p K = sum_i p_i p K_i = p``; reversible when every ``K_i`` is.
@@ -57,11 +57,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .errors import ConfigError, PhysicsError
+from ..errors import ConfigError, PhysicsError
+from .reweighting import ess
+from ..lattice import Lattice
+from ..rng import generator, rng_key
 from .hmc import HMCState, Kernel, hmc_kernel
-from .lattice import Lattice
-from .rng import generator, rng_key
-from .train import ess
 
 __all__ = [
     "ChainState", "StepInfo", "FlowBuffer", "ReweightResult", "Kernel", "chain_state",
@@ -301,12 +301,12 @@ def flow_metropolis_kernel(
 
 
 def hmc(integrator: Any, tau: float, *, name: str = "hmc", **kwargs: Any) -> Kernel:
-    """:func:`bridge.hmc.hmc_kernel` as a kernel on :class:`ChainState`.
+    """:func:`bridge.mcmc.hmc.hmc_kernel` as a kernel on :class:`ChainState`.
 
     Trajectory ``n`` (the state's step) draws from ``rng_key(rng_key(seed, tag(name)), n)``.  On
     the chains whose trajectory was accepted, ``log q``, ``log w`` and the estimate become unknown
     (NaN): the flow kernel recomputes them; on rejected chains they are kept bit for bit.
-    ``kwargs`` go to :func:`~bridge.hmc.hmc_kernel` (``warmup`` counts elementary steps)."""
+    ``kwargs`` go to :func:`~bridge.mcmc.hmc.hmc_kernel` (``warmup`` counts elementary steps)."""
     inner = hmc_kernel(integrator, tau, **kwargs)
     tag = stream_tag(name)
 
@@ -431,7 +431,7 @@ class ReweightResult(NamedTuple):
     log_q: torch.Tensor
     log_w: torch.Tensor
     observable: torch.Tensor | None  # observable(U) per sample, when given
-    ess: float  # normalised ESS (bridge.train.ess)
+    ess: float  # normalised ESS (bridge.flows.training.ess)
 
 
 def reweight_samples(
@@ -451,7 +451,7 @@ def reweight_samples(
 ) -> ReweightResult:
     """``n`` independent samples ``U ~ q`` with ``log w`` for self-normalised importance sampling:
     ``<O>_p = E_q[w O] / E_q[w]`` (unbiased as ``n -> oo``; estimate with
-    :func:`bridge.train.reweighted_mean`).  Chunk ``c`` of ``batch_size`` samples is drawn from
+    :func:`bridge.flows.training.reweighted_mean`).  Chunk ``c`` of ``batch_size`` samples is drawn from
     ``rng_key(seed, c, tag(name))``."""
     n = int(n)
     if n < 1 or int(batch_size) < 1:

@@ -23,7 +23,7 @@ Sources:
   Ann. Statist. 17 (1989) 1217; with ``block=1`` Efron's bootstrap.
 
 Pure statistics on arrays (no file access): reading series from ensemble files lives in
-:mod:`bridge.validate` (downstream of :mod:`bridge.io`, see docs/architecture.md).
+:mod:`bridge.analysis.validate` (downstream of :mod:`bridge.io`, see docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..mcmc import reweighting
 
 __all__ = [
     "MIN_CONFIGS",
@@ -181,8 +183,8 @@ def ess(weights: np.ndarray | Sequence[np.ndarray]) -> float:
     """Effective sample size per configuration, ``(sum w)^2 / (N sum w^2)`` in ``[1/N, 1]``:
     1 for equal weights, ``1/N`` when one weight carries everything (Kish)."""
     w = np.concatenate(check_weights(weights))
-    w = w / w.max()  # scale-free; avoids overflow of w^2
-    return float(w.sum() ** 2 / (w.size * np.square(w).sum()))
+    with np.errstate(divide="ignore"):
+        return reweighting.ess(np.log(w))
 
 
 def _names(ensemble: str, replicas: Sequence[str] | None, n: int) -> list[str]:

@@ -290,7 +290,7 @@ def parse_chroma_output(tree: etree._ElementTree | etree._Element,
 
 def read_output(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse an ``hmc`` or ``chroma`` output file (chosen by its root element)."""
-    from .chroma_xml import parse_xml_file
+    from .hmc_input import parse_xml_file
 
     spath = os.fspath(path)
     tree = parse_xml_file(spath, "Chroma output", error=FormatError, huge=True,
@@ -350,7 +350,7 @@ def store_output(parsed: dict[str, Any], store: Any, traj: int | None = None) ->
     the output's lattice).  Rows at or before a series' last stored trajectory are skipped.
     ``traj``: the trajectory of a ``chroma`` output (default: the one found in the output).
     Returns the names of the series that received rows."""
-    from .hdf5 import EnsembleStore
+    from ..io.hdf5 import EnsembleStore
 
     if not hasattr(store, "append_measurement"):
         with EnsembleStore(store, "a", nrow=parsed.get("nrow")) as opened:

@@ -2,7 +2,7 @@
 
 ``qcd-bridge chroma -i IN.xml -o OUT.xml``
     :func:`run_chroma_measurements` runs the inline measurements of a Chroma ``chroma`` input
-    (parsed strictly by :mod:`bridge.io.chroma_measure_xml`) in order on the configuration named
+    (parsed strictly by :mod:`bridge.chroma.measure_input`) in order on the configuration named
     by ``Cfg`` and writes an output XML with Chroma's element paths, so that a script written for
     Chroma's output reads ours: ``/chroma/{Input, ProgramInfo, RNG, Config_info, Observables,
     InlineObservables/elem/<group>}`` with the groups ``Plaquette``, ``PolyakovLoop``,
@@ -56,19 +56,19 @@ import numpy as np
 import torch
 from lxml import etree
 
-from . import __version__
-from .errors import ConfigError, PhysicsError
-from .fermions.gamma import NS, chroma_gamma
-from .gauge import mesplq, plaquette_traces, polyakov_loop, unit_gauge
-from .io.chroma_measure_xml import (
+from .. import __version__
+from ..chroma.hmc_input import write_xml
+from ..chroma.measure_input import (
     DEFAULT_GAUGE_ID,
     ChromaMeasureInput,
     Measurement,
     read_chroma_input,
 )
-from .io.chroma_xml import write_xml
-from .lattice import Lattice
-from .observables import (
+from ..errors import ConfigError, PhysicsError
+from ..fermions.gamma import NS, chroma_gamma
+from ..gauge import mesplq, plaquette_traces, polyakov_loop, unit_gauge
+from ..lattice import Lattice
+from ..observables import (
     OBSERVABLES,
     energy_density_split,
     get_observable,
@@ -77,7 +77,7 @@ from .observables import (
     rk3_step,
     topological_charge_density,
 )
-from .solvers import CG
+from ..solvers import CG
 
 __all__ = [
     "ChromaRunResult",
@@ -467,8 +467,8 @@ def write_qio_propagator(
     Not verified against a propagator file written by Chroma (none is among the reference
     data); the layout follows the QDP++ sources named above.
     """
-    from .io.ildg import checksum_xml, private_file_xml, qio_date, scidac_checksum
-    from .io.lime import LimeWriter, atomic_output
+    from ..io.ildg import checksum_xml, private_file_xml, qio_date, scidac_checksum
+    from ..io.lime import LimeWriter, atomic_output
 
     if precision not in (32, 64):
         raise ValueError(f"precision: expected 32 or 64, got {precision!r}")
@@ -888,7 +888,7 @@ class _Runner:
                 "t2E": steps[-1] ** 2 * e_end}
 
     def qio_write(self, m: Measurement, out: etree._Element) -> dict:
-        from .io.ildg import write_ildg
+        from ..io.ildg import write_ildg
 
         oid = m.reads["object_id"]
         obj = self.objects[oid]
@@ -945,7 +945,7 @@ def _load_configuration(inp: ChromaMeasureInput, device: torch.device) -> _Gauge
         u = unit_gauge(Lattice(inp.nrow), "SU3", 1, device=device)
         rec = etree.tostring(_copy(inp.tree.getroot().find("Cfg"))).decode()
         return _Gauge(u, '<?xml version="1.0"?>\n<gauge/>\n', rec)
-    from .io.ildg import read_ildg
+    from ..io.ildg import read_ildg
 
     path = cfg.cfg_file
     if not os.path.exists(path):
@@ -969,7 +969,7 @@ def run_chroma_measurements(
     """Run the inline measurements of a Chroma ``chroma`` input in order on its configuration
     and write the output XML (Chroma's element paths, module docstring) to ``output``.
 
-    ``inp``: a parsed :class:`~bridge.io.chroma_measure_xml.ChromaMeasureInput` or the path of
+    ``inp``: a parsed :class:`~bridge.chroma.measure_input.ChromaMeasureInput` or the path of
     the input XML.  Relative file names (``cfg_file``, ``QIO_WRITE_NAMED_OBJECT`` outputs) are
     taken from the working directory, as Chroma does; ``QIO_WRITE_NAMED_OBJECT`` replaces an
     existing file, as Chroma does.  ``progress`` writes progress lines to stderr.
@@ -1012,7 +1012,7 @@ def run_chroma_measurements(
 # ------------------------------------------------------------------------------------------------
 def add_chroma_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``qcd-bridge chroma`` (the fallback for Chroma's ``chroma`` program)."""
-    from .io.chroma_measure_xml import SUPPORTED_MEASUREMENTS
+    from ..chroma.measure_input import SUPPORTED_MEASUREMENTS
 
     p = subparsers.add_parser(
         "chroma",
@@ -1113,8 +1113,8 @@ class _Source:
 def _ensemble(inputs: Sequence[str], device: torch.device) -> tuple[list[_Source], Any]:
     """Expand globs; an HDF5 store gives its configurations, other files are gauge files named
     ``*_cfg_<N>.*``.  Returns the sources sorted by trajectory and the input store (or None)."""
-    from .io import read_gauge
-    from .io.hdf5 import EnsembleStore, is_hdf5
+    from ..io import read_gauge
+    from ..io.hdf5 import EnsembleStore, is_hdf5
 
     paths: list[str] = []
     for item in inputs:
@@ -1217,7 +1217,7 @@ def measure_ensemble(
     one of a series is an error (the store keeps trajectories increasing).  Returns per series
     ``{"measured": n, "skipped": m}``.
     """
-    from .io.hdf5 import EnsembleStore
+    from ..io.hdf5 import EnsembleStore
 
     params = dict(params or {})
     if not observables:

@@ -20,13 +20,13 @@ from typing import NamedTuple
 
 import torch
 
-from .actions import Monomial
-from .errors import PhysicsError
-from .gauge import mesplq
-from .groups import dagger, mm, random_algebra, trace
+from ..errors import PhysicsError
+from ..gauge import mesplq
+from ..groups import dagger, mm, random_algebra, trace
+from ..lattice import Lattice
+from ..rng import generator, rng_key
 from .integrators import Integrator
-from .lattice import Lattice
-from .rng import generator, rng_key
+from .monomials import Monomial
 
 __all__ = ["Kernel", "HMCState", "HMCInfo", "hmc_kernel", "kinetic_energy", "total_action"]
 

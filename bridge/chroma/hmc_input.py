@@ -16,7 +16,7 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from .lime import atomic_path
+from ..io.lime import atomic_path
 
 __all__ = [
     "CfgSpec",

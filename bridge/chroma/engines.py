@@ -8,7 +8,7 @@ exactly as Chroma's ``hmc`` does (docs/formats.md section 4.1).  Two implementat
   subprocess in a run directory, stdout and stderr captured to files next to the input.  A
   non-zero exit status is an :class:`EngineFailed` naming the status, the kept input XML and the
   stderr file.
-* :class:`BuiltinEngine`: :func:`bridge.engine.run_hmc` (the Chroma-compatible fallback), in
+* :class:`BuiltinEngine`: :func:`bridge.chroma.hmc_program.run_hmc` (the Chroma-compatible fallback), in
   process by default or as a subprocess ``python -m bridge.cli hmc -i in.xml -o out.xml``.
 
 :func:`discover_engine` picks one, in this order (the first that applies wins):
@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import ConfigError, EngineFailed, FormatError
+from .. import __version__
+from ..errors import ConfigError, EngineFailed, FormatError
 
 __all__ = [
     "ENV_HMC", "ENV_CHROMA", "ENV_LAUNCHER", "ENGINE_KINDS",
@@ -145,9 +145,9 @@ class HMCUpdateRecord:
 def read_hmc_output(path: str | os.PathLike[str]) -> tuple[list[HMCUpdateRecord], dict[str, str]]:
     """The updates of Chroma's (or the built-in engine's) ``hmc`` output XML and its
     ``ProgramInfo/code_version`` entries (e.g. ``{"chroma": "3.44.1", "qdp": "1.46.1"}``),
-    through :func:`bridge.io.chroma_output.read_output` (element paths of docs/formats.md 4.1;
+    through :func:`bridge.chroma.output.read_output` (element paths of docs/formats.md 4.1;
     a missing, malformed or foreign file is an error naming it)."""
-    from .io.chroma_output import read_output
+    from .output import read_output
 
     parsed = read_output(path)
     if parsed.get("program") != "hmc":
@@ -279,7 +279,7 @@ class ChromaEngine(Engine):
 
 
 class BuiltinEngine(Engine):
-    """The built-in, Chroma-compatible ``hmc`` (:func:`bridge.engine.run_hmc`)."""
+    """The built-in, Chroma-compatible ``hmc`` (:func:`bridge.chroma.hmc_program.run_hmc`)."""
 
     name = "builtin"
 
@@ -304,8 +304,8 @@ class BuiltinEngine(Engine):
         cmd = self.command(inp, out)
         t0 = time.perf_counter()
         if self.in_process:
-            from .engine import run_hmc
-            from .io.chroma_xml import read_hmc_input
+            from .hmc_input import read_hmc_input
+            from .hmc_program import run_hmc
 
             run_hmc(read_hmc_input(inp), out, device=self.device, progress=False)
             return EngineRun(cmd, inp, out, None, None, None, 0, time.perf_counter() - t0)
@@ -321,7 +321,7 @@ class BuiltinEngine(Engine):
         p = super().provenance()
         p.update({"in_process": self.in_process, "device": self.device,
                   "chroma": _exe_info(self.chroma),
-                  "command": "bridge.engine.run_hmc" if self.in_process else "python -m "
+                  "command": "bridge.chroma.hmc_program.run_hmc" if self.in_process else "python -m "
                   "bridge.cli hmc"})
         return p
 

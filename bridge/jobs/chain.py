@@ -2,7 +2,7 @@
 HMC trajectories) run in batches, across ranks, with per-step records, observables, fields,
 checkpoint/resume bit for bit and a progress bar (issue 7, items 4 and 5).
 
-The kernels are those of :mod:`bridge.sampler` (independence Metropolis with flow proposals,
+The kernels are those of :mod:`bridge.mcmc.sampler` (independence Metropolis with flow proposals,
 Tierney, Ann. Stat. 22 (1994) 1701, arXiv:2101.08176 sec. 3.4; HMC, Duane et al., Phys. Lett.
 B195 (1987) 216), composed in a fixed order (``--schedule "hmc:1,flow:4"``: one HMC trajectory,
 then four flow steps, per *cycle*) or mixed with fixed probabilities (``--mixture
@@ -38,7 +38,7 @@ Output (``OUT``; with ``WORLD_SIZE > 1`` under torchrun each rank ``r`` writes
     OUT/summary.json     acceptance per kernel, plaquette, topological charge, tau_int (rank 0)
 
 ``qcd-bridge validate`` reads ``chain.h5`` directly, one replica per chain, skipping the first
-``therm`` cycles (:func:`bridge.validate.load_series`).
+``therm`` cycles (:func:`bridge.analysis.validate.load_series`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .commands_flows import _GROUPS  # the group names `qcd-bridge train` accepts
+from ..flows.checkpoints import GROUPS as _GROUPS
 
 __all__ = [
     "CHAIN_FORMAT", "CHAIN_VERSION", "KERNELS", "add_chain_parser", "chain_settings",
@@ -77,7 +77,7 @@ _MUTABLE = {"steps", "checkpoint_every", "save_every", "device", "out", "therm"}
 
 
 def _config_error(msg: str) -> Exception:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     return ConfigError(msg)
 
@@ -184,7 +184,7 @@ def _check_settings(s: dict[str, Any]) -> None:
     if s["schedule"] is not None and s["mixture"] is not None:
         raise _config_error(f"--schedule {s['schedule']!r} and --mixture {s['mixture']!r}: "
                             f"give one of them (a fixed order or random choice)")
-    from .integrators import SCHEMES
+    from ..mcmc.integrators import SCHEMES
 
     if s["integrator"] not in SCHEMES:
         raise _config_error(f"integrator: expected one of Chroma's names {sorted(SCHEMES)}, "
@@ -250,7 +250,7 @@ def resolve_model(s: dict[str, Any], explicit: set[str]) -> Any:
         return None
     if s["model"] == ANALYTIC:
         return _analytic_proposal(s, explicit)
-    from .commands_flows import load_model
+    from ..flows.checkpoints import load_model
 
     model, meta = load_model(s["model"])
     train = meta.get("train", {})
@@ -260,8 +260,8 @@ def resolve_model(s: dict[str, Any], explicit: set[str]) -> Any:
         if key not in explicit:
             s[key] = mine[key]
     if s["group"] != mine["group"] or len(s["nrow"]) != model.nd:
-        from .lattice import Lattice
-        from .sampler import check_flow
+        from ..lattice import Lattice
+        from ..mcmc.sampler import check_flow
 
         u = _probe_field(s)
         try:
@@ -291,7 +291,7 @@ def _analytic_proposal(s: dict[str, Any], explicit: set[str]) -> Any:
         raise _config_error(f"--model {ANALYTIC}: the analytic plaquette proposal exists only "
                             f"for 2D U(1) (--group u1, two extents), the chain is --group "
                             f"{s['group']} on {' x '.join(map(str, s['nrow']))}")
-    from .flows.analytic import U1PlaquetteProposal
+    from ..flows.analytic import U1PlaquetteProposal
 
     return U1PlaquetteProposal(float(s["beta"]))
 
@@ -299,19 +299,19 @@ def _analytic_proposal(s: dict[str, Any], explicit: set[str]) -> Any:
 def _probe_field(s: dict[str, Any]) -> Any:
     import torch
 
-    from .gauge import unit_gauge
-    from .lattice import Lattice
+    from ..gauge import unit_gauge
+    from ..lattice import Lattice
 
     return unit_gauge(Lattice(s["nrow"]), _GROUPS[s["group"]], 1, dtype=torch.complex128)
 
 
 def build_kernel(s: dict[str, Any], model: Any) -> tuple[Any, list[str]]:
-    """The chain's kernel (:func:`bridge.sampler.compose` or :func:`~bridge.sampler.mixture` of
+    """The chain's kernel (:func:`bridge.mcmc.sampler.compose` or :func:`~bridge.mcmc.sampler.mixture` of
     the named kernels) and the list of kernel names used (the record labels)."""
-    from .actions import GaugeMonomial
-    from .gauge import wilson_action
-    from .integrators import Integrator, Level, scheme
-    from .sampler import compose, flow_metropolis_kernel, hmc, mixture
+    from ..gauge import wilson_action
+    from ..mcmc.integrators import Integrator, Level, scheme
+    from ..mcmc.monomials import GaugeMonomial
+    from ..mcmc.sampler import compose, flow_metropolis_kernel, hmc, mixture
 
     plan, is_mix = _kernel_plan(s)
     plan = [(n, v) for n, v in plan if v > 0]  # a kernel with count/probability 0 never runs
@@ -355,9 +355,9 @@ def measure(u: Any, action: Any, names: Sequence[str]) -> dict[str, Any]:
     Polyakov loop in the time direction (Chroma's normalisation)."""
     import torch
 
-    from .gauge import mesplq, polyakov_loop
-    from .lattice import Lattice
-    from .observables.field_strength import topological_charge
+    from ..gauge import mesplq, polyakov_loop
+    from ..lattice import Lattice
+    from ..observables.field_strength import topological_charge
 
     out: dict[str, Any] = {}
     with torch.no_grad():
@@ -582,7 +582,7 @@ def summarize(obs: dict[str, Any], acceptance: dict[str, list[float]], s: dict[s
     (character expansion, :mod:`bridge.exact`)."""
     import numpy as np
 
-    from .analysis import MIN_CONFIGS, gamma
+    from ..analysis.stats import MIN_CONFIGS, gamma
 
     therm = int(s["therm"])
     cyc = np.asarray(obs["cycle"])
@@ -627,7 +627,7 @@ def summarize(obs: dict[str, Any], acceptance: dict[str, list[float]], s: dict[s
                     pass
         out[name] = st
     if geometric:
-        from .exact import u1_2d_plaquette, u1_2d_topological_susceptibility
+        from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 
         nrow = (s["nrow"][0], s["nrow"][1])
         out["exact"] = {"plaquette": u1_2d_plaquette(s["beta"], nrow),
@@ -688,9 +688,9 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _start_field(s: dict[str, Any], seed: int, dtype: Any, device: Any) -> Any:
-    from .gauge import random_gauge, unit_gauge
-    from .lattice import Lattice
-    from .rng import generator, rng_key
+    from ..gauge import random_gauge, unit_gauge
+    from ..lattice import Lattice
+    from ..rng import generator, rng_key
 
     lat, group, c = Lattice(s["nrow"]), _GROUPS[s["group"]], int(s["chains"])
     start = str(s["start"])
@@ -702,7 +702,7 @@ def _start_field(s: dict[str, Any], seed: int, dtype: Any, device: Any) -> Any:
     if not os.path.exists(start):
         raise FileNotFoundError(f"--start {start}: expected hot, cold or an existing gauge "
                                 f"file")
-    from .io import read_gauge
+    from ..io import read_gauge
 
     u, _ = read_gauge(start, dtype=dtype, device=device)
     got = Lattice.of(u)
@@ -739,17 +739,17 @@ def run_chains(
     from :func:`resolve_model`) and return the summary (every rank gets the global one).
 
     ``rank``/``world`` default to the torch.distributed environment
-    (:func:`bridge.train.init_distributed`); rank ``r`` runs ``chains`` chains with the seed
+    (:func:`bridge.flows.training.init_distributed`); rank ``r`` runs ``chains`` chains with the seed
     stream ``rng_key(seed, r)`` and the global chain indices ``r * chains ...``.  ``callback
     (cycle, state)`` is called after every cycle (tests use it to interrupt a run)."""
     import numpy as np
     import torch
 
-    from .rng import rng_key
-    from .sampler import flat_infos
+    from ..mcmc.sampler import flat_infos
+    from ..rng import rng_key
 
     if rank is None or world is None:
-        from .train import init_distributed
+        from ..flows.training import init_distributed
 
         rank, world = init_distributed("gloo" if str(s["device"]) == "cpu" else None)
     out = Path(s["out"])
@@ -760,7 +760,7 @@ def run_chains(
     if not resume and (ck.exists() or h5path.exists()):
         raise _config_error(f"out: {ck if ck.exists() else h5path} exists; pass --resume to "
                             f"continue it or choose another --out")
-    from .train import rank_device
+    from ..flows.training import rank_device
 
     device = rank_device(s["device"], world)
     dtype = torch.complex128 if s["precision"] == 64 else torch.complex64
@@ -892,7 +892,7 @@ def _json_default(obj: Any) -> Any:
 def _write_ildg(out: Path, u: Any, cycle: int, offset: int, precision: int) -> None:
     """ILDG files of a 4D SU(3) batch, named as Chroma's hmc names them:
     ``OUT/cfg/chain<g>_cfg_<cycle>.lime`` (``g`` the global chain index)."""
-    from .io.ildg import write_ildg
+    from ..io.ildg import write_ildg
 
     d = out / "cfg"
     d.mkdir(exist_ok=True)

@@ -1,17 +1,17 @@
 """``qcd-bridge train`` and ``qcd-bridge sample``: self-training of a gauge-equivariant flow
-(:mod:`bridge.train`, arXiv:2003.06413, arXiv:2101.08176) and drawing configurations with their
+(:mod:`bridge.flows.training`, arXiv:2003.06413, arXiv:2101.08176) and drawing configurations with their
 log-weights ``log w = -S(U) - log q(U)`` into HDF5 or ILDG.
 
 ``train [CONFIG.json] [options]``: settings come from the JSON file (keys as the long options,
 with ``_`` for ``-``, plus ``"model": {...}`` for :func:`~bridge.flows.make_flow` arguments and
-``"train": {...}`` for further :class:`~bridge.train.TrainConfig` fields), overridden by the
+``"train": {...}`` for further :class:`~bridge.flows.training.TrainConfig` fields), overridden by the
 options given.  ``--steps`` is the total number of optimisation steps of the run, counting
 those done before a ``--resume``.  The run writes ``OUT/checkpoint.pt`` (atomically, every
 ``--checkpoint-every`` steps and at the end), ``OUT/config.json`` (the resolved settings) and
 ``OUT/summary.json`` with ``ess`` and ``acceptance`` measured after training on a fresh batch of
 ``--eval-samples`` (default 4096) samples drawn in chunks of ``--eval-batch``, plus ``steps``,
 ``seconds`` and the last live statistics.  Under ``torchrun`` (``WORLD_SIZE > 1``) the run is
-data parallel (:func:`bridge.train.init_distributed`); rank 0 prints, evaluates and writes.
+data parallel (:func:`bridge.flows.training.init_distributed`); rank 0 prints, evaluates and writes.
 
 ``sample MODEL --n N --out FILE``: MODEL is a checkpoint or a run directory.  ``FILE.h5``: a 4D
 SU(3) model goes into an :class:`~bridge.io.hdf5.EnsembleStore` (``weight`` = ``exp(log w - c)``
@@ -33,9 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_parser", "add_sample_parser", "load_model", "train_settings"]
+__all__ = ["add_train_parser", "add_sample_parser", "train_settings"]
 
-_GROUPS = {"u1": "U1", "su2": "SU2", "su3": "SU3"}
+from ..flows.checkpoints import GROUPS as _GROUPS
+from ..flows.checkpoints import load_model
+
 _DEFAULTS: dict[str, Any] = {
     "group": "u1", "nrow": [8, 8], "beta": 2.0, "steps": 1000, "batch": 64, "lr": 1e-3,
     "seed": 0, "out": "flow-run", "time_budget": None, "eval_samples": 4096,
@@ -108,7 +110,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
 # -- settings ---------------------------------------------------------------------------------
 def train_settings(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults, then the JSON file, then the options given on the command line."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     s = json.loads(json.dumps(_DEFAULTS))
     if args.config:
@@ -162,9 +164,9 @@ def _evaluate(model: Any, nrow: list[int], beta: float, n: int, chunk: int,
     """ESS and independence-Metropolis acceptance on ``n`` fresh samples drawn in chunks."""
     import torch
 
-    from .gauge import wilson_action
-    from .rng import generator, rng_key
-    from .train import ess, imh_acceptance
+    from ..gauge import wilson_action
+    from ..mcmc.reweighting import ess, imh_acceptance
+    from ..rng import generator, rng_key
 
     logws = []
     p = next(model.parameters(), None)
@@ -183,9 +185,9 @@ def _evaluate(model: Any, nrow: list[int], beta: float, n: int, chunk: int,
 def _run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .errors import ConfigError
-    from .flows import make_flow
-    from .train import TrainConfig, Trainer, init_distributed, rank_device
+    from ..errors import ConfigError
+    from ..flows import make_flow
+    from ..flows.training import TrainConfig, Trainer, init_distributed, rank_device
 
     s = train_settings(args)
     cuda = rank_device(s["device"]).type == "cuda"  # validates the device first
@@ -260,40 +262,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # -- sample -----------------------------------------------------------------------------------
-def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """Rebuild the flow of a ``Trainer`` checkpoint (or run directory): ``(model, meta)``."""
-    import torch
-
-    from .errors import ConfigError
-    from .flows import make_flow
-
-    p = Path(path)
-    if p.is_dir():
-        p = p / "checkpoint.pt"
-    if not p.exists():
-        raise FileNotFoundError(f"model {path}: no such checkpoint")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
-        raise ConfigError(f"model {p}: cannot read it as a checkpoint ({exc})") from exc
-    meta = state.get("meta", {}) if isinstance(state, dict) else {}
-    if meta.get("format") != "qcd-bridge-flow-checkpoint":
-        raise ConfigError(f"model {p}: not a qcd-bridge flow checkpoint")
-    mc = dict(meta["model"])
-    dtype = getattr(torch, str(mc.pop("dtype", "torch.float64")).split(".")[-1])
-    group, nd = mc.pop("group"), mc.pop("nd")
-    model = make_flow(group, nd, dtype=dtype, **mc)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, meta
-
-
 def _run_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from .errors import ConfigError
-    from .gauge import wilson_action
-    from .rng import generator, rng_key
+    from ..errors import ConfigError
+    from ..gauge import wilson_action
+    from ..rng import generator, rng_key
 
     model, meta = load_model(args.model)
     nrow = [int(n) for n in (args.nrow or meta["train"]["nrow"])]
@@ -336,10 +310,10 @@ class _Writer:
         self.beta, self.args, self.model = beta, args, model
         self.offset: float | None = None
         self.records: list[dict[str, float]] = []
-        from .io.lime import check_output_path
+        from ..io.lime import check_output_path
 
         if self.kind == "store":
-            from .io.hdf5 import EnsembleStore
+            from ..io.hdf5 import EnsembleStore
 
             check_output_path(out, args.overwrite)
             self.store = EnsembleStore(out, "w", nrow=nrow, precision=args.precision,
@@ -390,7 +364,7 @@ class _Writer:
                                           "beta": self.beta, "model": str(self.args.model)},
                                   seed=[self.args.seed])
             else:
-                from .io.ildg import write_ildg
+                from ..io.ildg import write_ildg
 
                 path = f"{self.out}.{self.n:05d}.lime"
                 write_ildg(path, u[j:j + 1], precision=self.args.precision,

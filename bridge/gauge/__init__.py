@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from . import _native_gauge
-from .groups import (
+from .. import _native_gauge
+from ..groups import (
     Group,
     complex_dtype,
     dagger,
@@ -32,7 +32,7 @@ from .groups import (
     project_algebra,
     trace,
 )
-from .lattice import Lattice, as_device
+from ..lattice import Lattice, as_device
 
 __all__ = [
     "unit_gauge",

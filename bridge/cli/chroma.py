@@ -11,7 +11,7 @@
 ``qcd-bridge chroma-xml parse OUT.xml... [--into STORE.h5] [--json FILE]``
     Chroma's (or the fallback's) output XML into measurement series of an HDF5 ensemble store.
 
-Every written input has passed :func:`bridge.io.chroma_templates.check_structure` and is written
+Every written input has passed :func:`bridge.chroma.templates.check_structure` and is written
 atomically; it runs unchanged in Chroma and in the built-in fallback (``qcd-bridge hmc`` /
 ``qcd-bridge chroma``).
 """
@@ -52,7 +52,7 @@ def add_chroma_xml_parser(sub: argparse._SubParsersAction) -> None:
         "chroma-xml",
         help="write Chroma hmc/chroma inputs from templates; check inputs; parse outputs",
         description=(
-            "Chroma XML from the templates in bridge/xml_templates: `hmc` writes an input of "
+            "Chroma XML from the templates in xml_templates/: `hmc` writes an input of "
             "Chroma's hmc program, `measure` one of its chroma measurement program, both "
             "checked against the element structure Chroma requires before they are written. "
             "`check` runs that check on any input; `parse` reads hmc/chroma output XML into an "
@@ -169,11 +169,11 @@ def _merged(args: argparse.Namespace, keys: dict[str, str]) -> tuple[dict[str, A
         except OSError as exc:
             raise FileNotFoundError(f"{args.config}: cannot read config ({exc})") from exc
         except json.JSONDecodeError as exc:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"{args.config}: not valid JSON: {exc}") from exc
         if not isinstance(d, dict):
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"{args.config}: expected a JSON object of parameters, got "
                               f"{type(d).__name__}")
@@ -185,8 +185,8 @@ def _merged(args: argparse.Namespace, keys: dict[str, str]) -> tuple[dict[str, A
 
 
 def _write(args: argparse.Namespace, root: Any) -> None:
-    from .io.chroma_templates import write_checked
-    from .io.lime import check_output_path
+    from ..chroma.templates import write_checked
+    from ..io.lime import check_output_path
 
     check_output_path(args.output, args.overwrite)
     write_checked(args.output, root)
@@ -194,7 +194,7 @@ def _write(args: argparse.Namespace, root: Any) -> None:
 
 
 def _run_hmc(args: argparse.Namespace) -> int:
-    from .io.chroma_templates import hmc_params_from_dict, render_hmc
+    from ..chroma.templates import hmc_params_from_dict, render_hmc
 
     keys = {k: k for k in ("nrow", "beta", "kappa", "fermion", "csw", "precond", "boundary",
                            "rsd_cg", "max_cg", "integrator", "tau", "md_steps", "gauge_steps",
@@ -212,7 +212,7 @@ def _run_hmc(args: argparse.Namespace) -> int:
 
 
 def _run_measure(args: argparse.Namespace) -> int:
-    from .io.chroma_templates import measure_params_from_dict, render_measure
+    from ..chroma.templates import measure_params_from_dict, render_measure
 
     keys = {k: k for k in ("nrow", "cfg", "plaquette", "polyakov", "pion", "kappa", "fermion",
                            "csw", "boundary", "t_srce", "rsd_cg", "max_cg", "save_prop",
@@ -229,9 +229,9 @@ def _run_measure(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .io.chroma_templates import structure_problems
-    from .io.chroma_xml import parse_xml_file
+    from ..chroma.hmc_input import parse_xml_file
+    from ..chroma.templates import structure_problems
+    from ..errors import ConfigError
 
     bad = 0
     for path in args.inputs:
@@ -254,7 +254,7 @@ def _run_check(args: argparse.Namespace) -> int:
 
 
 def _run_parse(args: argparse.Namespace) -> int:
-    from .io.chroma_output import read_output, store_output
+    from ..chroma.output import read_output, store_output
 
     parsed = [read_output(p) for p in args.outputs]
     out = sys.stderr if args.json == "-" else sys.stdout  # keep stdout for the JSON
@@ -277,7 +277,7 @@ def _run_parse(args: argparse.Namespace) -> int:
         if args.json == "-":
             sys.stdout.write(text + "\n")
         else:
-            from .io.lime import atomic_path
+            from ..io.lime import atomic_path
 
             with atomic_path(args.json, overwrite=True) as tmp:
                 tmp.write_text(text + "\n")

@@ -1,0 +1,7 @@
+"""``python -m bridge.cli``: the ``qcd-bridge`` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

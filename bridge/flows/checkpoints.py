@@ -1,0 +1,42 @@
+"""Flow checkpoints: rebuild a trained model from what :class:`~bridge.flows.training.Trainer`
+wrote, and the group names the command line accepts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["GROUPS", "load_model"]
+
+# the names `qcd-bridge train/chain --group` accept -> bridge.groups names
+GROUPS = {"u1": "U1", "su2": "SU2", "su3": "SU3"}
+
+
+def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the flow of a ``Trainer`` checkpoint (or run directory): ``(model, meta)``."""
+    import torch
+
+    from .models import make_flow
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.exists():
+        raise FileNotFoundError(f"model {path}: no such checkpoint")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
+        raise ConfigError(f"model {p}: cannot read it as a checkpoint ({exc})") from exc
+    meta = state.get("meta", {}) if isinstance(state, dict) else {}
+    if meta.get("format") != "qcd-bridge-flow-checkpoint":
+        raise ConfigError(f"model {p}: not a qcd-bridge flow checkpoint")
+    mc = dict(meta["model"])
+    dtype = getattr(torch, str(mc.pop("dtype", "torch.float64")).split(".")[-1])
+    group, nd = mc.pop("group"), mc.pop("nd")
+    model = make_flow(group, nd, dtype=dtype, **mc)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, meta

@@ -1,0 +1,1 @@
+"""Chroma XML templates, installed as the package ``bridge.xml_templates`` (data only)."""
