@@ -78,7 +78,41 @@ def test_no_side_effects_on_import():
     import subprocess
     import sys
 
-    code = ("import sys; sys.argv=['x','--bogus']; import bridge, bridge.cli, bridge.chroma.hmc_program, "
-            "bridge.io; print('ok', 'mpi4py' in sys.modules, 'pyquda' in sys.modules)")
+    code = ("import sys; sys.argv=['x','--bogus']; import bridge, bridge.cli, "
+            "bridge.chroma.hmc_program, bridge.io; "
+            "print('ok', 'mpi4py' in sys.modules, 'pyquda' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["ok", "False", "False"]
+
+
+MAX_MODULE_LINES, MAX_UNIT_LINES = 700, 150
+
+
+def test_modules_functions_and_classes_stay_small():
+    """One concept per unit: no module over 700 lines, no function or class over 150 lines
+    (from its ``def``/``class`` line to its last line, docstring included)."""
+    bad = []
+    for path, _ in _modules():
+        text = path.read_text()
+        n = text.count("\n")
+        if n > MAX_MODULE_LINES:
+            bad.append(f"{path.relative_to(PACKAGE.parent)}: {n} lines (max {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                size = node.end_lineno - node.lineno + 1
+                if size > MAX_UNIT_LINES:
+                    bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: "
+                               f"{size} lines (max {MAX_UNIT_LINES})")
+    assert not bad, "too large:\n" + "\n".join(bad)
+
+
+def test_setuptools_packages_list_every_package():
+    """pyproject.toml lists packages explicitly (xml_templates/ is mapped into bridge): every
+    package directory under bridge/ must be in that list, or the wheel would miss it."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {"bridge." + ".".join(p.parent.relative_to(PACKAGE).parts) if p.parent != PACKAGE
+             else "bridge" for p in PACKAGE.rglob("__init__.py")}
+    assert found | {"bridge.xml_templates"} == listed
