@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bridge"
 # base -> gauge -> solvers -> fermions -> mcmc -> flows -> observables -> analysis -> io
 # -> chroma -> jobs -> cli; testing (the public exactness kit) may use everything
 LEVELS = {
-    "errors": 0, "rng": 0, "lattice": 0, "exact": 0, "_native_build": 0,
+    "errors": 0, "rng": 0, "lattice": 0, "exact": 0, "_native_build": 0, "progress": 0,
     "groups": 1, "_native_gauge": 1,
     "gauge": 2,
     "solvers": 3,
