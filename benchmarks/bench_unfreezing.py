@@ -8,12 +8,13 @@ time, and the flow-step throughput.
       automatically (smallest of 2, 3, 4, 5, 6, 8, 10, 12, 16, ... with acceptance
       >= ``--target-acc``, default 0.8, on short runs that also thermalise); tuning time is
       recorded, not counted.
-    * **hybrid**: :func:`bridge.mcmc.sampler.compose` of ``--hmc-per-cycle`` of the same tuned HMC
+    * **hybrid**: :func:`bridge.mcmc.compose.compose` of ``--hmc-per-cycle`` of the same tuned HMC
       trajectories and ``--flow-per-cycle`` independence-Metropolis flow steps
-      (:func:`bridge.mcmc.sampler.flow_metropolis_kernel`), started from the thermalised HMC state.
-      The flow is trained per beta with :class:`bridge.flows.training.Trainer` for ``--train-seconds``
-      on ``--train-L`` (default: the chain's L; a model trained on a smaller L is applied to the
-      larger lattice, the layers being translation equivariant), or loaded from ``--models DIR``
+      (:func:`bridge.mcmc.flow_mh.flow_metropolis_kernel`), started from the thermalised HMC
+      state.  The flow is trained per beta with :class:`bridge.flows.training.Trainer` for
+      ``--train-seconds`` on ``--train-L`` (default: the chain's L; a model trained on a smaller
+      L is applied to the larger lattice, the layers being translation equivariant), or loaded
+      from ``--models DIR``
       (``DIR/u1_L{L}_b{beta}/checkpoint.pt``; freshly trained models are saved there).
       With ``--proposal analytic`` the proposal is instead
       :class:`bridge.flows.U1PlaquetteProposal` (the exact change of variables to plaquette
@@ -83,12 +84,14 @@ from bridge.analysis.stats import gamma
 from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows import U1PlaquetteProposal, make_flow
 from bridge.flows.training import TrainConfig, Trainer
-from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.gauge import plaquette_traces, unit_gauge, wilson_action
 from bridge.lattice import Lattice
+from bridge.mcmc.compose import compose, run_chain
+from bridge.mcmc.flow_mh import flow_metropolis_kernel
+from bridge.mcmc.hmc import hmc
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.sampler import compose, flow_metropolis_kernel, hmc, run_chain
+from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.observables import flowed_topological_charge
 from bridge.observables.field_strength import geometric_charge_u1
 from bridge.rng import generator, rng_key
@@ -121,7 +124,7 @@ def make_hmc(beta: float, n_steps: int, name: str = "hmc"):
 
 
 class Rec(NamedTuple):
-    """What the benchmark keeps of a step's :class:`~bridge.mcmc.sampler.StepInfo` (keeping the
+    """What the benchmark keeps of a step's :class:`~bridge.mcmc.base.StepInfo` (keeping the
     records themselves, with their HMC details, costs gigabytes over long runs)."""
 
     kernel: str

@@ -22,9 +22,11 @@ from bridge.gauge import (
     wilson_action,
 )
 from bridge.lattice import Lattice
+from bridge.mcmc.compose import compose, run_chain
+from bridge.mcmc.flow_mh import check_flow, flow_metropolis_kernel
+from bridge.mcmc.hmc import hmc
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
 from bridge.observables.field_strength import geometric_charge_u1
 
 

@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from bridge.cli import main as cli_main
-from bridge.flows.checkpoints import load_model
 from bridge.errors import ConfigError
 from bridge.exact import u1_2d_plaquette
 from bridge.flows import GaugeFlow, PlaquetteFlow, make_flow
 from bridge.flows.analytic import plaquette_links
+from bridge.flows.checkpoints import load_model
 from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
-from bridge.mcmc.reweighting import ess
 from bridge.gauge import (
     gauge_transform,
     plaquette_field,
@@ -30,9 +29,12 @@ from bridge.gauge import (
     wilson_action,
 )
 from bridge.lattice import Lattice
+from bridge.mcmc.compose import compose, run_chain
+from bridge.mcmc.flow_mh import check_flow, flow_metropolis_kernel
+from bridge.mcmc.hmc import hmc
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.sampler import check_flow, compose, flow_metropolis_kernel, hmc, run_chain
+from bridge.mcmc.reweighting import ess
 from bridge.testing import assert_flow_density
 
 

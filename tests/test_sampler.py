@@ -1,7 +1,7 @@
-"""The hybrid sampler (bridge.mcmc.sampler): exactness on 2D U(1) against the character expansion,
-exactness with a poor flow, known transition matrices on a discrete toy (composition, mixture,
-pseudo-marginal), bookkeeping after rejection/acceptance, bit-for-bit resume, bad input, log-space
-weights."""
+"""The hybrid sampler (bridge.mcmc: flow_mh, hmc, compose, reweighting): exactness on 2D U(1)
+against the character expansion, exactness with a poor flow, known transition matrices on a
+discrete toy (composition, mixture, pseudo-marginal), bookkeeping after rejection/acceptance,
+bit-for-bit resume, bad input, log-space weights."""
 
 from __future__ import annotations
 
@@ -15,23 +15,16 @@ import torch
 from bridge.errors import ConfigError
 from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows.models import make_flow
-from bridge.mcmc.reweighting import ess, reweighted_mean
 from bridge.gauge import mesplq, random_gauge, wilson_action
 from bridge.groups import get_group
 from bridge.lattice import Lattice
-from bridge.mcmc.hmc import Kernel
+from bridge.mcmc.base import ChainState, Kernel, StepInfo
+from bridge.mcmc.compose import compose, mixture, run_chain
+from bridge.mcmc.flow_mh import flow_metropolis_kernel
+from bridge.mcmc.hmc import hmc
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.sampler import (
-    ChainState,
-    StepInfo,
-    compose,
-    flow_metropolis_kernel,
-    hmc,
-    mixture,
-    reweight_samples,
-    run_chain,
-)
+from bridge.mcmc.reweighting import ess, reweight_samples, reweighted_mean
 from bridge.rng import generator, rng_key
 
 

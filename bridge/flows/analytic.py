@@ -153,7 +153,7 @@ class U1PlaquetteProposal:
     docstring): ``sample(n, lattice, generator=, dtype=, device=) -> (U, log q)`` and
     ``log_prob(U)``, with ``log q`` exactly normalised with respect to normalised Haar measure;
     usable wherever a :class:`~bridge.flows.models.GaugeFlow` is (``group``, ``nd``, no layers),
-    e.g. :func:`bridge.mcmc.sampler.flow_metropolis_kernel`.  ``p0`` (the constrained plaquette) is
+    e.g. :func:`bridge.mcmc.flow_mh.flow_metropolis_kernel`.  ``p0`` (the constrained plaquette) is
     the site ``(x, t) = (L_x - 1, L_t - 1)``."""
 
     def __init__(self, beta: float) -> None:

@@ -10,12 +10,15 @@ Exactness: momentum refresh is a Gibbs step of ``exp(-Tr P^dag P)``; the integra
 and area preserving; the Metropolis test with ``min(1, exp(-dH))`` then leaves
 ``exp(-S(U))`` invariant (Duane, Kennedy, Pendleton & Roweth, Phys. Lett. B195 (1987) 216).
 Warm-up trajectories (Chroma's ``NWarmUpUpdates``) are always accepted and are not exact.
+
+:func:`hmc` is the same kernel on :class:`~bridge.mcmc.base.ChainState`, so it composes with the
+flow kernel (:mod:`bridge.mcmc.compose`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,17 +28,11 @@ from ..gauge import mesplq
 from ..groups import dagger, mm, random_algebra, trace
 from ..lattice import Lattice
 from ..rng import generator, rng_key
+from .base import ChainState, Kernel, StepInfo, chain_state, check_action, nan_like, stream_tag
 from .integrators import Integrator
 from .monomials import Monomial
 
-__all__ = ["Kernel", "HMCState", "HMCInfo", "hmc_kernel", "kinetic_energy", "total_action"]
-
-
-class Kernel(NamedTuple):
-    """A Markov kernel: ``init(U, seed) -> state``, ``step(state) -> (state, info)``."""
-
-    init: Callable
-    step: Callable
+__all__ = ["HMCState", "HMCInfo", "hmc_kernel", "hmc", "kinetic_energy", "total_action"]
 
 
 class HMCState(NamedTuple):
@@ -184,5 +181,42 @@ def hmc_kernel(
             reverse_delta_u=rev_du,
         )
         return HMCState(u_new, s_new, state.seed, state.trajectory + 1), info
+
+    return Kernel(init, step)
+
+
+def hmc(integrator: Integrator, tau: float, *, name: str = "hmc", **kwargs: object) -> Kernel:
+    """:func:`hmc_kernel` as a kernel on :class:`~bridge.mcmc.base.ChainState`, to compose with
+    the flow kernel.
+
+    Trajectory ``n`` (the state's step) draws from ``rng_key(rng_key(seed, tag(name)), n)``.  On
+    the chains whose trajectory was accepted, ``log q``, ``log w`` and the estimate become unknown
+    (NaN): the flow kernel recomputes them; on rejected chains they are kept bit for bit.
+    ``kwargs`` go to :func:`hmc_kernel` (``warmup`` counts elementary steps)."""
+    inner = hmc_kernel(integrator, tau, **kwargs)
+    tag = stream_tag(name)
+
+    def init(u: torch.Tensor | ChainState, seed: int = 0, step: int = 0) -> ChainState:
+        if isinstance(u, ChainState):
+            hs = inner.init(u.U, u.seed, u.step)
+            check_action(name, u, hs.action)
+            return u
+        hs = inner.init(u, seed, step)
+        return chain_state(u, hs.action, seed, step)
+
+    def step(state: ChainState) -> tuple[ChainState, StepInfo]:
+        t0 = time.perf_counter()
+        hs, hinfo = inner.step(HMCState(state.U, state.action, rng_key(state.seed, tag),
+                                        state.step))
+        acc = hinfo.accepted
+        new = state._replace(
+            U=hs.U, action=hs.action,
+            log_q=torch.where(acc, nan_like(state.log_q), state.log_q),
+            log_w=torch.where(acc, nan_like(state.log_w), state.log_w),
+            log_est=torch.where(acc, nan_like(state.log_est), state.log_est),
+            step=state.step + 1)
+        info = StepInfo(state.step, name, acc, hinfo.delta_h, hinfo.acc_prob, 0, 0,
+                        time.perf_counter() - t0, hinfo)
+        return new, info
 
     return Kernel(init, step)
