@@ -23,8 +23,8 @@ import time
 import torch
 from _results import write_results
 
-from bridge import _native_gauge, gauge
-from bridge.gauge import random_gauge, wilson_action, wilson_force
+from bridge import _native_gauge
+from bridge.gauge import loops, random_gauge, wilson_action, wilson_force
 from bridge.lattice import Lattice
 
 
@@ -56,7 +56,7 @@ def _time(fn, device, min_time: float = 0.3, max_reps: int = 50, rounds: int = 3
 
 def _fresh_action(u: torch.Tensor) -> torch.Tensor:
     """The Wilson action computed from the links, not read from the plaquette-trace cache."""
-    gauge._TRACE_CACHE.clear()
+    loops._TRACE_CACHE.clear()
     return wilson_action(u, 5.5)
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bridge import gauge as Gg
+from bridge.gauge import loops as gauge_loops
 from bridge.groups import reunitarize
 from bridge.lattice import Lattice
 from bridge.testing import (
@@ -156,7 +157,7 @@ def test_wilson_force_fast_matches_reference(group, nrow, all_planes, device, dt
                                              monkeypatch):
     """Both optimised force kernels against the reference (sum of plaquette_loops, then
     project_algebra), float64 to 1e-13 and complex64 to 1e-5, scalar and per-chain beta."""
-    monkeypatch.setattr(Gg, "_ALL_PLANES_MAX_SITES", all_planes)
+    monkeypatch.setattr(gauge_loops, "_ALL_PLANES_MAX_SITES", all_planes)
     lat = Lattice(nrow)
     u = _rough(lat, group, generator, device, dtype=dtype)
     tol = 1e-13 if dtype == torch.complex128 else 1e-5
@@ -176,7 +177,7 @@ def test_wilson_force_fast_matches_reference(group, nrow, all_planes, device, dt
 def test_action_cache_is_exact_and_invalidated(all_planes, generator, monkeypatch):
     """The action left behind by the force equals, bit for bit, the one computed from scratch
     (restarted chains depend on it); an in-place change of U invalidates it."""
-    monkeypatch.setattr(Gg, "_ALL_PLANES_MAX_SITES", all_planes)
+    monkeypatch.setattr(gauge_loops, "_ALL_PLANES_MAX_SITES", all_planes)
     lat = Lattice((4, 4, 4, 4))
     u = _rough(lat, "SU3", generator, torch.device("cpu"))
     fresh = Gg.wilson_action(u.clone(), 5.5)

@@ -12,6 +12,7 @@ import torch
 
 from bridge import _native_gauge
 from bridge import gauge as G
+from bridge.gauge import loops as gauge_loops
 from bridge.groups import _expm_su3, expm_algebra_mul, random_algebra
 from bridge.lattice import Lattice
 from bridge.testing import assert_force_matches_action
@@ -41,7 +42,7 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
 def _torch_traces(u: torch.Tensor, monkeypatch) -> torch.Tensor:
     with monkeypatch.context() as m:
         m.setenv(_native_gauge.ENV, "0")
-        G._TRACE_CACHE.clear()
+        gauge_loops._TRACE_CACHE.clear()
         return G.plaquette_traces(u)
 
 
@@ -51,26 +52,26 @@ def test_force_and_action_match_reference(native, monkeypatch, cpu_generator, nr
                                           dtype):
     u = G.random_gauge(Lattice(nrow), group, 2, generator=cpu_generator).to(dtype)
     beta = 5.5
-    G._TRACE_CACHE.clear()
+    gauge_loops._TRACE_CACHE.clear()
     f = G.wilson_force(u, beta)
     assert f.dtype == dtype and f.shape == u.shape
     assert _native_gauge.usable(u)
     assert _err(f, G.wilson_force_reference(u, beta)) < TOL[dtype]
     # traces: the ones the force cached, and from scratch (traces-only kernel)
     want_tr = _torch_traces(u, monkeypatch)
-    G._TRACE_CACHE.clear()
+    gauge_loops._TRACE_CACHE.clear()
     G.wilson_force(u, beta)
     cached = G.plaquette_traces(u)
-    G._TRACE_CACHE.clear()
+    gauge_loops._TRACE_CACHE.clear()
     fresh = G.plaquette_traces(u)
     for tr in (cached, fresh):
         assert tr.dtype == want_tr.dtype and tr.shape == want_tr.shape
         assert float((tr - want_tr).abs().max()) < TOL[dtype]
-    G._TRACE_CACHE.clear()
+    gauge_loops._TRACE_CACHE.clear()
     s = G.wilson_action(u, beta)
     with monkeypatch.context() as m:
         m.setenv(_native_gauge.ENV, "0")
-        G._TRACE_CACHE.clear()
+        gauge_loops._TRACE_CACHE.clear()
         s_ref = G.wilson_action(u, beta)
     assert _err(s, s_ref) < TOL[dtype]
 
@@ -146,7 +147,7 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = G.wilson_force(u, 5.5)
-        G._TRACE_CACHE.clear()
+        gauge_loops._TRACE_CACHE.clear()
         G.wilson_action(u, 5.5)
         x = random_algebra(3, tuple(u.shape[:-2]), generator=cpu_generator)
         assert _err(expm_algebra_mul(x, u, 0.1), _expm_su3(x, 0.1, u)) < 1e-15

@@ -1014,7 +1014,7 @@ class WilsonDirac:
         :data:`_BILINEAR_GATHER_MAX_SITES` sites (incl. batch and right-hand sides) take the
         direction-by-direction :meth:`_hop_bilinear_reference` (faster there: 2.5 vs 2.6 ms at
         4^2 x 8^2, 9.4 vs 11.4 ms at 8^4; 1.0 vs 0.6 ms at 4^4)."""
-        from ..gauge import _project_algebra_gemm
+        from ..gauge.wilson import _project_algebra_gemm
 
         b, r = x5.shape[:2]
         lat = x5.shape[2:6]
