@@ -421,7 +421,7 @@ def test_summary_lines_name_the_errors_and_the_charge_definition():
 
 
 def test_cli_forced_progress_and_validate_reads_chain_files(tmp_path, capsys):
-    from bridge.analysis.validate import available_observables, ensemble_metadata, load_series
+    from bridge.jobs.validate import available_observables, ensemble_metadata, load_series
 
     a = tmp_path / "a"
     assert main(["chain", "--nrow", "4", "4", "--chains", "3", "--steps", "25", "--therm", "5",

@@ -1,6 +1,7 @@
-"""bridge.analysis.validate and ``qcd-bridge validate``: ensembles of the same sampler agree, ensembles at
-different beta disagree, reweighted ensembles agree only with their weights, the report files and
-summary keys, reading series from stores, npz and CSV files, and every error message."""
+"""bridge.jobs.validate, bridge.analysis.compare/report and ``qcd-bridge validate``: ensembles
+of the same sampler agree, ensembles at different beta disagree, reweighted ensembles agree only
+with their weights, the report files and summary keys, reading series from stores, npz and CSV
+files, and every error message."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import pytest
 import torch
 
 from bridge import gauge as Gg
-from bridge.analysis import validate as V
-from bridge.analysis.validate import EXIT_DISAGREE, SUMMARY_KEYS, validate, write_report
+from bridge.analysis.compare import SUMMARY_KEYS
+from bridge.analysis.report import write_report
 from bridge.cli import main
 from bridge.io.hdf5 import EnsembleStore
+from bridge.jobs import validate as V
+from bridge.jobs.validate import EXIT_DISAGREE, validate
 from bridge.lattice import Lattice
 from bridge.mcmc.hmc import hmc_kernel
 from bridge.mcmc.integrators import Integrator, Level, scheme

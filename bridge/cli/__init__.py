@@ -144,7 +144,7 @@ _SUBCOMMANDS = [
     "bridge.io.inspect:add_convert_parser",
     "bridge.jobs.measure:add_chroma_parser",
     "bridge.jobs.measure:add_measure_parser",
-    "bridge.analysis.validate:add_validate_parser",
+    "bridge.cli.validate:add_validate_parser",
     "bridge.cli.flows:add_train_parser",
     "bridge.cli.flows:add_sample_parser",
     "bridge.jobs.dropin:add_run_parser",

@@ -277,6 +277,13 @@ class EnsembleStore:
         return self._h5["configs"]["traj"][: len(self)]
 
     @property
+    def weights(self) -> np.ndarray:
+        """Reweighting factors of the stored configurations (NaN where none was given)."""
+        if "configs" not in self._h5:
+            return np.zeros(0, dtype=np.float64)
+        return self._h5["configs"]["weight"][: len(self)]
+
+    @property
     def last_traj(self) -> int | None:
         """Trajectory number of the last committed configuration (to resume from)."""
         n = len(self)

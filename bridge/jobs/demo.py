@@ -5,7 +5,7 @@
    with ``--model``.
 2. Run hybrid chains (one HMC trajectory then four flow-proposal Metropolis steps per cycle) and
    pure-HMC chains with :mod:`bridge.jobs.chain` (a few independent chains each).
-3. Validate the hybrid ensemble against the HMC ensemble with :mod:`bridge.analysis.validate`
+3. Validate the hybrid ensemble against the HMC ensemble with :mod:`bridge.jobs.validate`
    (histograms, residuals, Gamma-method means as in arXiv:2208.03832, Figs. 2-3) and write the
    report.
 4. Compare both plaquettes with the exact finite-volume value of the character expansion
@@ -16,7 +16,7 @@ Output directory (``--out``, default ``qcd-bridge-demo``): ``model/`` (the `trai
 ``demo.json`` (the table).  A directory holding an earlier demo's ``demo.json`` is reused
 (its parts are replaced); any other existing non-empty directory is refused.
 
-Exit status: 0 when the validation passes, 3 (:data:`bridge.analysis.validate.EXIT_DISAGREE`) when an
+Exit status: 0 when the validation passes, 3 (:data:`bridge.jobs.validate.EXIT_DISAGREE`) when an
 observable disagrees, 1 for errors.
 """
 
@@ -143,7 +143,7 @@ def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
 
 def _fmt(value: float | None, error: float | None) -> str:
     """``value(error)`` as in the validation report, ``n/a`` without a value."""
-    from ..analysis.validate import _pm
+    from ..analysis.format import value_error as _pm
 
     if value is None:
         return "n/a"
@@ -176,9 +176,10 @@ def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``qcd-bridge demo`` (module docstring); returns the exit status."""
-    from ..analysis.validate import EXIT_DISAGREE, validate, write_report
+    from ..analysis.report import write_report
     from ..errors import ConfigError
     from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
+    from .validate import EXIT_DISAGREE, validate
 
     if int(args.steps) <= int(args.therm) + 1:
         raise ConfigError(f"--steps {args.steps}: expected more cycles than --therm "
