@@ -99,6 +99,19 @@ inline T re_tr_mul(const T* __restrict a, const T* __restrict b) {
   return s;
 }
 
+// The upper staple U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag of plane (mu, nu) into `up` and
+// Re Tr[U_mu(x) up] / NC.  Out of line, so that the force and the traces-only pass run the same
+// machine code and their traces agree bit for bit (the cached action must equal a fresh one).
+template <typename T, int NC>
+__attribute__((noinline)) T upper_plane(T* __restrict up, T* __restrict t, const T* ub,
+                                        const int64_t* fwd, int64_t v, int64_t x, int64_t mu,
+                                        int64_t nu, int64_t xpmu) {
+  constexpr int M = NC * NC * 2;
+  mul_nn<T, NC>(t, ub + (nu * v + x) * M, ub + (mu * v + fwd[nu * v + x]) * M);
+  mul_nd<T, NC, false>(up, ub + (nu * v + xpmu) * M, t);
+  return re_tr_mul<T, NC>(ub + (mu * v + x) * M, up) / (T)NC;
+}
+
 // u [B, nd, V, NC, NC]; fwd/bwd [nd, V]; plane [nd * nd] (index of plane (mu, nu), mu < nu);
 // coeff [B]; force [B, nd, V, NC, NC] or null; tr [B, nplanes, V] (Re Tr P / NC)
 template <typename T, int NC>
@@ -116,12 +129,9 @@ void gauge_impl(const T* __restrict u, const int64_t* __restrict fwd,
         const T* umu_x = ub + (mu * v + x) * M;
         const int64_t xpmu = fwd[mu * v + x];
         if (!force) {  // traces only: the upper staples of the planes (mu, nu > mu)
-          for (int64_t nu = mu + 1; nu < nd; ++nu) {
-            mul_nn<T, NC>(t, ub + (nu * v + x) * M, ub + (mu * v + fwd[nu * v + x]) * M);
-            mul_nd<T, NC, false>(stap, ub + (nu * v + xpmu) * M, t);
+          for (int64_t nu = mu + 1; nu < nd; ++nu)
             tr[(b * nplanes + plane[mu * nd + nu]) * v + x] =
-                re_tr_mul<T, NC>(umu_x, stap) / (T)NC;
-          }
+                upper_plane<T, NC>(stap, t, ub, fwd, v, x, mu, nu, xpmu);
           continue;
         }
         for (int e = 0; e < M; ++e) stap[e] = 0;
@@ -129,13 +139,13 @@ void gauge_impl(const T* __restrict u, const int64_t* __restrict fwd,
           if (nu == mu) continue;
           const T* unu_xpmu = ub + (nu * v + xpmu) * M;
           // upper: U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag
-          mul_nn<T, NC>(t, ub + (nu * v + x) * M, ub + (mu * v + fwd[nu * v + x]) * M);
           if (nu > mu) {
             T up[M];
-            mul_nd<T, NC, false>(up, unu_xpmu, t);
-            tr[(b * nplanes + plane[mu * nd + nu]) * v + x] = re_tr_mul<T, NC>(umu_x, up) / (T)NC;
+            tr[(b * nplanes + plane[mu * nd + nu]) * v + x] =
+                upper_plane<T, NC>(up, t, ub, fwd, v, x, mu, nu, xpmu);
             for (int e = 0; e < M; ++e) stap[e] += up[e];
           } else {
+            mul_nn<T, NC>(t, ub + (nu * v + x) * M, ub + (mu * v + fwd[nu * v + x]) * M);
             mul_nd<T, NC, true>(stap, unu_xpmu, t);
           }
           // lower: [U_mu(y) U_nu(y+mu)]^dag U_nu(y), y = x - nu
