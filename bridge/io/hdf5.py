@@ -34,7 +34,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import numpy as np
@@ -48,7 +48,7 @@ from .ildg import NC, ND, GaugeInfo, _check_precision, as_gauge_field, default_u
 from .ildg import _unitarity_violation as _violation
 from .lime import atomic_path, check_output_path
 
-__all__ = ["EnsembleStore", "read_hdf5", "write_hdf5", "STORE_FORMAT", "STORE_VERSION"]
+__all__ = ["EnsembleStore", "read_hdf5", "write_hdf5", "is_hdf5", "STORE_FORMAT", "STORE_VERSION"]
 
 STORE_FORMAT = "qcd-bridge-ensemble"
 STORE_VERSION = 1
@@ -90,13 +90,278 @@ def _rng_bytes(state: bytes | bytearray | np.ndarray | torch.Tensor | None) -> n
     )
 
 
-class EnsembleStore:
-    """An HDF5 ensemble of gauge configurations with metadata and measurement series.
+# -- layout: creation, checks, truncation (functions of the open h5py.File) --------------------
+def _create_layout(h5: h5py.File, nrow: Sequence[int] | None, ensemble: str, replica: str,
+                   precision: int) -> None:
+    """Root attributes of a new store (and ``/configs`` when ``nrow`` is known)."""
+    if "|" in ensemble or "|" in replica:
+        raise ValueError(
+            f"ensemble/replica: '|' separates them in pyerrors names, got {ensemble!r}, "
+            f"{replica!r}"
+        )
+    a = h5.attrs
+    a["format"] = STORE_FORMAT
+    a["version"] = STORE_VERSION
+    a["ensemble"] = ensemble
+    a["replica"] = replica
+    a["nd"] = ND
+    a["nc"] = NC
+    a["precision"] = int(precision)
+    a["layout"] = "links[n, mu, t, z, y, x, a, b, re/im]"
+    a["n_configs"] = 0
+    if nrow is not None:
+        _init_configs(h5, Lattice(nrow))
+    h5.require_group("measurements")
+    h5.flush()
 
-    ``mode``: ``"r"`` read-only, ``"a"`` append (created if absent), ``"w"`` new file (refused
-    if it exists unless ``overwrite``).  ``nrow`` / ``precision`` are needed only to create a
-    store; an existing store must agree with them if given.
-    """
+
+def _init_configs(h5: h5py.File, lat: Lattice) -> None:
+    """The empty, resizable ``/configs`` datasets for lattice ``lat`` (one HDF5 chunk per time
+    slice of the links, Fletcher-32 checksummed)."""
+    if lat.nd != ND:
+        raise ValueError(f"nrow: expected 4 extents (Lx, Ly, Lz, Lt), got {lat.nrow}")
+    g = h5.require_group("configs")
+    h5.attrs["nrow"] = np.asarray(lat.nrow, dtype=np.int64)
+    real = np.float32 if int(h5.attrs["precision"]) == 32 else np.float64
+    shape = (ND, *lat.shape, NC, NC, 2)
+    g.create_dataset("links", shape=(0, *shape), maxshape=(None, *shape), dtype=real,
+                     chunks=(1, 1, 1, *shape[2:]), fletcher32=True)
+    for name, dtype, chunk in (("traj", np.int64, 1024), ("accepted", bool, 1024),
+                               ("weight", np.float64, 1024), ("params", _STR, 256),
+                               ("seed", _STR, 256), ("rng_state", _BYTES, 64)):
+        g.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(chunk,))
+
+
+def _attr_nrow(h5: h5py.File) -> tuple[int, ...] | None:
+    n = h5.attrs.get("nrow")
+    return None if n is None else tuple(int(x) for x in n)
+
+
+def _check_attrs(h5: h5py.File, path: str, nrow: Sequence[int] | None) -> None:
+    """The root attributes: format, version, precision, and ``nrow`` against the requested."""
+    a = h5.attrs
+    fmt = a.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != STORE_FORMAT:
+        raise FormatError(
+            f"file '{path}', attribute '/format': {fmt!r}, expected "
+            f"{STORE_FORMAT!r} (not a qcd-bridge ensemble store)"
+        )
+    version = int(a.get("version", -1))
+    if version != STORE_VERSION:
+        raise FormatError(
+            f"file '{path}', attribute '/version': {version}, expected {STORE_VERSION}"
+        )
+    prec = int(a.get("precision", -1))
+    if prec not in (32, 64):
+        raise FormatError(
+            f"file '{path}', attribute '/precision': {prec}, expected 32 or 64 "
+            f"(unknown precision)"
+        )
+    have = _attr_nrow(h5)
+    if nrow is not None and have is not None and tuple(int(n) for n in nrow) != have:
+        raise FormatError(
+            f"file '{path}', attribute '/nrow': lattice "
+            f"{' '.join(map(str, have))} (x y z t) disagrees with the requested nrow "
+            f"{' '.join(str(int(n)) for n in nrow)}"
+        )
+
+
+def _check_configs(h5: h5py.File, path: str) -> None:
+    """Every ``/configs`` dataset present, at least ``n_configs`` rows, links of the lattice's
+    shape."""
+    if "configs" not in h5:
+        return
+    g = h5["configs"]
+    n = int(h5.attrs.get("n_configs", 0))
+    for name in ("links", *_CONFIG_FIELDS):
+        if name not in g:
+            raise FormatError(f"file '{path}', dataset '/configs/{name}': missing")
+        if g[name].shape[0] < n:
+            raise FormatError(
+                f"file '{path}', dataset '/configs/{name}': {g[name].shape[0]} "
+                f"rows, expected at least n_configs = {n}"
+            )
+    nrow = _attr_nrow(h5)
+    if nrow is not None:
+        want = (ND, *reversed(nrow), NC, NC, 2)
+        if tuple(g["links"].shape[1:]) != want:
+            raise FormatError(
+                f"file '{path}', dataset '/configs/links': shape "
+                f"{tuple(g['links'].shape)}, expected (n, {', '.join(map(str, want))})"
+            )
+
+
+def _truncate_uncommitted(h5: h5py.File) -> None:
+    """Drop rows written by an interrupted append (beyond the commit counters)."""
+    if "configs" in h5:
+        n = int(h5.attrs.get("n_configs", 0))
+        for name in ("links", *_CONFIG_FIELDS):
+            ds = h5["configs"][name]
+            if ds.shape[0] != n:
+                ds.resize(n, axis=0)
+    for grp in h5.get("measurements", {}).values():
+        m = int(grp.attrs.get("n", 0))
+        for key in ("traj", "value"):
+            if grp[key].shape[0] != m:
+                grp[key].resize(m, axis=0)
+    h5.flush()
+
+
+# -- configurations ----------------------------------------------------------------------------
+def _config_row(traj: int, accepted: bool, weight: float, params: Mapping[str, Any] | None,
+                seed: Any, rng_state: Any) -> dict[str, Any]:
+    return {
+        "traj": int(traj),
+        "accepted": bool(accepted),
+        "weight": float(weight),
+        "params": _json(dict(params or {}), "params"),
+        "seed": _json(seed, "seed"),
+        "rng_state": _rng_bytes(rng_state),
+    }
+
+
+def _write_config(h5: h5py.File, u: torch.Tensor, row: dict[str, Any]) -> int:
+    """Append the links of ``u`` (one chunk per ``(mu, t)``: bounded memory) and ``row``, then
+    commit by incrementing ``n_configs``; returns the index."""
+    g = h5["configs"]
+    n = int(h5.attrs.get("n_configs", 0))
+    links = g["links"]
+    links.resize(n + 1, axis=0)
+    real = np.float32 if int(h5.attrs["precision"]) == 32 else np.float64
+    src = torch.view_as_real(u[0].detach())
+    for mu in range(ND):
+        for t in range(src.shape[1]):
+            links[n, mu, t] = src[mu, t].cpu().numpy().astype(real, copy=False)
+    for name in _CONFIG_FIELDS:
+        ds = g[name]
+        ds.resize(n + 1, axis=0)
+        ds[n] = row[name]
+    h5.flush()
+    h5.attrs["n_configs"] = n + 1  # commit
+    h5.flush()
+    return n
+
+
+def _read_links(h5: h5py.File, path: str, i: int, dtype: torch.dtype | None,
+                tol: float | None, reunitarize: bool) -> tuple[torch.Tensor, float | None]:
+    """Configuration ``i`` as ``U[1, 4, ...]`` read chunk by chunk (HDF5 verifies the Fletcher-32
+    checksums: a mismatch is a :class:`ChecksumError`); with ``tol`` the unitarity of every chunk
+    is checked.  Returns ``U`` and the largest unitarity violation (None unchecked)."""
+    links = h5["configs"]["links"]
+    lat = Lattice(_attr_nrow(h5) or ())
+    u = torch.empty(lat.gauge_shape(1, NC), dtype=complex_dtype(dtype))
+    dst = torch.view_as_real(u[0]).numpy()
+    worst = 0.0
+    for mu in range(ND):
+        for t in range(lat.nrow[-1]):
+            try:
+                dst[mu, t] = links[i, mu, t]
+            except OSError as exc:
+                raise ChecksumError(
+                    f"file '{path}', dataset '/configs/links', configuration {i}, "
+                    f"mu {mu}, t {t}: HDF5 could not read the chunk ({exc}); Fletcher-32 "
+                    f"checksum mismatch or corrupt file"
+                ) from exc
+            if tol is not None:
+                viol = float(_violation(dst[mu, t]).max())
+                worst = max(worst, viol)
+                if not viol <= tol:
+                    raise FormatError(
+                        f"file '{path}', dataset '/configs/links', configuration {i}, "
+                        f"mu {mu}, t {t}: links not unitary, max |U U^dagger - 1| = "
+                        f"{viol:.3g}, expected <= {tol:.3g}"
+                    )
+            if reunitarize:
+                u[0, mu, t] = _reunitarize(u[0, mu, t])
+    return u, (worst if tol is not None else None)
+
+
+def _config_metadata(h5: h5py.File, i: int) -> dict[str, Any]:
+    g = h5["configs"]
+
+    def text(name: str) -> str:
+        v = g[name][i]
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    return {
+        "index": i,
+        "traj": int(g["traj"][i]),
+        "accepted": bool(g["accepted"][i]),
+        "weight": float(g["weight"][i]),
+        "params": json.loads(text("params")),
+        "seed": json.loads(text("seed")),
+        "rng_state": bytes(np.asarray(g["rng_state"][i], dtype=np.uint8)),
+    }
+
+
+# -- measurements ------------------------------------------------------------------------------
+def _series_arrays(name: str, traj: int | Sequence[int] | np.ndarray,
+                   value: float | Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(trajs[k], values[k, ...])`` of one value (``traj`` an int) or a series, checked."""
+    if not name or "/" in name:
+        raise ValueError(f"name: expected a non-empty name without '/', got {name!r}")
+    single = np.ndim(traj) == 0
+    trajs = np.atleast_1d(np.asarray(traj, dtype=np.int64))
+    vals = np.asarray(value, dtype=np.float64)
+    if single:
+        vals = vals[None]
+    if vals.shape[0] != trajs.shape[0]:
+        raise ValueError(
+            f"value: {vals.shape[0]} values for {trajs.shape[0]} trajectories in "
+            f"measurement {name!r}"
+        )
+    if trajs.size > 1 and not np.all(np.diff(trajs) > 0):
+        raise ValueError(f"traj: trajectories of measurement {name!r} must increase strictly")
+    return trajs, vals
+
+
+def _series_group(h5: h5py.File, path: str, name: str, shape: tuple[int, ...]) -> h5py.Group:
+    """The group of measurement ``name`` (created for values of ``shape`` per trajectory)."""
+    meas = h5.require_group("measurements")
+    if name not in meas:
+        grp = meas.create_group(name)
+        grp.create_dataset("traj", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        grp.create_dataset("value", shape=(0, *shape), maxshape=(None, *shape), dtype=np.float64,
+                           chunks=(max(1, 4096 // max(1, int(np.prod(shape)))), *shape))
+        grp.attrs["n"] = 0
+    grp = meas[name]
+    if tuple(grp["value"].shape[1:]) != shape:
+        raise ValueError(
+            f"value: shape {shape} per trajectory, but measurement {name!r} in "
+            f"'{path}' holds {tuple(grp['value'].shape[1:])}"
+        )
+    return grp
+
+
+def _append_series(h5: h5py.File, path: str, name: str, trajs: np.ndarray,
+                   vals: np.ndarray) -> None:
+    """Append to measurement ``name``; commit by incrementing its counter ``n``."""
+    grp = _series_group(h5, path, name, tuple(vals.shape[1:]))
+    m = int(grp.attrs["n"])
+    if m and trajs.size and trajs[0] <= int(grp["traj"][m - 1]):
+        raise ValueError(
+            f"traj: {int(trajs[0])} is not after the last trajectory "
+            f"{int(grp['traj'][m - 1])} of measurement {name!r} in '{path}'"
+        )
+    k = trajs.shape[0]
+    grp["traj"].resize(m + k, axis=0)
+    grp["value"].resize(m + k, axis=0)
+    grp["traj"][m:] = trajs
+    grp["value"][m:] = vals
+    h5.flush()
+    grp.attrs["n"] = m + k  # commit
+    h5.flush()
+
+
+# -- the store ---------------------------------------------------------------------------------
+_S = TypeVar("_S", bound="_StoreFile")
+
+
+class _StoreFile:
+    """The open HDF5 file of a store: opening (creating, checking, truncating uncommitted rows),
+    the root attributes and closing.  :class:`EnsembleStore` adds the data."""
 
     def __init__(
         self,
@@ -115,136 +380,24 @@ class EnsembleStore:
         _check_precision(precision)
         if mode == "w":
             check_output_path(self.path, overwrite)
-        exists = os.path.exists(self.path)
-        if mode == "r" and not exists:
+        if mode == "r" and not os.path.exists(self.path):
             raise FormatError(f"file '{self.path}': does not exist")
-        h5mode = {"r": "r", "a": "a", "w": "w"}[mode]
         try:
-            self._h5 = h5py.File(self.path, h5mode)
+            self._h5 = h5py.File(self.path, mode)
         except OSError as exc:
             raise FormatError(f"file '{self.path}': cannot open as HDF5 ({exc})") from exc
         self.mode = mode
         try:
             if self._h5.attrs.get("format") is None and mode != "r" and len(self._h5) == 0:
-                self._create(nrow, ensemble, replica, precision)
-            self._validate(nrow)
+                _create_layout(self._h5, nrow, ensemble, replica, precision)
+            _check_attrs(self._h5, self.path, nrow)
+            _check_configs(self._h5, self.path)
             if mode != "r":
-                self._truncate_uncommitted()
+                _truncate_uncommitted(self._h5)
         except BaseException:
             self._h5.close()
             raise
 
-    # -- creation and validation ----------------------------------------------------------
-    def _create(self, nrow: Sequence[int] | None, ensemble: str, replica: str,
-                precision: int) -> None:
-        if "|" in ensemble or "|" in replica:
-            raise ValueError(
-                f"ensemble/replica: '|' separates them in pyerrors names, got {ensemble!r}, "
-                f"{replica!r}"
-            )
-        a = self._h5.attrs
-        a["format"] = STORE_FORMAT
-        a["version"] = STORE_VERSION
-        a["ensemble"] = ensemble
-        a["replica"] = replica
-        a["nd"] = ND
-        a["nc"] = NC
-        a["precision"] = int(precision)
-        a["layout"] = "links[n, mu, t, z, y, x, a, b, re/im]"
-        a["n_configs"] = 0
-        if nrow is not None:
-            self._init_configs(Lattice(nrow))
-        self._h5.require_group("measurements")
-        self._h5.flush()
-
-    def _init_configs(self, lat: Lattice) -> None:
-        if lat.nd != ND:
-            raise ValueError(f"nrow: expected 4 extents (Lx, Ly, Lz, Lt), got {lat.nrow}")
-        g = self._h5.require_group("configs")
-        self._h5.attrs["nrow"] = np.asarray(lat.nrow, dtype=np.int64)
-        real = np.float32 if self.precision == 32 else np.float64
-        shape = (ND, *lat.shape, NC, NC, 2)
-        g.create_dataset(
-            "links",
-            shape=(0, *shape),
-            maxshape=(None, *shape),
-            dtype=real,
-            chunks=(1, 1, 1, *shape[2:]),
-            fletcher32=True,
-        )
-        g.create_dataset("traj", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-        g.create_dataset("accepted", shape=(0,), maxshape=(None,), dtype=bool, chunks=(1024,))
-        g.create_dataset("weight", shape=(0,), maxshape=(None,), dtype=np.float64,
-                         chunks=(1024,))
-        g.create_dataset("params", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
-        g.create_dataset("seed", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(256,))
-        g.create_dataset("rng_state", shape=(0,), maxshape=(None,), dtype=_BYTES,
-                         chunks=(64,))
-
-    def _validate(self, nrow: Sequence[int] | None) -> None:
-        a = self._h5.attrs
-        fmt = a.get("format")
-        if isinstance(fmt, bytes):
-            fmt = fmt.decode()
-        if fmt != STORE_FORMAT:
-            raise FormatError(
-                f"file '{self.path}', attribute '/format': {fmt!r}, expected "
-                f"{STORE_FORMAT!r} (not a qcd-bridge ensemble store)"
-            )
-        version = int(a.get("version", -1))
-        if version != STORE_VERSION:
-            raise FormatError(
-                f"file '{self.path}', attribute '/version': {version}, expected {STORE_VERSION}"
-            )
-        prec = int(a.get("precision", -1))
-        if prec not in (32, 64):
-            raise FormatError(
-                f"file '{self.path}', attribute '/precision': {prec}, expected 32 or 64 "
-                f"(unknown precision)"
-            )
-        if nrow is not None and self.nrow is not None and tuple(int(n) for n in nrow) != \
-                self.nrow:
-            raise FormatError(
-                f"file '{self.path}', attribute '/nrow': lattice "
-                f"{' '.join(map(str, self.nrow))} (x y z t) disagrees with the requested nrow "
-                f"{' '.join(str(int(n)) for n in nrow)}"
-            )
-        if "configs" in self._h5:
-            g = self._h5["configs"]
-            n = len(self)
-            for name in ("links", *_CONFIG_FIELDS):
-                if name not in g:
-                    raise FormatError(f"file '{self.path}', dataset '/configs/{name}': missing")
-                if g[name].shape[0] < n:
-                    raise FormatError(
-                        f"file '{self.path}', dataset '/configs/{name}': {g[name].shape[0]} "
-                        f"rows, expected at least n_configs = {n}"
-                    )
-            if self.nrow is not None:
-                want = (ND, *reversed(self.nrow), NC, NC, 2)
-                if tuple(g["links"].shape[1:]) != want:
-                    raise FormatError(
-                        f"file '{self.path}', dataset '/configs/links': shape "
-                        f"{tuple(g['links'].shape)}, expected (n, {', '.join(map(str, want))})"
-                    )
-
-    def _truncate_uncommitted(self) -> None:
-        """Drop rows written by an interrupted append (beyond the commit counters)."""
-        if "configs" in self._h5:
-            n = len(self)
-            for name in ("links", *_CONFIG_FIELDS):
-                ds = self._h5["configs"][name]
-                if ds.shape[0] != n:
-                    ds.resize(n, axis=0)
-        for name in self.measurement_names:
-            grp = self._h5["measurements"][name]
-            m = int(grp.attrs.get("n", 0))
-            for key in ("traj", "value"):
-                if grp[key].shape[0] != m:
-                    grp[key].resize(m, axis=0)
-        self._h5.flush()
-
-    # -- properties -----------------------------------------------------------------------
     @property
     def ensemble(self) -> str:
         """Ensemble name (pyerrors: ``"ensemble|replica"``)."""
@@ -263,25 +416,57 @@ class EnsembleStore:
     @property
     def nrow(self) -> tuple[int, ...] | None:
         """Lattice extents (x y z t), ``None`` before the first configuration."""
-        n = self._h5.attrs.get("nrow")
-        return None if n is None else tuple(int(x) for x in n)
+        return _attr_nrow(self._h5)
 
     def __len__(self) -> int:
         return int(self._h5.attrs.get("n_configs", 0))
 
+    def _writable(self) -> None:
+        if self.mode == "r":
+            raise ValueError(f"file '{self.path}': store opened read-only (mode 'r')")
+
+    def flush(self) -> None:
+        """Flush HDF5 buffers to disk."""
+        self._h5.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._h5.id.valid:
+            self._h5.close()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}('{self.path}', {len(self)} configurations, "
+                f"nrow={self.nrow}, {self.precision}-bit)")
+
+
+class EnsembleStore(_StoreFile):
+    """An HDF5 ensemble of gauge configurations with metadata and measurement series.
+
+    ``mode``: ``"r"`` read-only, ``"a"`` append (created if absent), ``"w"`` new file (refused
+    if it exists unless ``overwrite``).  ``nrow`` / ``precision`` are needed only to create a
+    store; an existing store must agree with them if given.
+    """
+
     @property
     def trajectories(self) -> np.ndarray:
         """Trajectory numbers of the stored configurations."""
-        if "configs" not in self._h5:
-            return np.zeros(0, dtype=np.int64)
-        return self._h5["configs"]["traj"][: len(self)]
+        return self._column("traj", np.int64)
 
     @property
     def weights(self) -> np.ndarray:
         """Reweighting factors of the stored configurations (NaN where none was given)."""
+        return self._column("weight", np.float64)
+
+    def _column(self, name: str, dtype: Any) -> np.ndarray:
         if "configs" not in self._h5:
-            return np.zeros(0, dtype=np.float64)
-        return self._h5["configs"]["weight"][: len(self)]
+            return np.zeros(0, dtype=dtype)
+        return self._h5["configs"][name][: len(self)]
 
     @property
     def last_traj(self) -> int | None:
@@ -289,62 +474,30 @@ class EnsembleStore:
         n = len(self)
         return None if n == 0 else int(self._h5["configs"]["traj"][n - 1])
 
-    # -- configurations -------------------------------------------------------------------
-    def append(
-        self,
-        u: torch.Tensor,
-        *,
-        traj: int,
-        accepted: bool = True,
-        weight: float = math.nan,
-        params: Mapping[str, Any] | None = None,
-        seed: Any = None,
-        rng_state: bytes | np.ndarray | torch.Tensor | None = None,
-    ) -> int:
+    def append(self, u: torch.Tensor, *, traj: int, accepted: bool = True,
+               weight: float = math.nan, params: Mapping[str, Any] | None = None,
+               seed: Any = None, rng_state: bytes | np.ndarray | torch.Tensor | None = None
+               ) -> int:
         """Append one configuration ``U[1, 4, Lt, Lz, Ly, Lx, 3, 3]`` with its metadata;
         returns its index.  Trajectory numbers must increase strictly."""
         self._writable()
         u = as_gauge_field(u)
         lat = Lattice.of(u)
         if "configs" not in self._h5:
-            self._init_configs(lat)
+            _init_configs(self._h5, lat)
         elif lat.nrow != self.nrow:
             raise ValueError(
                 f"U: lattice {' '.join(map(str, lat.nrow))} differs from the store's "
                 f"{' '.join(map(str, self.nrow or ()))} (file '{self.path}')"
             )
-        traj = int(traj)
         last = self.last_traj
-        if last is not None and traj <= last:
+        if last is not None and int(traj) <= last:
             raise ValueError(
-                f"traj: {traj} is not after the last stored trajectory {last} "
+                f"traj: {int(traj)} is not after the last stored trajectory {last} "
                 f"(file '{self.path}'); trajectory numbers must increase"
             )
-        row = {
-            "traj": traj,
-            "accepted": bool(accepted),
-            "weight": float(weight),
-            "params": _json(dict(params or {}), "params"),
-            "seed": _json(seed, "seed"),
-            "rng_state": _rng_bytes(rng_state),
-        }
-        g = self._h5["configs"]
-        n = len(self)
-        links = g["links"]
-        links.resize(n + 1, axis=0)
-        real = np.float32 if self.precision == 32 else np.float64
-        src = torch.view_as_real(u[0].detach())
-        for mu in range(ND):
-            for t in range(lat.nrow[-1]):  # one HDF5 chunk per (mu, t): bounded memory
-                links[n, mu, t] = src[mu, t].cpu().numpy().astype(real, copy=False)
-        for name in _CONFIG_FIELDS:
-            ds = g[name]
-            ds.resize(n + 1, axis=0)
-            ds[n] = row[name]
-        self._h5.flush()
-        self._h5.attrs["n_configs"] = n + 1  # commit
-        self._h5.flush()
-        return n
+        row = _config_row(traj, accepted, weight, params, seed, rng_state)
+        return _write_config(self._h5, u, row)
 
     def _index(self, index: int | None, traj: int | None) -> int:
         n = len(self)
@@ -359,80 +512,29 @@ class EnsembleStore:
                              f"'{self.path}'")
         return i % n
 
-    def read(
-        self,
-        index: int | None = None,
-        *,
-        traj: int | None = None,
-        dtype: torch.dtype | None = None,
-        device: torch.device | str | None = None,
-        check_unitarity: bool = True,
-        unitarity_tol: float | None = None,
-        reunitarize: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
+    def read(self, index: int | None = None, *, traj: int | None = None,
+             dtype: torch.dtype | None = None, device: torch.device | str | None = None,
+             check_unitarity: bool = True, unitarity_tol: float | None = None,
+             reunitarize: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
         """Configuration ``index`` (default: the last) or the one of trajectory ``traj``:
         ``(U[1, 4, ...], metadata)``.  The Fletcher-32 checksum of every chunk is verified by
         HDF5 (a mismatch is a :class:`ChecksumError`)."""
         i = self._index(index, traj)
-        g = self._h5["configs"]
-        lat = Lattice(self.nrow or ())
-        u = torch.empty(lat.gauge_shape(1, NC), dtype=complex_dtype(dtype))
-        dst = torch.view_as_real(u[0]).numpy()
-        worst = 0.0
         tol = default_unitarity_tol(self.precision) if unitarity_tol is None else unitarity_tol
-        for mu in range(ND):
-            for t in range(lat.nrow[-1]):
-                try:
-                    dst[mu, t] = g["links"][i, mu, t]
-                except OSError as exc:
-                    raise ChecksumError(
-                        f"file '{self.path}', dataset '/configs/links', configuration {i}, "
-                        f"mu {mu}, t {t}: HDF5 could not read the chunk ({exc}); Fletcher-32 "
-                        f"checksum mismatch or corrupt file"
-                    ) from exc
-                if check_unitarity:
-                    viol = float(_violation(dst[mu, t]).max())
-                    worst = max(worst, viol)
-                    if not viol <= tol:
-                        raise FormatError(
-                            f"file '{self.path}', dataset '/configs/links', configuration {i}, "
-                            f"mu {mu}, t {t}: links not unitary, max |U U^dagger - 1| = "
-                            f"{viol:.3g}, expected <= {tol:.3g}"
-                        )
-                if reunitarize:
-                    u[0, mu, t] = _reunitarize(u[0, mu, t])
+        u, worst = _read_links(self._h5, self.path, i, dtype, tol if check_unitarity else None,
+                               reunitarize)
         meta = self.metadata(i)
-        meta["max_unitarity_violation"] = worst if check_unitarity else None
-        if device is not None:
-            u = u.to(device)
-        return u, meta
+        meta["max_unitarity_violation"] = worst
+        return (u if device is None else u.to(device)), meta
 
     def metadata(self, index: int) -> dict[str, Any]:
         """Per-configuration metadata as stored (JSON fields decoded)."""
-        i = self._index(index, None)
-        g = self._h5["configs"]
+        return _config_metadata(self._h5, self._index(index, None))
 
-        def text(name: str) -> str:
-            v = g[name][i]
-            return v.decode() if isinstance(v, bytes) else str(v)
-
-        return {
-            "index": i,
-            "traj": int(g["traj"][i]),
-            "accepted": bool(g["accepted"][i]),
-            "weight": float(g["weight"][i]),
-            "params": json.loads(text("params")),
-            "seed": json.loads(text("seed")),
-            "rng_state": bytes(np.asarray(g["rng_state"][i], dtype=np.uint8)),
-        }
-
-    # -- measurements ---------------------------------------------------------------------
     @property
     def measurement_names(self) -> list[str]:
         """Names of the stored measurement series."""
-        if "measurements" not in self._h5:
-            return []
-        return sorted(self._h5["measurements"].keys())
+        return sorted(self._h5["measurements"].keys()) if "measurements" in self._h5 else []
 
     def append_measurement(self, name: str, traj: int | Sequence[int] | np.ndarray,
                            value: float | Sequence[Any] | np.ndarray) -> None:
@@ -440,50 +542,8 @@ class EnsembleStore:
         the same leading length) to measurement ``name``.  Trajectories must increase strictly;
         the value shape (after the leading axis) is fixed by the first append."""
         self._writable()
-        if not name or "/" in name:
-            raise ValueError(f"name: expected a non-empty name without '/', got {name!r}")
-        single = np.ndim(traj) == 0
-        trajs = np.atleast_1d(np.asarray(traj, dtype=np.int64))
-        vals = np.asarray(value, dtype=np.float64)
-        if single:
-            vals = vals[None]
-        if vals.shape[0] != trajs.shape[0]:
-            raise ValueError(
-                f"value: {vals.shape[0]} values for {trajs.shape[0]} trajectories in "
-                f"measurement {name!r}"
-            )
-        if trajs.size > 1 and not np.all(np.diff(trajs) > 0):
-            raise ValueError(f"traj: trajectories of measurement {name!r} must increase strictly")
-        meas = self._h5.require_group("measurements")
-        if name not in meas:
-            grp = meas.create_group(name)
-            grp.create_dataset("traj", shape=(0,), maxshape=(None,), dtype=np.int64,
-                               chunks=(4096,))
-            grp.create_dataset("value", shape=(0, *vals.shape[1:]),
-                               maxshape=(None, *vals.shape[1:]), dtype=np.float64,
-                               chunks=(max(1, 4096 // max(1, int(np.prod(vals.shape[1:])))),
-                                       *vals.shape[1:]))
-            grp.attrs["n"] = 0
-        grp = meas[name]
-        if tuple(grp["value"].shape[1:]) != vals.shape[1:]:
-            raise ValueError(
-                f"value: shape {vals.shape[1:]} per trajectory, but measurement {name!r} in "
-                f"'{self.path}' holds {tuple(grp['value'].shape[1:])}"
-            )
-        m = int(grp.attrs["n"])
-        if m and trajs.size and trajs[0] <= int(grp["traj"][m - 1]):
-            raise ValueError(
-                f"traj: {int(trajs[0])} is not after the last trajectory "
-                f"{int(grp['traj'][m - 1])} of measurement {name!r} in '{self.path}'"
-            )
-        k = trajs.shape[0]
-        grp["traj"].resize(m + k, axis=0)
-        grp["value"].resize(m + k, axis=0)
-        grp["traj"][m:] = trajs
-        grp["value"][m:] = vals
-        self._h5.flush()
-        grp.attrs["n"] = m + k  # commit
-        self._h5.flush()
+        trajs, vals = _series_arrays(name, traj, value)
+        _append_series(self._h5, self.path, name, trajs, vals)
 
     def measurement(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(values, trajs)`` of a measurement series (committed rows only)."""
@@ -508,30 +568,6 @@ class EnsembleStore:
                 f"component index"
             )
         return pe.Obs([samples], [f"{self.ensemble}|{self.replica}"], idl=[trajs])
-
-    # -- housekeeping ---------------------------------------------------------------------
-    def _writable(self) -> None:
-        if self.mode == "r":
-            raise ValueError(f"file '{self.path}': store opened read-only (mode 'r')")
-
-    def flush(self) -> None:
-        """Flush HDF5 buffers to disk."""
-        self._h5.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        if self._h5.id.valid:
-            self._h5.close()
-
-    def __enter__(self) -> EnsembleStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (f"EnsembleStore('{self.path}', {len(self)} configurations, nrow={self.nrow}, "
-                f"{self.precision}-bit)")
 
 
 def is_hdf5(path: str | os.PathLike[str]) -> bool:
