@@ -27,6 +27,7 @@ from lxml import etree
 
 from ..errors import BridgeError, FormatError
 from ..gauge import mesplq, polyakov_loop
+from .hdf5 import is_hdf5
 from .lime import LIME_MAGIC
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
 ]
 
 FORMATS = ("ildg", "nersc", "milc", "hdf5")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _MILC_MAGIC = 20103
 
 
@@ -59,7 +59,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "ildg"
     if head.startswith(b"BEGIN_HEADER"):
         return "nersc"
-    if head.startswith(_HDF5_SIGNATURE):
+    if is_hdf5(spath):
         return "hdf5"
     if len(head) >= 4 and _MILC_MAGIC in (
         struct.unpack(">i", head[:4])[0],
