@@ -20,6 +20,7 @@ import pytest
 import torch
 from lxml import etree
 
+from bridge.chroma.chroma_program import run_chroma_measurements
 from bridge.chroma.measure_input import (
     SUPPORTED_MEASUREMENTS,
     parse_chroma_input,
@@ -31,11 +32,12 @@ from bridge.gauge import mesplq, random_gauge, random_gauge_transformation, unit
 from bridge.groups import expm_algebra, random_algebra
 from bridge.io.ildg import read_ildg, scidac_checksum, write_ildg
 from bridge.io.lime import LimeReader
-from bridge.jobs.measure import baryon_correlators, meson_correlators, run_chroma_measurements
 from bridge.lattice import Lattice
 from bridge.observables import (
+    baryon_correlators,
     chroma_wilson_flow,
     clover_charge,
+    meson_correlators,
     pion_correlator,
     point_propagator,
 )
@@ -605,3 +607,13 @@ def test_qtop_naive_all_reference_configurations(data_dir):
     q = qtop_naive(flowed, 0.0)
     ref = torch.tensor([e["qtop_naive_k5_0_t4"] for e in entries], dtype=torch.float64)
     assert torch.allclose(q, ref, rtol=1e-10, atol=1e-14), (q, ref)
+
+
+def test_the_builtin_measurement_names_agree():
+    """The light name list the command line shows is what the reader accepts and the program
+    runs."""
+    from bridge.chroma.chroma_program import INLINE_MEASUREMENTS
+    from bridge.chroma.names import BUILTIN_MEASUREMENTS
+
+    assert SUPPORTED_MEASUREMENTS == BUILTIN_MEASUREMENTS
+    assert sorted(INLINE_MEASUREMENTS) == sorted(BUILTIN_MEASUREMENTS)

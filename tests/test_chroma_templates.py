@@ -18,17 +18,9 @@ from bridge.chroma.hmc_input import parse_hmc_input
 from bridge.chroma.hmc_program import run_hmc
 from bridge.chroma.measure_input import parse_chroma_input
 from bridge.chroma.output import read_output, series
-from bridge.chroma.templates import (
-    TEMPLATE_FILES,
-    check_structure,
-    hmc_params_from_dict,
-    load_template,
-    measure_params_from_dict,
-    render_hmc,
-    render_measure,
-    structure_problems,
-    write_checked,
-)
+from bridge.chroma.params import hmc_params_from_dict, measure_params_from_dict
+from bridge.chroma.schema import check_structure, structure_problems, write_checked
+from bridge.chroma.templates import TEMPLATE_FILES, load_template, render_hmc, render_measure
 from bridge.cli import main
 from bridge.errors import ConfigError
 

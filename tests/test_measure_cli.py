@@ -161,3 +161,11 @@ def test_names_and_trajectories():
     assert trajectory_from_name("x_cfg_7.ildg") == 7
     with pytest.raises(ValueError, match="cfg_.lime: cannot read a trajectory number"):
         trajectory_from_name("cfg_.lime")
+
+
+def test_the_light_name_list_is_the_registry():
+    """The command line lists the observables without importing torch; the list is the
+    registry's."""
+    from bridge.jobs.measure_params import OBSERVABLE_NAMES
+
+    assert sorted(OBSERVABLE_NAMES) == sorted(OBSERVABLES)

@@ -8,8 +8,8 @@ exactly as Chroma's ``hmc`` does (docs/formats.md section 4.1).  Two implementat
   subprocess in a run directory, stdout and stderr captured to files next to the input.  A
   non-zero exit status is an :class:`EngineFailed` naming the status, the kept input XML and the
   stderr file.
-* :class:`BuiltinEngine`: :func:`bridge.chroma.hmc_program.run_hmc` (the Chroma-compatible fallback), in
-  process by default or as a subprocess ``python -m bridge.cli hmc -i in.xml -o out.xml``.
+* :class:`BuiltinEngine`: :func:`bridge.chroma.hmc_program.run_hmc` (the Chroma-compatible
+  fallback), in process by default or as a subprocess ``python -m bridge.cli hmc -i in.xml -o out.xml``.
 
 :func:`discover_engine` picks one, in this order (the first that applies wins):
 
@@ -321,8 +321,8 @@ class BuiltinEngine(Engine):
         p = super().provenance()
         p.update({"in_process": self.in_process, "device": self.device,
                   "chroma": _exe_info(self.chroma),
-                  "command": "bridge.chroma.hmc_program.run_hmc" if self.in_process else "python -m "
-                  "bridge.cli hmc"})
+                  "command": ("bridge.chroma.hmc_program.run_hmc" if self.in_process
+                              else "python -m bridge.cli hmc")})
         return p
 
 

@@ -1,4 +1,9 @@
-"""``qcd-bridge chroma-xml``: write Chroma inputs from templates, check inputs, parse outputs.
+"""``qcd-bridge chroma`` (the built-in ``chroma`` measurement program) and ``qcd-bridge
+chroma-xml``: write Chroma inputs from templates, check inputs, parse outputs.
+
+``qcd-bridge chroma -i IN.xml -o OUT.xml``
+    the inline measurements of a Chroma ``chroma`` input with the built-in program
+    (:func:`bridge.chroma.chroma_program.run_chroma_measurements`);
 
 ``qcd-bridge chroma-xml hmc ... -o hmc.ini.xml``
     an input of Chroma's ``hmc`` (pure gauge, or Nf=2 Wilson/clover), from options or
@@ -11,7 +16,7 @@
 ``qcd-bridge chroma-xml parse OUT.xml... [--into STORE.h5] [--json FILE]``
     Chroma's (or the fallback's) output XML into measurement series of an HDF5 ensemble store.
 
-Every written input has passed :func:`bridge.chroma.templates.check_structure` and is written
+Every written input has passed :func:`bridge.chroma.schema.check_structure` and is written
 atomically; it runs unchanged in Chroma and in the built-in fallback (``qcd-bridge hmc`` /
 ``qcd-bridge chroma``).
 """
@@ -23,7 +28,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["add_chroma_xml_parser"]
+__all__ = ["add_chroma_parser", "add_chroma_xml_parser"]
 
 _HMC_EXAMPLE = """examples:
   qcd-bridge chroma-xml hmc --nrow 4 4 4 4 --beta 5.5 --tau 1 --md-steps 10 \\
@@ -44,6 +49,47 @@ _MEASURE_EXAMPLE = """examples:
 
 def _seed(values: list[int]) -> int | list[int]:
     return values[0] if len(values) == 1 else values
+
+
+def add_chroma_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``qcd-bridge chroma`` (the fallback for Chroma's ``chroma`` program)."""
+    from ..chroma.names import BUILTIN_MEASUREMENTS
+
+    p = subparsers.add_parser(
+        "chroma",
+        help="run Chroma's chroma (measurement) input XML with the built-in engine",
+        description=(
+            "Run the inline measurements of a Chroma `chroma` input file (root <chroma>) on the "
+            "configuration named by /chroma/Cfg (SZINQIO/SCIDAC or UNIT) and write the output "
+            "XML with Chroma's element paths (/chroma/InlineObservables/elem/<group>/...), so "
+            "scripts written for Chroma's output read it unchanged. Supported measurements: "
+            + ", ".join(BUILTIN_MEASUREMENTS) + ". Anything else in the input is an error "
+            "that names its element path. Relative file names are taken from the working "
+            "directory, as Chroma does."
+        ),
+        epilog="example: qcd-bridge chroma -i chroma_measure.ini.xml -o measure.out.xml",
+    )
+    p.add_argument("-i", "--input", required=True, help="Chroma chroma input XML")
+    p.add_argument("-o", "--output", required=True, help="output XML (Chroma's layout)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_run_chroma_cli)
+    return p
+
+
+def _run_chroma_cli(args: argparse.Namespace) -> int:
+    from ..chroma.chroma_program import run_chroma_measurements
+
+    res = run_chroma_measurements(args.input, args.output, device=args.device,
+                                  progress=not args.quiet)
+    for m in res.measurements:
+        keys = [k for k in ("w_plaq", "qtop", "t2E") if k in m]
+        detail = "  ".join(f"{k} = {m[k]:.12g}" for k in keys)
+        if "pion" in m:
+            detail = "pion mesprop = " + " ".join(f"{v:.6g}" for v in m["pion"])
+        print(f"{m['name']:<24} {m['seconds']:8.2f} s  {detail}".rstrip())
+    print(f"wrote {res.output}" + (f" and {', '.join(res.files)}" if res.files else ""))
+    return 0
 
 
 def add_chroma_xml_parser(sub: argparse._SubParsersAction) -> None:
@@ -185,7 +231,7 @@ def _merged(args: argparse.Namespace, keys: dict[str, str]) -> tuple[dict[str, A
 
 
 def _write(args: argparse.Namespace, root: Any) -> None:
-    from ..chroma.templates import write_checked
+    from ..chroma.schema import write_checked
     from ..io.lime import check_output_path
 
     check_output_path(args.output, args.overwrite)
@@ -194,7 +240,8 @@ def _write(args: argparse.Namespace, root: Any) -> None:
 
 
 def _run_hmc(args: argparse.Namespace) -> int:
-    from ..chroma.templates import hmc_params_from_dict, render_hmc
+    from ..chroma.params import hmc_params_from_dict
+    from ..chroma.templates import render_hmc
 
     keys = {k: k for k in ("nrow", "beta", "kappa", "fermion", "csw", "precond", "boundary",
                            "rsd_cg", "max_cg", "integrator", "tau", "md_steps", "gauge_steps",
@@ -212,7 +259,8 @@ def _run_hmc(args: argparse.Namespace) -> int:
 
 
 def _run_measure(args: argparse.Namespace) -> int:
-    from ..chroma.templates import measure_params_from_dict, render_measure
+    from ..chroma.params import measure_params_from_dict
+    from ..chroma.templates import render_measure
 
     keys = {k: k for k in ("nrow", "cfg", "plaquette", "polyakov", "pion", "kappa", "fermion",
                            "csw", "boundary", "t_srce", "rsd_cg", "max_cg", "save_prop",
@@ -230,7 +278,7 @@ def _run_measure(args: argparse.Namespace) -> int:
 
 def _run_check(args: argparse.Namespace) -> int:
     from ..chroma.hmc_input import parse_xml_file
-    from ..chroma.templates import structure_problems
+    from ..chroma.schema import structure_problems
     from ..errors import ConfigError
 
     bad = 0

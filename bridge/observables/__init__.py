@@ -1,5 +1,6 @@
 """Observables: plaquette, Polyakov loop, clover field strength, energy density, topological
-charge, Wilson (gradient) flow and the pion correlator, batched over configurations.
+charge, Wilson (gradient) flow, the pion correlator and Chroma's meson and baryon
+contractions, batched over configurations.
 
 Every observable is a pure function of a gauge field ``U[batch, mu, t, ..., x, a, b]`` (device and
 dtype taken from ``U``) returning a tensor with the batch axis first.  The registry
@@ -27,7 +28,15 @@ from .field_strength import (
     topological_charge,
     topological_charge_density,
 )
-from .pion import pion_correlator, point_propagator, point_source
+from .hadrons import baryon_correlators, meson_correlators
+from .pion import (
+    pion_correlator,
+    point_propagator,
+    point_source,
+    point_source_propagator,
+    slice_sum,
+    timeslice_norm2,
+)
 from .qtop_naive import qtop_naive
 from .wilson_flow import (
     ChromaWilsonFlow,
@@ -66,6 +75,11 @@ __all__ = [
     "point_source",
     "point_propagator",
     "pion_correlator",
+    "point_source_propagator",
+    "slice_sum",
+    "timeslice_norm2",
+    "meson_correlators",
+    "baryon_correlators",
     "qtop_naive",
 ]
 

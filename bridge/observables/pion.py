@@ -38,7 +38,14 @@ from ..fermions.gamma import NS
 from ..lattice import Lattice
 from ..solvers import CG, Solver, SolveStats
 
-__all__ = ["point_source", "point_propagator", "pion_correlator"]
+__all__ = [
+    "point_source",
+    "point_source_propagator",
+    "point_propagator",
+    "slice_sum",
+    "timeslice_norm2",
+    "pion_correlator",
+]
 
 _NORMALISATIONS = ("kappa", "chroma")
 
@@ -72,6 +79,36 @@ def point_source(
     idx = torch.arange(r, device=op.device)
     b5[(slice(None), idx, *site, idx // nc, idx % nc)] = 1.0
     return b
+
+
+def point_source_propagator(
+    nrow: Sequence[int],
+    source: Sequence[int] = (0, 0, 0, 0),
+    nc: int = 3,
+    *,
+    dtype: torch.dtype = torch.complex128,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The point source itself in the propagator layout ``S[1, t, z, y, x, s, c, s', c']``: the
+    unit spin-colour matrix at ``source = (x, y, z, t)``, zero elsewhere (Chroma's
+    ``POINT_SOURCE`` as a ``LatticePropagator``)."""
+    lat = Lattice(tuple(nrow))
+    y = _check_source(lat, source)
+    r = NS * nc
+    s = torch.zeros(1, *lat.shape, NS, nc, NS, nc, dtype=dtype, device=device)
+    s[(0, *reversed(y))] = torch.eye(r, dtype=dtype, device=device).reshape(NS, nc, NS, nc)
+    return s
+
+
+def slice_sum(density: torch.Tensor) -> torch.Tensor:
+    """Sum over the spatial sites per time slice: ``[b, t, z, y, x] -> [b, t]``."""
+    return density.flatten(2).sum(2)
+
+
+def timeslice_norm2(s: torch.Tensor) -> torch.Tensor:
+    """``sum_x |S(x, t)|^2`` over sites and spin-colour indices per time slice, ``[b, Lt]``
+    (absolute time; Chroma's ``sumMulti(localNorm2(prop), timeslice)``)."""
+    return slice_sum((s.abs() ** 2).flatten(5).sum(5))
 
 
 def point_propagator(
@@ -131,7 +168,5 @@ def pion_correlator(
         U, kappa, source=y, c_sw=c_sw, boundary=boundary, normalisation=normalisation,
         solver=solver, method=method,
     )
-    per_site = (s.abs() ** 2).sum((-1, -2, -3, -4))  # [B, t, z, y, x]
-    corr = per_site.flatten(2).sum(2)  # [B, Lt]
-    corr = torch.roll(corr, shifts=-y[-1], dims=1)
+    corr = torch.roll(timeslice_norm2(s), shifts=-y[-1], dims=1)
     return (corr, stats) if return_stats else corr
