@@ -15,12 +15,16 @@ from bridge.fermions import (
     WilsonDirac,
     apply_gamma5,
     chroma_gamma,
+    clover,
     clover_field_strength,
     clover_matrix,
+    evenodd,
     exact_logdet,
+    forces,
     gamma,
     gamma5,
     gamma_matrices,
+    hopping,
     sigma,
     sigma_matrices,
 )
@@ -36,6 +40,7 @@ from bridge.groups import expm_algebra, mm, random_algebra
 from bridge.lattice import Lattice
 from bridge.solvers import CG, BiCGStab
 from bridge.testing import assert_force_matches_action, assert_gauge_covariant
+from bridge.testing.reference import hop_gather_reference, schur5_reference
 
 C128 = torch.complex128
 
@@ -155,9 +160,7 @@ def _naive_hopping(u: torch.Tensor, psi: torch.Tensor, boundary) -> torch.Tensor
 @pytest.mark.parametrize("fused", [False, True], ids=["gather-kernel", "fused-kernel"])
 @pytest.mark.parametrize("boundary", [(1, 1, 1, -1), (1j, -1, 1, 1)])
 def test_hopping_matches_naive_formula(cpu_generator, monkeypatch, fused, boundary):
-    import bridge.fermions.wilson as w
-
-    monkeypatch.setattr(w, "_FUSED_MIN_SITES", 0 if fused else 10**15)
+    monkeypatch.setattr(hopping, "_FUSED_MIN_SITES", 0 if fused else 10**15)
     u = _smooth_su3(Lattice((4, 2, 6, 4)), 2, cpu_generator, eps=1.0)
     op = WilsonDirac(u, 0.1, boundary=boundary)
     psi = _rand_field(op, cpu_generator)
@@ -812,9 +815,7 @@ def test_fast_kernels_match_reference(kernel, dtype, c_sw, nrow, batch, nrhs, cp
     the fused kernel for large fields) and the Schur operator built from them, against the
     reference kernels with explicit gamma_5 and scalar multiplications: float64 to 1e-13,
     complex64 to 1e-5 (relative to the field size, entries are O(1))."""
-    import bridge.fermions.wilson as W
-
-    monkeypatch.setattr(W, "_FUSED_MIN_SITES", 10**9 if kernel == "gather" else 0)
+    monkeypatch.setattr(hopping, "_FUSED_MIN_SITES", 10**9 if kernel == "gather" else 0)
     lat = Lattice(nrow)
     u = random_gauge(lat, "SU3", batch, generator=cpu_generator).to(dtype)
     op = WilsonDirac(u, 0.12, c_sw=c_sw, normalisation="chroma")
@@ -828,21 +829,23 @@ def test_fast_kernels_match_reference(kernel, dtype, c_sw, nrow, batch, nrhs, cp
     xo = rnd(op.eo_shape(nrhs))
     x5 = op._in(xo, True)
     g5 = apply_gamma5
-    assert float((op._schur5(x5) - op._schur5_reference(x5)).abs().max()) < tol
-    assert float((op._schur5(x5, True) - g5(op._schur5_reference(g5(x5)))).abs().max()) < tol
+    assert float((evenodd.schur5(op, x5) - schur5_reference(op, x5)).abs().max()) < tol
+    assert float((evenodd.schur5(op, x5, True) - g5(schur5_reference(op, g5(x5)))).abs().max()) \
+        < tol
     assert float((op.schur_normal(xo) - op.schur_dagger(op.schur(xo))).abs().max()) < tol * 10
     xf = rnd(op.field_shape(nrhs))
     p5 = op._in(xf)
     for dagger in (False, True):
-        ref = op._hop_gather_reference(g5(p5) if dagger else p5, op._links, op._geo)
+        ref = hop_gather_reference(g5(p5) if dagger else p5, op._links, op._geo)
         ref = 0.37 * (g5(ref) if dagger else ref)
-        got = op._hop_gather(p5, op._links, op._geo, dagger, 0.37)
+        got = hopping.hop_gather(p5, op._links, op._geo, dagger, 0.37)
         assert float((got - ref).abs().max()) < tol
-        got = op._hop_kernel(p5, op._links, op._geo, dagger, 0.37)
+        got = hopping.hop(p5, op._links, op._geo, dagger, 0.37)
         assert float((got - ref).abs().max()) < tol
     # D and D^dag against their definitions through the reference hop
-    hop = op._hop_gather_reference(p5, op._links, op._geo)
-    d_ref = op.scale * (op._diag(p5) - op.kappa * hop)
+    hop = hop_gather_reference(p5, op._links, op._geo)
+    diag = p5 if op._a is None else clover.clover_apply(op._a, p5)
+    d_ref = op.scale * (diag - op.kappa * hop)
     assert float((op._in(op.apply(xf)) - d_ref).abs().max()) < tol
     dd = op._in(op.apply_dagger(xf))
     dd_ref = g5(op._in(op.apply(op._out(g5(p5)))))
@@ -859,6 +862,6 @@ def test_hop_bilinear_fast_matches_reference(dtype, nrow, batch, nrhs, cpu_gener
     g = torch.Generator().manual_seed(11)
     x5 = op._in(torch.randn(op.field_shape(nrhs), generator=g, dtype=torch.complex128).to(dtype))
     y5 = op._in(torch.randn(op.field_shape(nrhs), generator=g, dtype=torch.complex128).to(dtype))
-    ref = op._hop_bilinear_reference(x5, y5)
+    ref = forces.hop_bilinear_directional(op._links, op._geo, x5, y5)
     tol = (1e-13 if dtype == torch.complex128 else 1e-6) * float(ref.abs().max())
-    assert float((op._hop_bilinear(x5, y5) - ref).abs().max()) < tol
+    assert float((forces.hop_bilinear(op._links, op._geo, x5, y5) - ref).abs().max()) < tol

@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
-from bridge.fermions import WilsonDirac, _native
-from bridge.fermions.wilson import _TERMS, apply_gamma5
+from bridge.fermions import WilsonDirac, _native, apply_gamma5, clover
+from bridge.fermions.hopping import _TERMS, hop, hop_fused, hop_native
 from bridge.gauge import random_gauge
 from bridge.lattice import Lattice
+from bridge.testing.reference import hop_gather_reference, schur5_reference
 
 TOL = {torch.complex128: 1e-13, torch.complex64: 1e-5}
 LATTICES = [(2, 2, 2, 2), (4, 4, 4, 4), (4, 4, 4, 8)]  # (x, y, z, t); the last is 4^3 x 8
@@ -39,11 +40,11 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _reference_hop(op, x5, links, geo, dagger):
+def _reference_hop(x5, links, geo, dagger):
     """``H`` (``dagger``: ``gamma_5 H gamma_5``) by the torch reference gather kernel."""
     if dagger:
-        return apply_gamma5(op._hop_gather_reference(apply_gamma5(x5), links, geo))
-    return op._hop_gather_reference(x5, links, geo)
+        return apply_gamma5(hop_gather_reference(apply_gamma5(x5), links, geo))
+    return hop_gather_reference(x5, links, geo)
 
 
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
@@ -54,13 +55,13 @@ def test_eo_hop_matches_reference(native, cpu_generator, nrow, dtype, dagger):
     eo = op._eo_setup()
     x5 = op._in(_field(op, cpu_generator, 3, True), True)
     for target in (0, 1):
-        links, geo = eo[f"links{target}"], eo[f"geo{target}"]
-        got = op._hop_native(x5, links, geo, dagger)
-        want = _reference_hop(op, x5, links, geo, dagger)
+        links, geo = eo.links[target], eo.geo[target]
+        got = hop_native(x5, links, geo, dagger)
+        want = _reference_hop(x5, links, geo, dagger)
         assert _err(got, want) < TOL[dtype], (target, _err(got, want))
         # scale and fused add: scale H x + alpha y
         y5 = torch.randn_like(x5)
-        got = op._hop_native(x5, links, geo, dagger, -0.3 + 0.2j, y5, 0.7)
+        got = hop_native(x5, links, geo, dagger, -0.3 + 0.2j, y5, 0.7)
         assert _err(got, (-0.3 + 0.2j) * want + 0.7 * y5) < TOL[dtype]
 
 
@@ -70,11 +71,11 @@ def test_eo_hop_matches_reference(native, cpu_generator, nrow, dtype, dagger):
 def test_full_hop_matches_reference(native, cpu_generator, nrow, dtype, dagger):
     op = _op(nrow, dtype, cpu_generator)
     p5 = op._in(_field(op, cpu_generator, 2, False))
-    got = op._hop_native(p5, op._links, op._geo, dagger)
-    want = _reference_hop(op, p5, op._links, op._geo, dagger)
+    got = hop_native(p5, op._links, op._geo, dagger)
+    want = _reference_hop(p5, op._links, op._geo, dagger)
     assert _err(got, want) < TOL[dtype]
     # and through the public method (native path) against the large-field fused torch kernel
-    assert _err(op._out(op._hop(p5)), op._out(op._hop_fused(p5, op._links, op._geo))) < TOL[dtype]
+    assert _err(hop(p5, op._links, op._geo), hop_fused(p5, op._links, op._geo)) < TOL[dtype]
 
 
 def test_public_methods_native_vs_torch(native, monkeypatch, cpu_generator):
@@ -104,13 +105,14 @@ def test_schur_normal_identity(native, cpu_generator, nrow, dtype, c_sw):
     op = _op(nrow, dtype, cpu_generator, c_sw=c_sw, normalisation="chroma")
     xo = _field(op, cpu_generator, 2, True)
     x5 = op._in(xo, True)
-    k = op._schur5_reference(x5)
-    want = apply_gamma5(op._schur5_reference(apply_gamma5(k)))
+    k = schur5_reference(op, x5)
+    want = apply_gamma5(schur5_reference(op, apply_gamma5(k)))
     assert _err(op.schur_normal(xo), op._out(want)) < TOL[dtype]
     # the full operator D = s (A - kappa H), Wilson and clover
     psi = _field(op, cpu_generator, 1, False)
     p5 = op._in(psi)
-    d = op._diag(p5) - op.kappa * op._hop_fused(p5, op._links, op._geo)
+    diag = p5 if op._a is None else clover.clover_apply(op._a, p5)
+    d = diag - op.kappa * hop_fused(p5, op._links, op._geo)
     assert _err(op.apply(psi), op._out(d * op.scale)) < TOL[dtype]
 
 
@@ -122,8 +124,8 @@ def test_su2_and_u1(native, cpu_generator):
         x5 = op._in(torch.randn(op.eo_shape(2), dtype=torch.complex128, generator=cpu_generator),
                     True)
         eo = op._eo_setup()
-        got = op._hop_native(x5, eo["links1"], eo["geo1"])
-        want = op._hop_gather_reference(x5, eo["links1"], eo["geo1"])
+        got = hop_native(x5, eo.links[1], eo.geo[1])
+        want = hop_gather_reference(x5, eo.links[1], eo.geo[1])
         assert x5.shape[-1] == nc and _err(got, want) < 1e-13
 
 
@@ -162,7 +164,7 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator):
     assert not _native.available()
     assert torch.equal(got, again)
     x5 = op._in(xo, True)
-    want = apply_gamma5(op._schur5_reference(apply_gamma5(op._schur5_reference(x5))))
+    want = apply_gamma5(schur5_reference(op, apply_gamma5(schur5_reference(op, x5))))
     assert _err(got, op._out(want)) < 1e-13
 
 

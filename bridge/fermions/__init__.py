@@ -1,24 +1,28 @@
-"""Wilson(-clover) fermions: gamma matrices, the Dirac operator, even-odd preconditioning and the
-Nf=2 pseudofermion monomials.  See docs/fermions.md for conventions and derivations."""
+"""Wilson(-clover) fermions: gamma matrices, the Dirac operator (:mod:`.wilson`) with its hopping
+kernels (:mod:`.hopping`), clover term (:mod:`.clover`), even-odd preconditioning
+(:mod:`.evenodd`) and force kernels (:mod:`.forces`), and the Nf=2 pseudofermion monomials.  See
+docs/fermions.md for conventions and derivations."""
 
 from __future__ import annotations
 
-from .gamma import chroma_gamma, gamma, gamma5, gamma_matrices, sigma, sigma_matrices
+from .clover import clover_field_strength, clover_matrix
+from .gamma import (
+    apply_gamma5,
+    chroma_gamma,
+    gamma,
+    gamma5,
+    gamma_matrices,
+    sigma,
+    sigma_matrices,
+)
+from .hopping import DSLASH_FLOPS_PER_SITE
 from .pseudofermion import (
     TwoFlavorEOPrecWilsonMonomial,
     TwoFlavorWilsonMonomial,
     gaussian_noise,
     monomial_from_chroma,
 )
-from .wilson import (
-    DSLASH_FLOPS_PER_SITE,
-    OperatorView,
-    WilsonDirac,
-    apply_gamma5,
-    clover_field_strength,
-    clover_matrix,
-    exact_logdet,
-)
+from .wilson import OperatorView, WilsonDirac, exact_logdet
 
 __all__ = [
     "gamma",

@@ -3,12 +3,12 @@
 Built with :func:`torch.utils.cpp_extension.load_inline` the first time it is needed (never at
 import), cached under torch's default extensions directory (``TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/torch_extensions``), so later processes only load the shared library.  Used by
-:mod:`bridge.fermions.wilson` for CPU complex128/complex64 fields with ``Nc <= 3``; CUDA tensors
+:mod:`bridge.fermions.hopping` for CPU complex128/complex64 fields with ``Nc <= 3``; CUDA tensors
 always take the torch path.  If the build fails (no compiler, no ninja, ...) a warning is issued
 once and the torch path is used; ``QCD_BRIDGE_NATIVE=0`` disables the kernel.
 
 The kernel is the gather form of the torch path done site by site: for every target site ``x``
-and each of the 8 terms ``k`` (see ``wilson._TERMS``) the source site ``n_k(x)`` comes from the
+and each of the 8 terms ``k`` (see ``hopping._TERMS``) the source site ``n_k(x)`` comes from the
 operator's neighbour table, the 4-spinor there is projected to a half spinor
 ``h_j = psi_j + cP_kj psi_{2 + lo_kj}`` (``B = [1, +/-K_mu]``, ``1 -/+ gamma_mu = B^dag B``),
 multiplied by the stacked colour matrix of the term (``U_mu(x)^T`` forward, ``conj(U_mu(x-mu))``

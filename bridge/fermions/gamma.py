@@ -29,6 +29,7 @@ from ..lattice import as_device
 
 __all__ = [
     "NS",
+    "apply_gamma5",
     "gamma",
     "gamma_matrices",
     "gamma5",
@@ -137,3 +138,8 @@ def spin_projectors(
     b = torch.stack([torch.stack([(eye - s * g[mu])[:2] for mu in range(4)]) for s in (1, -1)])
     lower = b.conj().transpose(-1, -2)[..., 2:, :]
     return b, lower
+
+
+def apply_gamma5(psi: torch.Tensor) -> torch.Tensor:
+    """``gamma_5 psi`` for ``psi[..., 4, Nc]`` in the DeGrand-Rossi basis (``diag(1,1,-1,-1)``)."""
+    return torch.cat([psi[..., :2, :], -psi[..., 2:, :]], dim=-2)
