@@ -10,9 +10,29 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .gauge import mesplq, polyakov_loop, random_gauge, unit_gauge, wilson_action, wilson_force
-from .groups import SU2, SU3, U1, Group, get_group
-from .lattice import Lattice
+# the public core, imported on first use (PEP 562) so that `import bridge` stays light: the
+# command line builds its parser without torch
+_LAZY = {
+    "mesplq": "gauge", "polyakov_loop": "gauge", "random_gauge": "gauge", "unit_gauge": "gauge",
+    "wilson_action": "gauge", "wilson_force": "gauge",
+    "SU2": "groups", "SU3": "groups", "U1": "groups", "Group": "groups", "get_group": "groups",
+    "Lattice": "lattice",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "__version__",

@@ -26,17 +26,17 @@ from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows import make_flow
 from bridge.flows.training import TrainConfig, Trainer
 from bridge.gauge import mesplq, random_gauge, wilson_action
+from bridge.io.chains import read_chain
 from bridge.jobs.chain import (
-    Progress,
+    ChainSettings,
     build_kernel,
     chain_settings,
     parse_schedule,
-    read_chain,
     resolve_model,
     run_chains,
 )
 from bridge.lattice import Lattice
-from bridge.mcmc.sampler import flat_infos
+from bridge.mcmc.base import flat_infos
 from bridge.rng import generator, rng_key
 
 NROW, BETA = [4, 4], 1.0
@@ -160,6 +160,10 @@ def test_parse_schedule_and_bad_settings():
         chain_settings(nrow=[4])
     # a kernel with count 0 never runs: no model needed, not among the record labels
     s, explicit = chain_settings(schedule="hmc:1,flow:0")
+    assert isinstance(s, ChainSettings) and explicit == {"schedule"}
+    assert s.to_dict()["schedule"] == "hmc:1,flow:0" and s.plan_text() == "hmc:1,flow:0"
+    with pytest.raises(ConfigError, match=r"settings: unknown key 'step'"):
+        chain_settings(step=3)
     assert resolve_model(s, explicit) is None and build_kernel(s, None)[1] == ["hmc"]
     s, explicit = chain_settings(schedule="hmc:1,flow:2")
     with pytest.raises(ConfigError, match=r"the flow kernel needs --model .* only hmc is "
@@ -185,7 +189,7 @@ def test_model_mismatch_is_refused_naming_both(tmp_path, model_dir, capsys):
     # the model's values are taken when none are given
     s, explicit = chain_settings(model=str(model_dir))
     resolve_model(s, explicit)
-    assert (s["group"], s["nrow"], s["beta"]) == ("u1", NROW, BETA)
+    assert (s.group, s.nrow, s.beta) == ("u1", NROW, BETA)
 
 
 def test_existing_output_and_resume_errors(tmp_path, capsys):
@@ -385,23 +389,34 @@ def test_four_dimensional_su3_fields_also_go_to_ildg(tmp_path):
 
 
 def test_progress_bar_line_and_tty_detection():
+    from bridge.progress import Progress
+
     buf = io.StringIO()
-    bar = Progress(3, stream=buf)
+    bar = Progress(3, label="cycle", stream=buf)
     assert not bar.enabled  # not a terminal
-    bar = Progress(3, stream=buf, enabled=True, every=0.0)
+    bar = Progress(3, label="cycle", stream=buf, enabled=True, every=0.0, redraw=True)
     for i in range(1, 4):
-        bar.update(i, {"hmc": 0.9, "flow": 0.25}, 0.5, 0.71234, 0.5)
+        bar.update(i, "acc hmc 0.90 flow 0.25  <Q> +0.50  plaq 0.71234", seconds_per=0.5)
     bar.close()
     text = buf.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n")
     last = text.strip().split("\r")[-1]
     assert last.startswith("cycle 3/3  acc hmc 0.90 flow 0.25  <Q> +0.50  plaq 0.71234")
     assert "0.5 s/cycle  ETA 0:00" in last
-    assert Progress(10).line(4, {"hmc": 1.0}, None, 0.5, 61.0).endswith("ETA 6:06")
+    assert Progress(10, label="cycle").line(4, "acc hmc 1.00", 61.0).endswith("ETA 6:06")
+    # into a log (not redrawn): a line about every tenth of the run and the last one
+    log = io.StringIO()
+    bar = Progress(100, label="cycle", stream=log, enabled=True)
+    for i in range(1, 101):
+        bar.update(i, "x")
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("cycle 100/100  x")
+    assert "\r" not in log.getvalue()
 
 
 def test_summary_lines_name_the_errors_and_the_charge_definition():
-    from bridge.jobs.chain import summary_lines
+    from bridge.jobs.chain_stats import summary_lines
 
     q = {"mean": 0.1, "chi_t": 0.0194, "chi_t_error": 0.0012, "chi_t_naive_error": 0.0005,
          "tau_int": 2.0, "tau_int_error": 0.5, "definition": "geometric"}
@@ -427,7 +442,7 @@ def test_cli_forced_progress_and_validate_reads_chain_files(tmp_path, capsys):
     assert main(["chain", "--nrow", "4", "4", "--chains", "3", "--steps", "25", "--therm", "5",
                  "--out", str(a), "--progress", "--md-steps", "4"]) == 0
     err = capsys.readouterr().err
-    assert "\rcycle 25/25  acc hmc" in err and "ETA" in err
+    assert "cycle 25/25  acc hmc" in err and "ETA" in err  # log lines: stderr is no terminal
     path = str(a / "chain.h5")
     assert available_observables(path) == ["action", "plaquette", "topological_charge"]
     meta = ensemble_metadata(path)

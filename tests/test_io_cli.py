@@ -1,5 +1,5 @@
 """``inspect`` and ``convert`` sub-commands, through their argparse registration functions and,
-where ``bridge/cli.py`` wires them, through ``bridge.cli.main``."""
+where the command line wires them, through ``bridge.cli.main``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bridge.cli.io import add_convert_parser, add_inspect_parser
 from bridge.gauge import mesplq, random_gauge
 from bridge.io import read_gauge, write_gauge
-from bridge.io.inspect import add_convert_parser, add_inspect_parser
 from bridge.lattice import Lattice
 
 REQUIRED = {"format", "nrow", "precision", "checksum", "w_plaq", "s_plaq", "t_plaq", "link",

@@ -5,15 +5,13 @@ Detection uses the first bytes only: the LIME magic ``0x456789AB`` (c-lime ``LIM
 ``BEGIN_HEADER`` (NERSC), the HDF5 signature ``\\x89HDF\\r\\n\\x1a\\n``, or the int32 MILC magic
 20103 in either byte order.
 
-``bridge/cli.py`` registers the subcommands with :func:`add_inspect_parser` and
-:func:`add_convert_parser`; each sets ``func`` to a handler returning the exit code:
-0 success, 1 a checksum or header check failed (inspect), 2 the file could not be read or
-written.
+:mod:`bridge.cli.io` registers the subcommands; their handlers :func:`run_inspect` and
+:func:`run_convert` take the parsed options and return the exit code: 0 success, 1 a checksum
+or header check failed (inspect), 2 the file could not be read or written.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,8 +34,6 @@ __all__ = [
     "summarize",
     "format_summary",
     "convert",
-    "add_inspect_parser",
-    "add_convert_parser",
     "run_inspect",
     "run_convert",
 ]
@@ -224,7 +220,7 @@ def convert(
 
 
 # -- command line -----------------------------------------------------------------------------
-def run_inspect(args: argparse.Namespace) -> int:
+def run_inspect(args: Any) -> int:
     """Handler of ``qcd-bridge inspect``."""
     try:
         s = summarize(args.file, nrow=args.nrow, format=args.format)
@@ -238,7 +234,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     return 1 if s["checksum"] == "mismatch" or not s["header_checks_ok"] else 0
 
 
-def run_convert(args: argparse.Namespace) -> int:
+def run_convert(args: Any) -> int:
     """Handler of ``qcd-bridge convert``."""
     try:
         report = convert(
@@ -261,64 +257,3 @@ def run_convert(args: argparse.Namespace) -> int:
         f"{report['input']}, checksum {report['input_checksum']})"
     )
     return 0
-
-
-def _nrow_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--nrow",
-        type=int,
-        nargs=4,
-        metavar=("LX", "LY", "LZ", "LT"),
-        help="lattice extents x y z t (Chroma's nrow); needed for LIME files that hold only a "
-        "binary record, otherwise checked against the file",
-    )
-
-
-def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``inspect`` on an ``argparse`` subparsers object; sets ``func``."""
-    p = subparsers.add_parser(
-        "inspect",
-        help="show format, lattice, records, checksum, plaquettes and Polyakov loops of a "
-        "gauge file",
-        description="Detect the format of a gauge-field file (ILDG/SciDAC LIME, NERSC, MILC, "
-        "qcd-bridge HDF5), verify its checksum and print the lattice, precision, LIME records, "
-        "checksum status (ok/absent/mismatch), Chroma's MesPlq values (w_plaq, s_plaq, t_plaq, "
-        "the six planes, link) and the Polyakov loops in the four directions (Chroma's "
-        "normalisation). Exit status: 0 ok, 1 checksum or header mismatch, 2 unreadable file.",
-    )
-    p.add_argument("file", help="gauge-field file")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON object (keys include format, nrow, precision, checksum, "
-                   "w_plaq, s_plaq, t_plaq, link, poly_loop)")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="skip detection and read as this format")
-    _nrow_arg(p)
-    p.set_defaults(func=run_inspect)
-    return p
-
-
-def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``convert`` on an ``argparse`` subparsers object; sets ``func``."""
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a gauge-field file between ILDG, NERSC, MILC and HDF5",
-        description="Read a gauge field (any supported format, checksums verified) and write it "
-        "as ILDG/SciDAC LIME (the records Chroma/QIO write), NERSC (IEEE32BIG/IEEE64BIG), MILC "
-        "(single precision) or a qcd-bridge HDF5 ensemble store. The output is written to a "
-        "temporary file and renamed, and an existing output is refused unless --overwrite.",
-    )
-    p.add_argument("input", help="input gauge-field file")
-    p.add_argument("output", help="output file")
-    p.add_argument("--to", required=True, choices=FORMATS, help="output format")
-    p.add_argument("--precision", type=int, choices=(32, 64), default=None,
-                   help="output precision in bits (default: the input's)")
-    p.add_argument("--storage", choices=("3x3", "3x2"), default="3x3",
-                   help="NERSC output: full matrices or two rows (default 3x3)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.add_argument("--no-verify", action="store_true",
-                   help="do not check the input's stored checksum")
-    p.add_argument("--reunitarize", action="store_true",
-                   help="re-unitarise the links after reading (e.g. single-precision input)")
-    _nrow_arg(p)
-    p.set_defaults(func=run_convert)
-    return p

@@ -1,8 +1,8 @@
-"""``qcd-bridge demo``: the main job end to end on a small default (issue 7, item 6).
+"""``qcd-bridge demo``: the main job end to end on a small default.
 
-1. Train a small gauge-equivariant flow for 2D U(1) (8x8, beta = 2) by reverse-KL self-training
-   for a fixed time budget (:mod:`bridge.flows.training`; arXiv:2003.06413, arXiv:2101.08176), or load one
-   with ``--model``.
+1. Train a small gauge-equivariant flow for 2D U(1) (8x8, beta = 2) by reverse-KL
+   self-training for a fixed time budget (:mod:`bridge.jobs.train`; arXiv:2003.06413,
+   arXiv:2101.08176), or load one with ``--model``.
 2. Run hybrid chains (one HMC trajectory then four flow-proposal Metropolis steps per cycle) and
    pure-HMC chains with :mod:`bridge.jobs.chain` (a few independent chains each).
 3. Validate the hybrid ensemble against the HMC ensemble with :mod:`bridge.jobs.validate`
@@ -22,67 +22,45 @@ observable disagrees, 1 for errors.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_demo_parser", "run_demo"]
+__all__ = ["ARCHS", "DemoSettings", "run_demo"]
 
 _MARK = "demo.json"
 _MODEL = {"n_layers": 8, "k": 8, "hidden": [8, 8]}
-# --arch: the model and the training settings of the flow the demo trains
-_ARCHS = {
-    "coupling": ({"model": _MODEL}, ["--lr", "3e-3"]),
+# --arch: the model and training settings (train.json) and the learning rate of the flow
+ARCHS = {
+    "coupling": ({"model": _MODEL}, 3e-3),
     "plaquette": ({"model": {"arch": "plaquette"},
-                   "train": {"adam_eps": 1e-8, "estimator": "path"}}, ["--lr", "0.03"]),
+                   "train": {"adam_eps": 1e-8, "estimator": "path"}}, 0.03),
 }
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``qcd-bridge demo``."""
-    p = sub.add_parser(
-        "demo",
-        help="the main job end to end: train a small 2D U(1) flow, run hybrid and HMC chains, "
-             "validate one against the other, compare with the exact plaquette",
-        description=(
-            "Train (or load with --model) a small 2D U(1) flow, run hybrid (flow + HMC) and "
-            "pure-HMC chains with `qcd-bridge chain`, validate the hybrid ensemble against the "
-            "HMC one with `qcd-bridge validate`, compare the plaquette with its exact value "
-            "(character expansion) and print where the report is. A few minutes on one CPU "
-            "core with the defaults; shrink with --train-seconds and --steps. (The former "
-            "random-field demo is `qcd-bridge field`.)"),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--model", help="use this `qcd-bridge train` run instead of training one")
-    p.add_argument("--arch", choices=sorted(_ARCHS), default="coupling",
-                   help="flow to train: 8 gauge-equivariant coupling layers, or the constrained "
-                        "plaquette flow of 2D U(1) (exact family: acceptance ~1 in seconds)")
-    p.add_argument("--out", default="qcd-bridge-demo", help="output directory")
-    p.add_argument("--nrow", nargs=2, type=int, default=None, metavar="L",
-                   help="lattice extents (2D; default 8 8, or the training lattice of --model)")
-    p.add_argument("--beta", type=float, default=None,
-                   help="Wilson gauge coupling (default 2.0, or the coupling of --model)")
-    p.add_argument("--train-seconds", type=float, default=90.0,
-                   help="training time budget in seconds")
-    p.add_argument("--train-steps", type=int, default=100000,
-                   help="at most this many optimisation steps; when they end before "
-                        "--train-seconds, the model does not depend on the machine's speed")
-    p.add_argument("--chains", type=int, default=4, help="independent chains per sampler")
-    p.add_argument("--steps", type=int, default=600, help="cycles per chain")
-    p.add_argument("--therm", type=int, default=50, help="thermalisation cycles left out")
-    p.add_argument("--schedule", default="hmc:1,flow:4", help="kernels of one hybrid cycle")
-    p.add_argument("--md-steps", type=int, default=10, help="HMC steps per trajectory (tau 1)")
-    p.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples of the "
-                   "validation")
-    p.add_argument("--seed", type=int, default=1, help="seed of training and chains")
-    p.add_argument("--device", default="cpu", help="torch device of the chains (training "
-                   "runs on the CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_demo)
+@dataclass
+class DemoSettings:
+    """The options of ``qcd-bridge demo`` (defaults as on the command line)."""
+
+    model: str | None = None
+    arch: str = "coupling"
+    out: str = "qcd-bridge-demo"
+    nrow: list[int] | None = None
+    beta: float | None = None
+    train_seconds: float = 90.0
+    train_steps: int = 100000
+    chains: int = 4
+    steps: int = 600
+    therm: int = 50
+    schedule: str = "hmc:1,flow:4"
+    md_steps: int = 10
+    bootstrap: int = 500
+    seed: int = 1
+    device: str = "cpu"
+    no_progress: bool = False
 
 
 def _prepare(out: Path) -> None:
@@ -100,25 +78,22 @@ def _prepare(out: Path) -> None:
     (out / _MARK).write_text("{}\n")
 
 
-def _train(args: argparse.Namespace, out: Path) -> Path:
-    """``qcd-bridge train`` for ``--train-seconds`` into ``OUT/model``."""
-    from ..cli.flows import add_train_parser
+def _train(args: DemoSettings, out: Path) -> Path:
+    """``qcd-bridge train`` for ``train_seconds`` into ``OUT/model``."""
+    from .train import run_train, train_settings
 
     mdir = out / "model"
     if mdir.exists():
         shutil.rmtree(mdir)
     cfg = out / "train.json"
-    settings, opts = _ARCHS[args.arch]
+    settings, lr = ARCHS[args.arch]
     cfg.write_text(json.dumps(settings) + "\n")
-    parser = argparse.ArgumentParser(prog="qcd-bridge")
-    add_train_parser(parser.add_subparsers())
-    targs = parser.parse_args([
-        "train", str(cfg), "--group", "u1", "--nrow", *map(str, args.nrow), "--beta",
-        str(args.beta), "--steps", str(args.train_steps), "--time-budget", str(args.train_seconds),
-        "--batch", "64", *opts, "--seed", str(args.seed), "--out", str(mdir),
-        "--eval-samples", "1024", "--eval-batch", "256", "--log-every",
-        "0" if args.no_progress else "100", "--checkpoint-every", "200"])
-    rc = targs.func(targs)
+    s = train_settings(
+        cfg, group="u1", nrow=list(args.nrow), beta=float(args.beta), steps=args.train_steps,
+        time_budget=float(args.train_seconds), batch=64, lr=lr, seed=args.seed, out=str(mdir),
+        eval_samples=1024, eval_batch=256, log_every=0 if args.no_progress else 100,
+        checkpoint_every=200)
+    rc = run_train(s)
     if rc:
         from ..errors import ConfigError
 
@@ -126,7 +101,7 @@ def _train(args: argparse.Namespace, out: Path) -> Path:
     return mdir
 
 
-def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
+def _chain(args: DemoSettings, out: Path, name: str, model: str | None,
            schedule: str, seed: int) -> dict[str, Any]:
     from .chain import chain_settings, resolve_model, run_chains
 
@@ -143,16 +118,12 @@ def _chain(args: argparse.Namespace, out: Path, name: str, model: str | None,
 
 def _fmt(value: float | None, error: float | None) -> str:
     """``value(error)`` as in the validation report, ``n/a`` without a value."""
-    from ..analysis.format import value_error as _pm
+    from ..analysis.format import value_error
 
-    if value is None:
-        return "n/a"
-    if error is None or not math.isfinite(error) or error <= 0:
-        return f"{value:.5f}"
-    return _pm(value, error)
+    return value_error(value, error, plain=".5f")
 
 
-def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
+def _lattice_and_coupling(args: DemoSettings) -> tuple[list[int], float]:
     """``--nrow``/``--beta``, else those of ``--model``'s training run, else 8 8 and 2.0; a
     model that is not a 2D U(1) flow is refused."""
     from ..errors import ConfigError
@@ -174,8 +145,8 @@ def _lattice_and_coupling(args: argparse.Namespace) -> tuple[list[int], float]:
             2.0 if beta is None else float(beta))
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Handler of ``qcd-bridge demo`` (module docstring); returns the exit status."""
+def run_demo(args: DemoSettings) -> int:
+    """The demo of the module docstring; returns the exit status."""
     from ..analysis.report import write_report
     from ..errors import ConfigError
     from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
@@ -185,7 +156,8 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps {args.steps}: expected more cycles than --therm "
                           f"{args.therm} + 1")
     t0 = time.perf_counter()
-    args.nrow, args.beta = _lattice_and_coupling(args)
+    nrow_, beta_ = _lattice_and_coupling(args)
+    args = replace(args, nrow=nrow_, beta=beta_)
     out = Path(args.out)
     _prepare(out)
     print(f"[demo] 2D U(1) on {args.nrow[0]}x{args.nrow[1]}, beta = {args.beta:g}; output in "

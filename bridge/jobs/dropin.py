@@ -8,14 +8,14 @@ A run alternates, for ``cycles`` cycles:
    for the segment (the engine's restart XML supplies the seed of the next segment);
 2. the configuration the engine wrote is read back and checked (expected file name, lattice,
    SciDAC checksum, plaquette against the engine's output XML, restart XML);
-3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.mcmc.sampler.flow_metropolis_kernel`) in
+3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.mcmc.flow_mh.flow_metropolis_kernel`) in
    Python with an action built from the same XML (same beta and boundary conditions; Nf = 2
    fermion monomials through the exact determinant on small lattices, refused beyond
    ``fermion_max_sites``); the result is written as ILDG and starts the next segment.
 
 Exactness: the flow step is independence Metropolis targeting ``p(U) ~ exp(-S(U))`` (with the
 fermion determinant where the XML has fermions), the HMC segment leaves the same ``p``
-invariant, so their composition does (:mod:`bridge.mcmc.sampler`).
+invariant, so their composition does (:mod:`bridge.mcmc.compose`).
 
 Everything is recorded in an HDF5 :class:`~bridge.io.hdf5.EnsembleStore` in the run directory
 (per update: ``w_plaq``, ``kernel`` 0 = HMC / 1 = flow, ``accepted``, ``delta`` = deltaH or
@@ -27,7 +27,6 @@ result is the same as that of an uninterrupted run.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -43,7 +42,7 @@ from typing import Any
 
 __all__ = [
     "Workflow", "XMLFacts", "load_workflow", "xml_facts", "flow_action", "run_workflow",
-    "segment_xml", "add_run_parser", "RunSummary", "STATE_FORMAT",
+    "segment_xml", "RunSummary", "STATE_FORMAT",
 ]
 
 STATE_FORMAT = "qcd-bridge-run-state"
@@ -554,7 +553,7 @@ class _Run:
         self.action_desc = "none (plain HMC)"
         if wf.flow_steps > 0:
             from ..flows.checkpoints import load_model
-            from ..mcmc.sampler import check_flow
+            from ..mcmc.flow_mh import check_flow
 
             self.model, self.meta = load_model(wf.model)
             if wf.device != "cpu":  # load_model builds the flow on the CPU
@@ -783,7 +782,7 @@ class _Run:
 
         from ..gauge import mesplq
         from ..io.ildg import read_ildg, write_ildg
-        from ..mcmc.sampler import flow_metropolis_kernel
+        from ..mcmc.flow_mh import flow_metropolis_kernel
         from ..rng import rng_key
 
         c, m = st["cycle"], self.wf.flow_steps
@@ -890,28 +889,3 @@ def run_workflow(
     if max_cycles is not None and max_cycles < 0:
         raise _config_error(f"max_cycles: expected a non-negative integer, got {max_cycles}")
     return _Run(wf, log or (lambda s: None), hook, engine).run(max_cycles)
-
-
-# -- command line -------------------------------------------------------------------------------
-def add_run_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``qcd-bridge run``."""
-    p = sub.add_parser(
-        "run", help="alternate HMC segments (Chroma or built-in) with flow-Metropolis steps",
-        description="Run the drop-in hybrid loop of a workflow file (JSON or TOML): HMC segments "
-                    "of N trajectories in Chroma's hmc (or the built-in engine) from your own "
-                    "hmc input XML, each followed by M flow-Metropolis steps; resumes when "
-                    "rerun.  See docs/dropin.md.")
-    p.add_argument("workflow", help="workflow file (.json or .toml)")
-    p.add_argument("--max-cycles", type=int, default=None,
-                   help="run at most this many cycles in this call (the run resumes later)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(func=_run_cmd)
-
-
-def _run_cmd(args: argparse.Namespace) -> int:
-    s = run_workflow(args.workflow, max_cycles=args.max_cycles,
-                     log=None if args.quiet else _stderr)
-    state = "finished" if s.finished else "stopped (rerun the command to continue)"
-    print(f"{state}: {s.cycles_done}/{s.cycles_total} cycles, {s.updates} updates; engine "
-          f"{s.engine}; ensemble {s.store}")
-    return 0
