@@ -28,6 +28,38 @@ def as_device(device: torch.device | str | None) -> torch.device:
     return torch.device("cpu") if device is None else torch.device(device)
 
 
+def _check_nrow(nrow: Sequence[int]) -> tuple[int, ...]:
+    """The extents ``nrow`` as a tuple of 2 to 4 positive integers (``ValueError`` otherwise)."""
+    try:
+        extents = tuple(int(n) for n in nrow)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"nrow: expected a sequence of integers (Lx ... Lt), got {nrow!r}"
+        ) from exc
+    if any(float(n) != e for n, e in zip(nrow, extents, strict=False)):
+        raise ValueError(f"nrow: expected integer extents, got {tuple(nrow)!r}")
+    if not 2 <= len(extents) <= 4:
+        raise ValueError(
+            f"nrow: expected Nd = 2, 3 or 4 extents (Lx ... Lt), got {len(extents)}: {extents}"
+        )
+    if any(e <= 0 for e in extents):
+        raise ValueError(f"nrow: every extent must be positive, got {extents}")
+    return extents
+
+
+def _boundary_factor(
+    field: torch.Tensor, ax: int, length: int, step: int, phase: complex
+) -> torch.Tensor:
+    """``phase ** wraps`` along tensor axis ``ax`` (broadcastable against ``field``), ``wraps``
+    the number of times the site ``x + step`` crosses the boundary: ``floor((x + step) / L)``."""
+    coord = torch.arange(length, device=field.device)
+    wraps = torch.div(coord + step, length, rounding_mode="floor")
+    factor = torch.tensor(complex(phase), dtype=torch.complex128, device=field.device) ** wraps
+    view = [1] * field.dim()
+    view[ax] = length
+    return factor.to(field.dtype).reshape(view)
+
+
 @dataclass(frozen=True)
 class Lattice:
     """A hypercubic lattice with periodic topology.
@@ -42,21 +74,7 @@ class Lattice:
     nrow: tuple[int, ...]
 
     def __init__(self, nrow: Sequence[int]) -> None:
-        try:
-            extents = tuple(int(n) for n in nrow)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(
-                f"nrow: expected a sequence of integers (Lx ... Lt), got {nrow!r}"
-            ) from exc
-        if any(float(n) != e for n, e in zip(nrow, extents, strict=False)):
-            raise ValueError(f"nrow: expected integer extents, got {tuple(nrow)!r}")
-        if not 2 <= len(extents) <= 4:
-            raise ValueError(
-                f"nrow: expected Nd = 2, 3 or 4 extents (Lx ... Lt), got {len(extents)}: {extents}"
-            )
-        if any(e <= 0 for e in extents):
-            raise ValueError(f"nrow: every extent must be positive, got {extents}")
-        object.__setattr__(self, "nrow", extents)
+        object.__setattr__(self, "nrow", _check_nrow(nrow))
 
     # -- basic properties -------------------------------------------------------------------
     @property
@@ -118,14 +136,7 @@ class Lattice:
         out = torch.roll(field, shifts=-step, dims=ax)
         if phase is None or phase == 1:
             return out
-        length = self.nrow[mu]
-        coord = torch.arange(length, device=field.device)
-        # number of times site x + step*mu wraps the boundary: floor((x + step) / L)
-        wraps = torch.div(coord + step, length, rounding_mode="floor")
-        factor = torch.tensor(complex(phase), dtype=torch.complex128, device=field.device) ** wraps
-        view = [1] * field.dim()
-        view[ax] = length
-        return out * factor.to(field.dtype).reshape(view)
+        return out * _boundary_factor(field, ax, self.nrow[mu], step, phase)
 
     # -- coordinates and parity ------------------------------------------------------------
     def coordinates(self, device: torch.device | str | None = None) -> torch.Tensor:
