@@ -219,3 +219,22 @@ def test_error_seed_and_bins():
         A.bootstrap_histogram(np.ones(10), [2, 0])
     with pytest.raises(ValueError, match="at least one bin"):
         A.histogram_edges([np.ones(10)], 0)
+
+
+# -- value(error) ---------------------------------------------------------------------------------
+def test_value_error_two_significant_digits():
+    from bridge.analysis.format import value_error
+
+    assert value_error(0.49961, 0.00132) == "0.4996(13)"
+    assert value_error(0.69712, 0.0016) == "0.6971(16)"
+    assert value_error(1.0, 0.0996) == "1.00(10)"  # rounding carries: not 1.000(100)
+    assert value_error(123.4, 5.6) == "123.4(56)" and value_error(9.0, 9.96) == "9(10)"
+    assert value_error(12.5, 1e-14) == "12.5+-1e-14"  # beyond 12 decimals: plain
+    assert value_error(0.5, None) == "0.5" and value_error(0.5, 0.0) == "0.5"
+    assert value_error(0.5, math.nan, plain=".5f") == "0.50000"
+    assert value_error(None, 0.1) == "n/a" and value_error(None, 0.1, missing="-") == "-"
+    assert value_error(0.01940, 0.0005, style="pm") == "0.01940 +- 0.00050"
+    assert value_error(2.0, 0.5, style="pm") == "2.00 +- 0.50"
+    assert value_error(1234.0, 56.0, style="pm") == "1234 +- 56"
+    with pytest.raises(ValueError, match="style: expected 'paren' or 'pm', got 'tex'"):
+        value_error(1.0, 0.1, style="tex")

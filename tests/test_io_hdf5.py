@@ -166,3 +166,40 @@ def test_weight_default_is_nan(tmp_path):
         store.append(_field(0), traj=0)
         assert math.isnan(store.metadata(0)["weight"])
         assert store.metadata(0)["seed"] is None and store.metadata(0)["rng_state"] == b""
+        store.append(_field(1), traj=1, weight=0.25)
+        w = store.weights
+        assert w.shape == (2,) and math.isnan(w[0]) and w[1] == 0.25
+    with EnsembleStore(tmp_path / "n.h5", "a") as store:  # no configurations yet
+        assert store.weights.shape == (0,) and store.trajectories.shape == (0,)
+
+
+def test_is_hdf5_and_chain_files(tmp_path):
+    from bridge.io.chains import is_chain_file, read_chain, read_chain_observables
+    from bridge.io.hdf5 import is_hdf5
+
+    with EnsembleStore(tmp_path / "s.h5", "a") as store:
+        store.append(_field(0), traj=0)
+    (tmp_path / "t.txt").write_text("not hdf5")
+    assert is_hdf5(tmp_path / "s.h5") and not is_hdf5(tmp_path / "t.txt")
+    assert not is_hdf5(tmp_path / "missing.h5")
+    assert not is_chain_file(tmp_path / "s.h5") and not is_chain_file(tmp_path / "t.txt")
+    with pytest.raises(FormatError, match=r"s\.h5', attribute '/format': 'qcd-bridge-ensemble', "
+                                          r"expected 'qcd-bridge-chain'"):
+        read_chain(tmp_path / "s.h5")
+    # a minimal chain file: 3 committed cycles of 2 chains (a fourth uncommitted), therm 1
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.attrs.update({"format": "qcd-bridge-chain", "version": 1, "n_cycles": 3, "therm": 1,
+                        "n_records": 0, "n_fields": 0, "n_chains": 2, "chain_offset": 4,
+                        "nrow": [4, 4], "group": "U1", "kernels": '["hmc"]'})
+        f["observables/cycle"] = np.arange(1, 5)
+        f["observables/plaquette"] = np.arange(8.0).reshape(4, 2)
+        f["records/kernel"] = np.zeros(0, dtype=np.int8)
+        f["fields/cycle"] = np.zeros(0, dtype=np.int64)
+    assert is_chain_file(tmp_path / "c.h5")
+    data = read_chain(tmp_path / "c.h5")
+    assert data["observables"]["plaquette"].shape == (3, 2) and data["records"]["kernel"] == []
+    cols, meta = read_chain_observables(tmp_path / "c.h5")
+    assert cols["cycle"].tolist() == [2, 3]
+    assert cols["plaquette"].tolist() == [[2.0, 3.0], [4.0, 5.0]]
+    assert meta == {"nrow": [4, 4], "group": "U1", "ensemble": "chain", "replica": "c4-c5",
+                    "therm": 1, "chain_offset": 4}

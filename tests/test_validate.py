@@ -388,3 +388,18 @@ def test_measure_style_series_names(tmp_path):
     assert V.load_series(p, "polyakov[1]").values[0][0] == 2.0
     with pytest.raises(ValueError, match=r"unknown in .*add series with `qcd-bridge measure`"):
         V.load_series(p, "topological_charge[flow_time=2]")
+
+
+def test_cli_module_imports_nothing_heavy():
+    """``bridge.cli.validate`` defines the parser only: numpy, torch, h5py, matplotlib and the
+    jobs are imported when the command runs."""
+    import ast
+    from pathlib import Path
+
+    import bridge.cli.validate as cli
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
+    assert names <= {"__future__", "argparse", "sys", "typing"}, names

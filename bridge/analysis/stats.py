@@ -22,8 +22,9 @@ Sources:
 * Block bootstrap (blocks of consecutive configurations resampled with replacement): Kuensch,
   Ann. Statist. 17 (1989) 1217; with ``block=1`` Efron's bootstrap.
 
-Pure statistics on arrays (no file access): reading series from ensemble files lives in
-:mod:`bridge.analysis.validate` (downstream of :mod:`bridge.io`, see docs/architecture.md).
+Pure statistics on arrays (no file access): the comparison of two ensembles is
+:mod:`bridge.analysis.compare`; reading series from ensemble files lives in
+:mod:`bridge.jobs.validate` (downstream of :mod:`bridge.io`, see docs/architecture.md).
 """
 
 from __future__ import annotations
