@@ -307,7 +307,8 @@ def _expm_su3(
     Work per matrix: one product ``X^2``, ``c0 = -scale^3 Im Tr(X^2 X) / 3``,
     ``c1 = -scale^2 Re Tr X^2 / 2`` and ``exp = f0 + (-i f1 scale) X + (-f2 scale^2) X^2``
     assembled in place (the scale is folded into the scalars, never applied to a 3x3 field);
-    :func:`_expm_su3_reference` is the straightforward form it is tested against.
+    :func:`bridge.testing.reference.expm_su3_reference` is the straightforward form it
+    is tested against.
     """
     x2 = mm(x, x)
     c1 = torch.diagonal(x2, dim1=-2, dim2=-1).real.sum(-1) * (-0.5 * scale * scale)
@@ -317,55 +318,6 @@ def _expm_su3(
     e.addcmul_(x2, (f2 * (-scale * scale)).unsqueeze(-1).unsqueeze(-1))
     torch.diagonal(e, dim1=-2, dim2=-1).add_(f0.unsqueeze(-1))
     return e if right is None else mm(e, right)
-
-
-def _expm_su3_reference(x: torch.Tensor) -> torch.Tensor:
-    """Reference (straightforward) form of :func:`_expm_su3`, kept for the tests.
-
-    exp of traceless anti-Hermitian 3x3 ``X`` by Cayley-Hamilton, exact in closed form.
-
-    Morningstar & Peardon, hep-lat/0311018, eqs. (19)-(34): with ``Q = -i X`` (Hermitian,
-    traceless), ``exp(iQ) = f0 + f1 Q + f2 Q^2``, ``c0 = det Q = Tr Q^3 / 3``,
-    ``c1 = Tr Q^2 / 2``, ``theta = arccos(c0 / c0max)``, ``c0max = 2 (c1/3)^{3/2}``,
-    ``u = sqrt(c1/3) cos(theta/3)``, ``w = sqrt(c1) sin(theta/3)``, and for ``c0 < 0`` the
-    symmetry ``f_j(-c0, c1) = (-1)^j conj(f_j(c0, c1))`` (eq. 34).  The denominator
-    ``9u^2 - w^2 >= 2 c1`` never vanishes except at Q = 0, where the exact limit
-    ``f = (1, i, -1/2)`` is used.
-    """
-    q = -1j * x
-    q2 = mm(q, q)
-    rdt = torch.empty(0, dtype=x.dtype).real.dtype
-    c0 = ((q2 * q.transpose(-1, -2)).sum((-1, -2)).real / 3.0).to(rdt)  # Tr(Q^2 Q) / 3
-    c1 = (trace(q2).real / 2.0).to(rdt)
-    neg = c0 < 0
-    c0a = c0.abs()
-    tiny = torch.finfo(rdt).tiny ** 0.5
-    small = c1 <= tiny
-    c1s = torch.where(small, torch.ones_like(c1), c1)
-    c0max = 2.0 * (c1s / 3.0) ** 1.5
-    theta = torch.arccos(torch.clamp(c0a / c0max, -1.0, 1.0))
-    u = torch.sqrt(c1s / 3.0) * torch.cos(theta / 3.0)
-    w = torch.sqrt(c1s) * torch.sin(theta / 3.0)
-    u2, w2 = u * u, w * w
-    cw, xi = torch.cos(w), _xi0(w)
-    e2iu = torch.polar(torch.ones_like(u), 2.0 * u)
-    emiu = torch.polar(torch.ones_like(u), -u)
-    h0 = (u2 - w2) * e2iu + emiu * torch.complex(8.0 * u2 * cw, 2.0 * u * (3.0 * u2 + w2) * xi)
-    h1 = 2.0 * u * e2iu - emiu * torch.complex(2.0 * u * cw, -(3.0 * u2 - w2) * xi)
-    h2 = e2iu - emiu * torch.complex(cw, 3.0 * u * xi)
-    den = 9.0 * u2 - w2
-    f0, f1, f2 = h0 / den, h1 / den, h2 / den
-    # c0 < 0: f_j -> (-1)^j conj(f_j)
-    f0 = torch.where(neg, f0.conj(), f0)
-    f1 = torch.where(neg, -f1.conj(), f1)
-    f2 = torch.where(neg, f2.conj(), f2)
-    one = torch.ones_like(f0)
-    f0 = torch.where(small, one, f0)
-    f1 = torch.where(small, 1j * one, f1)
-    f2 = torch.where(small, -0.5 * one, f2)
-    eye = torch.eye(3, dtype=x.dtype, device=x.device)
-    return (f0[..., None, None] * eye + f1[..., None, None] * q
-            + f2[..., None, None] * q2).to(x.dtype)
 
 
 def _expm_su2(x: torch.Tensor) -> torch.Tensor:
