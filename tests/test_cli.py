@@ -1,8 +1,10 @@
-"""The command line: help, the `field` command (the former demo), error reporting."""
+"""The command line: help (without heavy imports), the `field` command, error reporting."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +52,33 @@ def test_bad_input_is_reported(capsys):
     assert "qcd-bridge field: error: nrow: every extent must be positive, got (4, 0, 4, 4)" in err
     assert main(["field", "--group", "SO3"]) == 1
     assert "group: expected 'U1', 'SU2', 'SU3'" in capsys.readouterr().err
+
+
+def test_building_the_parser_and_every_help_imports_nothing_heavy():
+    """`qcd-bridge --help` and `qcd-bridge CMD --help` import only the command modules: no
+    torch, numpy, h5py, lxml, matplotlib or pyerrors (benchmarks/bench_startup.py times it)."""
+    code = """
+import contextlib, io, sys
+from bridge.cli import build_parser
+parser = build_parser()
+commands = list(parser._subparsers._group_actions[0].choices)
+for argv in [["--help"]] + [[c, "--help"] for c in commands]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        parser.parse_args(argv)
+heavy = {"torch", "numpy", "h5py", "lxml", "matplotlib", "pyerrors"} & set(sys.modules)
+print(len(commands), sorted(heavy))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    n, heavy = out.stdout.split(" ", 1)
+    assert int(n) == 13 and heavy.strip() == "[]", out.stdout
+
+
+def test_constants_spelled_out_for_the_parser_match_the_packages():
+    from bridge.cli.common import GROUP_CHOICES
+    from bridge.cli.io import FORMATS
+    from bridge.flows.checkpoints import GROUPS
+    from bridge.io.inspect import FORMATS as IO_FORMATS
+
+    assert sorted(GROUP_CHOICES) == sorted(GROUPS) and FORMATS == IO_FORMATS

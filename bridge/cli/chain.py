@@ -4,8 +4,6 @@ and a progress bar; the job is :mod:`bridge.jobs.chain`."""
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from .common import GROUP_CHOICES, given
 
@@ -74,6 +72,9 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_chain(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from ..errors import ConfigError
     from ..jobs.chain import chain_settings, resolve_model, run_chains
     from ..jobs.chain_stats import summary_lines

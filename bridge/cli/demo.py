@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 __all__ = ["add_demo_parser"]
 
@@ -52,6 +51,8 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from ..jobs.demo import DemoSettings, run_demo
 
     keys = [f.name for f in dataclasses.fields(DemoSettings)]

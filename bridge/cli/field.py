@@ -4,8 +4,6 @@ Chroma's MesPlq plaquettes and the Polyakov loops, as text or one JSON object.""
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from collections.abc import Sequence
 
 __all__ = ["add_field_parser"]
@@ -43,6 +41,9 @@ def add_field_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_field(args: argparse.Namespace) -> int:
+    import json
+    import time
+
     import torch
 
     from .. import gauge
