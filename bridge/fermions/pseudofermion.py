@@ -6,29 +6,13 @@ Interface (the :class:`bridge.mcmc.monomials.Monomial` protocol): ``refresh(U, g
 ``iterations`` (CG iterations since the last reset; the HMC resets it every trajectory),
 ``n_solves`` and ``last_stats`` (the :class:`~bridge.solvers.SolveStats` of the last solve).
 
-Actions and forces (derivations in docs/fermions.md)
------------------------------------------------------
-Unpreconditioned (Chroma ``TWO_FLAVOR_UNPREC_FERM_MONOMIAL``), with ``D`` the Wilson(-clover)
-operator (Chroma's ``M = D_kappa / (2 kappa)`` by default)::
-
-    heat bath:  phi = D^dag eta,  eta ~ exp(-eta^dag eta)  (so S = eta^dag eta right after it)
-    S = phi^dag (D^dag D)^{-1} phi = Re <phi, X>,   X = (D^dag D)^{-1} phi,  Y = D X
-    dS = -phi^dag (D^dag D)^{-1} d(D^dag D) (D^dag D)^{-1} phi = -2 Re <Y, dD X>
-
-so ``F = G`` with ``G`` from :meth:`WilsonDirac.force_bilinear` (``d Re<Y, D X> = sum Re Tr[Z G]``).
-
-Even-odd preconditioned (Chroma ``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL``): the same with the
-Schur operator ``K = A_oo - kappa^2 H_oe A_ee^{-1} H_eo`` on odd sites (``phi_o = K^dag eta_o``).
-Since ``det D = det A_ee det K``, ``det(D^dag D) = det(A_ee)^2 det(K^dag K)``.  For Wilson fermions
-``A_ee`` is constant (the identity, or ``1/(2 kappa)`` in Chroma's normalisation): Chroma's
-"CONSTDET" drops it.  For clover ``A_ee`` depends on the links; the monomial then adds
-``S_det = -2 sum_{x even} log det A(x)`` with force ``F_det = G`` from
-:meth:`WilsonDirac.clover_logdet_force` (Chroma's ``TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL``).
-Asking for the constant-determinant form with clover raises :class:`~bridge.errors.ConfigError`.
-
-Solves: action solves start from zero (as in the reference Chroma runs); force solves use the
-chronological "last solution" guess when ``predictor="last_solution"`` (Chroma's
-``LAST_SOLUTION_4D_PREDICTOR``), reset on every ``refresh``.
+Unpreconditioned (Chroma ``TWO_FLAVOR_UNPREC_FERM_MONOMIAL``): heat bath ``phi = D^dag eta``,
+``S = phi^dag (D^dag D)^{-1} phi``, force from :meth:`WilsonDirac.force_bilinear`.  Even-odd
+(Chroma ``TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL``): the same with the Schur operator ``K`` on
+odd sites; with clover the link-dependent ``det A_ee`` adds ``S_det = -2 sum_{x even} log det A(x)``
+(Chroma's ``TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL``), and asking for the constant-determinant
+form with clover raises :class:`~bridge.errors.ConfigError`.  Force solves may start from the
+last solution (Chroma's ``LAST_SOLUTION_4D_PREDICTOR``).  Derivations: docs/fermions.md.
 """
 
 from __future__ import annotations
