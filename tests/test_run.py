@@ -21,7 +21,8 @@ from bridge.chroma.engines import ENV_HMC, EngineFailed
 from bridge.cli import main
 from bridge.errors import ChecksumError, ConfigError, FormatError
 from bridge.io.hdf5 import EnsembleStore
-from bridge.jobs.dropin import flow_action, load_workflow, run_workflow, xml_facts
+from bridge.jobs.dropin import load_workflow, run_workflow
+from bridge.jobs.dropin_xml import flow_action, xml_facts
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(__file__).resolve().parent / "data"
@@ -460,7 +461,7 @@ def test_dropin_guide_shows_the_segment_rewrite(tmp_path):
     import re
     import shlex
 
-    from bridge.jobs.dropin import segment_xml
+    from bridge.jobs.dropin_xml import segment_xml
 
     doc = (REPO / "docs" / "dropin.md").read_text()
     command = re.search(r"```\n(qcd-bridge chroma-xml hmc [^`]*?)\n```", doc).group(1)

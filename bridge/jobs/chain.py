@@ -273,8 +273,8 @@ def resolve_model(s: ChainSettings, explicit: set[str]) -> Any:
         except Exception as exc:  # noqa: BLE001 - re-raised with the model's path
             raise ConfigError(f"--model {s.model}: {exc}") from exc
         raise ConfigError(f"--model {s.model}: the model is for {model.group.name} in "
-                            f"{model.nd}D, the chain for {GROUPS[s.group]} on "
-                            f"{Lattice(s.nrow)}")
+                          f"{model.nd}D, the chain for {GROUPS[s.group]} on "
+                          f"{Lattice(s.nrow)}")
     if s.nrow != mine["nrow"]:
         raise ConfigError(
             f"--nrow {' '.join(map(str, s.nrow))}: the model {s.model} was trained on the "
@@ -293,8 +293,8 @@ def _analytic_proposal(s: ChainSettings, explicit: set[str]) -> Any:
     (:class:`bridge.flows.analytic.U1PlaquetteProposal`, nothing trained) at the chain's beta."""
     if s.group != "u1" or len(s.nrow) != 2:
         raise ConfigError(f"--model {ANALYTIC}: the analytic plaquette proposal exists only "
-                            f"for 2D U(1) (--group u1, two extents), the chain is --group "
-                            f"{s.group} on {' x '.join(map(str, s.nrow))}")
+                          f"for 2D U(1) (--group u1, two extents), the chain is --group "
+                          f"{s.group} on {' x '.join(map(str, s.nrow))}")
     from ..flows.analytic import U1PlaquetteProposal
 
     return U1PlaquetteProposal(float(s.beta))
@@ -379,12 +379,12 @@ def _start_field(s: ChainSettings, seed: int, dtype: Any, device: Any) -> Any:
     want_nc = {"u1": 1, "su2": 2, "su3": 3}[s.group]
     if list(got.nrow) != s.nrow or nc != want_nc:
         raise ConfigError(f"--start {start}: the file holds a {nc}x{nc} field on {got}, the "
-                            f"chain needs {GROUPS[s.group]} on {Lattice(s.nrow)}")
+                          f"chain needs {GROUPS[s.group]} on {Lattice(s.nrow)}")
     if u.shape[0] == 1:
         return u.expand(c, *u.shape[1:]).clone()
     if u.shape[0] != c:
         raise ConfigError(f"--start {start}: {u.shape[0]} configurations, expected 1 or "
-                            f"--chains {c}")
+                          f"--chains {c}")
     return u
 
 

@@ -27,7 +27,6 @@ result is the same as that of an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -40,26 +39,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "Workflow", "XMLFacts", "load_workflow", "xml_facts", "flow_action", "run_workflow",
-    "segment_xml", "RunSummary", "STATE_FORMAT",
-]
+from ..errors import ConfigError
+from .dropin_xml import XMLFacts, flow_action, gauge_beta, segment_xml, xml_facts
+
+__all__ = ["Workflow", "load_workflow", "workflow_from_dict", "run_workflow", "RunSummary",
+           "STATE_FORMAT"]
 
 STATE_FORMAT = "qcd-bridge-run-state"
-_FERMION_KINDS = ("TWO_FLAVOR_UNPREC_FERM_MONOMIAL", "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL",
-                  "TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL")
 _KEYS = {
     "hmc_input": None, "model": None, "trajectories": None, "flow_steps": 0, "cycles": None,
     "engine": "auto", "run_dir": "run", "seed": 0, "flow_batch": None, "store": "ensemble.h5",
     "store_configs": True, "hmc_seed": None, "device": "cpu", "fermion_max_sites": 256,
 }
 _REQUIRED = ("hmc_input", "trajectories", "cycles")
-
-
-def _config_error(msg: str) -> Exception:
-    from ..errors import ConfigError
-
-    return ConfigError(msg)
 
 
 # -- the workflow file -------------------------------------------------------------------------
@@ -88,8 +80,8 @@ class Workflow:
 def _int(data: Mapping[str, Any], key: str, source: str, minimum: int) -> int:
     v = data[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise _config_error(f"workflow {source}: {key} = {v!r}: expected an integer >= "
-                            f"{minimum}")
+        raise ConfigError(f"workflow {source}: {key} = {v!r}: expected an integer >= "
+                          f"{minimum}")
     return int(v)
 
 
@@ -106,18 +98,18 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
         try:
             import tomllib
         except ImportError:  # Python 3.10
-            raise _config_error(f"workflow {source}: TOML needs Python >= 3.11 (tomllib); "
-                                f"write the workflow as JSON") from None
+            raise ConfigError(f"workflow {source}: TOML needs Python >= 3.11 (tomllib); "
+                              f"write the workflow as JSON") from None
         try:
             data = tomllib.loads(text.decode())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise _config_error(f"workflow {source}: not valid TOML ({exc})") from exc
+            raise ConfigError(f"workflow {source}: not valid TOML ({exc})") from exc
     else:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _config_error(f"workflow {source}: not valid JSON ({exc}); expected a JSON "
-                                f"object (or a .toml file)") from exc
+            raise ConfigError(f"workflow {source}: not valid JSON ({exc}); expected a JSON "
+                              f"object (or a .toml file)") from exc
     return workflow_from_dict(data, p.resolve().parent, source)
 
 
@@ -125,22 +117,22 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
                        ) -> Workflow:
     """Validate a workflow mapping; relative paths are resolved against ``base``."""
     if not isinstance(data, dict):
-        raise _config_error(f"workflow {source}: expected an object with keys "
-                            f"{sorted(_KEYS)}, got {type(data).__name__}")
+        raise ConfigError(f"workflow {source}: expected an object with keys "
+                          f"{sorted(_KEYS)}, got {type(data).__name__}")
     unknown = set(data) - set(_KEYS)
     if unknown:
-        raise _config_error(f"workflow {source}: unknown keys {sorted(unknown)}; expected some "
-                            f"of {sorted(_KEYS)}")
+        raise ConfigError(f"workflow {source}: unknown keys {sorted(unknown)}; expected some "
+                          f"of {sorted(_KEYS)}")
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
-        raise _config_error(f"workflow {source}: missing required keys {missing}")
+        raise ConfigError(f"workflow {source}: missing required keys {missing}")
     d = {**_KEYS, **data}
     base = Path(base)
 
     def path(key: str) -> Path:
         v = d[key]
         if not isinstance(v, str) or not v:
-            raise _config_error(f"workflow {source}: {key} = {v!r}: expected a path")
+            raise ConfigError(f"workflow {source}: {key} = {v!r}: expected a path")
         q = Path(v).expanduser()
         return q if q.is_absolute() else (base / q)
 
@@ -160,31 +152,31 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
     m = _int(d, "flow_steps", source, 0)
     seed = _int(d, "seed", source, 0)
     if m > 0 and model is None:
-        raise _config_error(f"workflow {source}: flow_steps = {m} needs a flow: give model (a "
-                            f"`qcd-bridge train` output directory), or set flow_steps = 0 for "
-                            f"plain HMC")
+        raise ConfigError(f"workflow {source}: flow_steps = {m} needs a flow: give model (a "
+                          f"`qcd-bridge train` output directory), or set flow_steps = 0 for "
+                          f"plain HMC")
     if d["flow_batch"] is None:
         d["flow_batch"] = max(1, min(m, 16))
     fb = _int(d, "flow_batch", source, 1)
     fms = _int(d, "fermion_max_sites", source, 1)
     if not isinstance(d["store_configs"], bool):
-        raise _config_error(f"workflow {source}: store_configs = {d['store_configs']!r}: "
-                            f"expected true or false")
+        raise ConfigError(f"workflow {source}: store_configs = {d['store_configs']!r}: "
+                          f"expected true or false")
     hs = d["hmc_seed"]
     if hs is not None and (not isinstance(hs, list) or len(hs) != 4 or any(
             isinstance(x, bool) or not isinstance(x, int) for x in hs)):
-        raise _config_error(f"workflow {source}: hmc_seed = {hs!r}: expected a list of 4 "
-                            f"integers (Chroma's RNG/Seed elems)")
+        raise ConfigError(f"workflow {source}: hmc_seed = {hs!r}: expected a list of 4 "
+                          f"integers (Chroma's RNG/Seed elems)")
     if not isinstance(d["device"], str):
-        raise _config_error(f"workflow {source}: device = {d['device']!r}: expected a torch "
-                            f"device name like 'cpu' or 'cuda'")
+        raise ConfigError(f"workflow {source}: device = {d['device']!r}: expected a torch "
+                          f"device name like 'cpu' or 'cuda'")
     from ..chroma.engines import EngineConfig
 
     EngineConfig.from_value(d["engine"], where=f"workflow {source}: engine")
     run_dir = path("run_dir")
     store = Path(d["store"]) if isinstance(d["store"], str) and d["store"] else None
     if store is None:
-        raise _config_error(f"workflow {source}: store = {d['store']!r}: expected a file name")
+        raise ConfigError(f"workflow {source}: store = {d['store']!r}: expected a file name")
     return Workflow(source=source, hmc_input=hmc_input.resolve(), trajectories=n, cycles=cycles,
                     flow_steps=m, model=model.resolve() if model else None, engine=d["engine"],
                     run_dir=run_dir.resolve(), seed=seed, flow_batch=fb,
@@ -192,282 +184,6 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
                     store_configs=d["store_configs"],
                     hmc_seed=tuple(hs) if hs is not None else None, device=d["device"],
                     fermion_max_sites=fms, raw=dict(data))
-
-
-# -- what the run needs from the hmc input XML ----------------------------------------------
-@dataclass
-class XMLFacts:
-    """The parts of a Chroma ``hmc`` input the drop-in loop uses (read leniently: Chroma may
-    run elements the built-in engine does not)."""
-
-    source: str
-    tree: Any
-    nrow: tuple[int, ...]
-    seed: tuple[int, ...]
-    start_update: int
-    save_prefix: str
-    cfg_type: str
-    cfg_file: str
-    monomials: dict[str, dict[str, Any]]
-    hamiltonian: list[str]
-
-
-def _need(el: Any, path: str, source: str) -> str:
-    found = el.find(path)
-    if found is None:
-        raise _config_error(f"{source}: missing required element /Params/{path}")
-    return (found.text or "").strip()
-
-
-def _ints(text: str, what: str, source: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split())
-    except ValueError:
-        raise _config_error(f"{source}: {what}: expected integers, got {text!r}") from None
-
-
-def _real(el: Any, rel: str, where: str, source: str, required: bool = False
-          ) -> float | None:
-    """The number in ``el/rel`` (None when absent and not ``required``); errors name the
-    file, the element path and the text."""
-    found = el.find(rel)
-    if found is None:
-        if required:
-            raise _config_error(f"{source}: missing required element {where}/{rel}")
-        return None
-    text = (found.text or "").strip()
-    try:
-        return float(text)
-    except ValueError:
-        raise _config_error(f"{source}: {where}/{rel}: expected a number, got {text!r}") from None
-
-
-def xml_facts(path: str | os.PathLike[str]) -> XMLFacts:
-    """Parse the user's ``hmc`` input for lattice, monomials, seed, counters and save prefix
-    (:class:`~bridge.errors.ConfigError` naming the file and element path otherwise)."""
-    from ..chroma.hmc_input import parse_xml_file
-
-    source = os.fspath(path)
-    tree = parse_xml_file(source, "the hmc input")
-    root = tree.getroot()
-    if root.tag != "Params":
-        raise _config_error(f"{source}: expected root element <Params> of Chroma's hmc input, "
-                            f"got <{root.tag}>")
-    nrow = _ints(_need(root, "HMCTrj/nrow", source), "/Params/HMCTrj/nrow", source)
-    if len(nrow) != 4 or min(nrow) < 1:
-        raise _config_error(f"{source}: /Params/HMCTrj/nrow: expected 4 positive extents, got "
-                            f"{nrow}")
-    seed_el = root.findall("MCControl/RNG/Seed/elem")
-    seed = _ints(" ".join((e.text or "") for e in seed_el), "/Params/MCControl/RNG/Seed",
-                 source)
-    if len(seed) != 4:
-        raise _config_error(f"{source}: /Params/MCControl/RNG/Seed: expected 4 elems, got "
-                            f"{len(seed)}")
-    start = _ints(_need(root, "MCControl/StartUpdateNum", source),
-                  "/Params/MCControl/StartUpdateNum", source)
-    for tag in ("NWarmUpUpdates", "NProductionUpdates", "NUpdatesThisRun", "SaveInterval"):
-        _ints(_need(root, f"MCControl/{tag}", source), f"/Params/MCControl/{tag}", source)
-    prefix = _need(root, "MCControl/SavePrefix", source)
-    if not prefix:
-        raise _config_error(f"{source}: /Params/MCControl/SavePrefix is empty")
-    volfmt = _need(root, "MCControl/SaveVolfmt", source)
-    if volfmt != "SINGLEFILE":
-        raise _config_error(f"{source}: /Params/MCControl/SaveVolfmt: the drop-in loop reads the "
-                            f"single file <SavePrefix>_cfg_<N>.lime, expected SINGLEFILE, got "
-                            f"{volfmt!r}")
-    cfg_type = _need(root, "MCControl/Cfg/cfg_type", source)
-    cfg_file = (root.findtext("MCControl/Cfg/cfg_file") or "").strip()
-    monomials: dict[str, dict[str, Any]] = {}
-    for i, el in enumerate(root.findall("HMCTrj/Monomials/elem")):
-        where = f"/Params/HMCTrj/Monomials/elem[{i}]"
-        name = (el.findtext("Name") or "").strip()
-        mid = (el.findtext("NamedObject/monomial_id") or "").strip()
-        if not name or not mid:
-            raise _config_error(f"{source}: {where}: expected Name and NamedObject/monomial_id")
-        info: dict[str, Any] = {"kind": name, "where": where}
-        if name == "GAUGE_MONOMIAL":
-            info["action"] = (el.findtext("GaugeAction/Name") or "").strip()
-            info["beta"] = _real(el, "GaugeAction/beta", where, source, required=True)
-            bc = el.findtext("GaugeAction/GaugeBC/Name")
-            state = el.find("GaugeAction/GaugeState")
-            info["gauge_bc"] = (bc or "").strip() or ("GaugeState" if state is not None
-                                                      else "PERIODIC_GAUGEBC")
-            info["aniso"] = el.find("GaugeAction/AnisoParam") is not None
-        elif name in _FERMION_KINDS:
-            fa = el.find("FermionAction")
-            if fa is None:
-                raise _config_error(f"{source}: {where}: missing FermionAction")
-            info["fermact"] = (fa.findtext("FermAct") or "").strip()
-            fwhere = f"{where}/FermionAction"
-            kappa, mass = _real(fa, "Kappa", fwhere, source), _real(fa, "Mass", fwhere, source)
-            if (kappa is None) == (mass is None):
-                raise _config_error(f"{source}: {fwhere}: expected exactly one of Kappa or Mass")
-            if mass is not None:
-                if not mass > -4.0:
-                    raise _config_error(f"{source}: {fwhere}/Mass: expected Mass > -4 (kappa = "
-                                        f"1/(2 (Mass + 4))), got {mass}")
-                kappa = 1.0 / (2.0 * (mass + 4.0))
-            if not kappa > 0:
-                raise _config_error(f"{source}: {fwhere}/Kappa: expected a positive hopping "
-                                    f"parameter, got {kappa}")
-            info["kappa"] = kappa
-            info["c_sw"] = [c for c in (_real(fa, t, fwhere, source) for t in (
-                "clovCoeff", "clovCoeffR", "clovCoeffT")) if c is not None]
-            info["fermstate"] = (fa.findtext("FermState/Name") or "").strip() or (
-                "FermState" if fa.find("FermState") is not None else "")
-            info["fermbc"] = (fa.findtext("FermionBC/FermBC") or "").strip()
-            info["boundary"] = _ints(fa.findtext("FermionBC/boundary") or "1 1 1 -1",
-                                     f"{where}/FermionAction/FermionBC/boundary", source)
-            info["aniso"] = fa.find("AnisoParam") is not None
-        monomials[mid] = info
-    ham = [(e.text or "").strip() for e in root.findall("HMCTrj/Hamiltonian/monomial_ids/elem")]
-    if not ham:
-        raise _config_error(f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids: expected at "
-                            f"least one monomial id")
-    for mid in ham:
-        if mid not in monomials:
-            raise _config_error(f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids: unknown "
-                                f"monomial id {mid!r} (defined: {sorted(monomials)})")
-    return XMLFacts(source, tree, nrow, seed, start[0], prefix, cfg_type, cfg_file, monomials,
-                    ham)
-
-
-def gauge_beta(facts: XMLFacts) -> float:
-    """Total Wilson coupling of the Hamiltonian's gauge monomials."""
-    return sum(m["beta"] for mid, m in facts.monomials.items()
-               if mid in facts.hamiltonian and m["kind"] == "GAUGE_MONOMIAL")
-
-
-def flow_action(facts: XMLFacts, *, max_sites: int = 256
-                ) -> tuple[Callable[[Any], Any], str]:
-    """The action ``S(U)`` of the XML's Hamiltonian for the flow steps, and its description.
-
-    Wilson gauge monomials (periodic gauge boundary, isotropic) give ``beta sum (1 - Re tr P /
-    Nc)``; Nf = 2 Wilson/clover monomials add ``-log det(D^dag D)`` computed exactly
-    (:func:`bridge.fermions.exact_logdet`, dense: refused beyond ``max_sites`` lattice sites).
-    Anything else is refused with a :class:`~bridge.errors.ConfigError` that says why; plain
-    HMC (no flow steps) stays possible."""
-    from ..lattice import Lattice
-
-    vol = Lattice(facts.nrow).volume
-    parts: list[tuple[str, dict[str, Any]]] = []
-    desc = []
-    for mid in facts.hamiltonian:
-        m = facts.monomials[mid]
-        where = f"{facts.source}: {m['where']}"
-        if m["kind"] == "GAUGE_MONOMIAL":
-            if m["action"] != "WILSON_GAUGEACT" or m["aniso"]:
-                raise _config_error(
-                    f"{where}: flow steps support the isotropic WILSON_GAUGEACT, got "
-                    f"{m['action']!r}{' with AnisoParam' if m['aniso'] else ''}; run plain HMC "
-                    f"(no model, flow_steps 0) or change the gauge action")
-            if m["gauge_bc"] != "PERIODIC_GAUGEBC":
-                raise _config_error(
-                    f"{where}: flow steps support PERIODIC_GAUGEBC, got {m['gauge_bc']!r}; the "
-                    f"flow's action must have the engine's boundary conditions")
-            parts.append(("gauge", m))
-            desc.append(f"{mid}: Wilson gauge, beta = {m['beta']}")
-        elif m["kind"] in _FERMION_KINDS:
-            # Chroma's WILSON/CLOVER are even-odd preconditioned, UNPRECONDITIONED_* not: the
-            # same det(D^dag D) up to a constant (the monomial/action pairing is the engine's)
-            act = m["fermact"].removeprefix("UNPRECONDITIONED_")
-            if act not in ("WILSON", "CLOVER") or m["aniso"]:
-                raise _config_error(f"{where}: flow steps support isotropic WILSON and CLOVER "
-                                    f"fermions (or their UNPRECONDITIONED_ forms), got FermAct "
-                                    f"{m['fermact']!r}{' with AnisoParam' if m['aniso'] else ''}")
-            if m["kind"] == "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL" and act == "CLOVER":
-                raise _config_error(
-                    f"{where}: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with FermAct CLOVER: "
-                    f"Chroma's monomial leaves out det(A_ee) of the clover term, so the engine "
-                    f"does not sample det(D^dag D) and the flow steps would target another "
-                    f"distribution; use TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL, or run plain "
-                    f"HMC (no model, flow_steps 0)")
-            if m["fermstate"]:
-                raise _config_error(
-                    f"{where}/FermionAction/FermState: flow steps support unsmeared fermions "
-                    f"(no FermState), got {m['fermstate']!r}; the flow's action must be the "
-                    f"engine's")
-            if m["fermbc"] != "SIMPLE_FERMBC":
-                raise _config_error(
-                    f"{where}/FermionAction/FermionBC/FermBC: flow steps support "
-                    f"SIMPLE_FERMBC, got {m['fermbc'] or 'no FermionBC'!r}")
-            csw = m["c_sw"]
-            if act == "CLOVER" and (not csw or len(set(csw)) != 1):
-                raise _config_error(
-                    f"{where}/FermionAction: flow steps support isotropic clover (clovCoeff, or "
-                    f"equal clovCoeffR and clovCoeffT), got clover coefficients {csw}")
-            m = {**m, "c_sw": csw[0] if act == "CLOVER" else 0.0}
-            if vol > max_sites:
-                raise _config_error(
-                    f"{where}: {m['kind']}: flow steps with fermions use the exact determinant "
-                    f"(dense, dimension 12 V), limited to fermion_max_sites = {max_sites} "
-                    f"lattice sites; the lattice {' '.join(map(str, facts.nrow))} has {vol}. "
-                    f"Run plain HMC (no model, flow_steps 0), a smaller lattice, or raise "
-                    f"fermion_max_sites in the workflow")
-            parts.append(("fermion", m))
-            desc.append(f"{mid}: Nf=2 {m['fermact']} kappa = {m['kappa']}, c_sw = {m['c_sw']}, "
-                        f"boundary {' '.join(map(str, m['boundary']))} (exact determinant)")
-        else:
-            raise _config_error(
-                f"{where}: flow steps support GAUGE_MONOMIAL and {list(_FERMION_KINDS)}, got "
-                f"{m['kind']!r}; run plain HMC (no model, flow_steps 0) for this input")
-
-    def action(u: Any) -> Any:
-        from ..fermions import exact_logdet
-        from ..gauge import wilson_action
-
-        total = None
-        for kind, m in parts:
-            if kind == "gauge":
-                s = wilson_action(u, m["beta"])
-            else:
-                s = -exact_logdet(u, m["kappa"], c_sw=m["c_sw"], boundary=m["boundary"],
-                                  max_dim=12 * max_sites).to(u.real.dtype)
-            total = s if total is None else total + s
-        return total
-
-    return action, "; ".join(desc)
-
-
-# -- segment input XML --------------------------------------------------------------------------
-def _set(parent: Any, tag: str, text: str) -> None:
-    from lxml import etree
-
-    el = parent.find(tag)
-    if el is None:
-        el = etree.SubElement(parent, tag)
-    el.text = text
-
-
-def segment_xml(facts: XMLFacts, *, start_cfg: str | None, start_update: int, n: int,
-                save_prefix: str, seed: tuple[int, ...]) -> bytes:
-    """The user's input rewritten for one segment: ``Cfg`` -> ``SZINQIO`` at ``start_cfg``
-    (unchanged when None: the first segment starts as the user's input does, a relative
-    ``cfg_file`` made absolute), ``StartUpdateNum``, ``NProductionUpdates = start + n``,
-    ``NUpdatesThisRun = SaveInterval = n``, ``SavePrefix`` and the RNG seed."""
-    from lxml import etree
-
-    from ..chroma.hmc_input import set_szinqio_start
-
-    tree = copy.deepcopy(facts.tree)
-    root = tree.getroot()
-    mc = root.find("MCControl")
-    cfg = mc.find("Cfg")
-    if start_cfg is not None:
-        set_szinqio_start(root, start_cfg, facts.source)
-    elif facts.cfg_type not in ("UNIT", "DISORDERED", "WEAK_FIELD") and facts.cfg_file:
-        f = Path(facts.cfg_file)
-        if not f.is_absolute():
-            cfg.find("cfg_file").text = str(Path(facts.source).resolve().parent / f)
-    _set(mc, "StartUpdateNum", str(start_update))
-    _set(mc, "NProductionUpdates", str(start_update + n))
-    _set(mc, "NUpdatesThisRun", str(n))
-    _set(mc, "SaveInterval", str(n))
-    _set(mc, "SavePrefix", save_prefix)
-    for el, v in zip(mc.findall("RNG/Seed/elem"), seed, strict=True):
-        el.text = str(int(v))
-    etree.indent(tree, space="  ")
-    return etree.tostring(tree, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -499,8 +215,6 @@ def _rel(p: Path, base: Path) -> str:
 
 def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: XMLFacts) -> None:
     """A flow for another lattice, group or coupling than the XML's: ConfigError naming both."""
-    from ..errors import ConfigError
-
     where = f"workflow {wf.source}: model {wf.model} vs hmc_input {facts.source}"
     group = str(meta.get("group", getattr(getattr(model, "group", None), "name", "?")))
     if group != "SU(3)" or int(meta.get("nd", 0)) != 4:
@@ -532,7 +246,6 @@ class RunSummary:
     finished: bool
 
 
-# -- the loop ---------------------------------------------------------------------------------
 class _Run:
     """One invocation of the drop-in loop (state in ``run_dir/state.json``)."""
 
@@ -579,11 +292,11 @@ class _Run:
             "flow_batch": wf.flow_batch,
             "hmc_seed": list(wf.hmc_seed) if wf.hmc_seed else None,
         }
+        self._line, self._plaq = "", math.nan  # the progress line of the current cycle
 
     # -- state ----------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:
-        from ..errors import ConfigError
-
+        """The saved state (checked against this workflow), or the state of a new run."""
         if not self.state_path.exists():
             return {"format": STATE_FORMAT, "version": 1, "fingerprint": self.fingerprint,
                     "cycle": 0, "phase": "start", "update": 0,
@@ -652,221 +365,231 @@ class _Run:
             grp.create_dataset(name, data=json.dumps(prov, sort_keys=True, default=str),
                                dtype=h5py.string_dtype("utf-8"))
 
-    # -- store ----------------------------------------------------------------------------
-    def store_updates(self, store: Any, rows: list[dict[str, Any]]) -> None:
-        """Append per-update series; rows already committed (a phase redone after an
-        interruption between the store and the state file) are skipped."""
-        import numpy as np
 
-        for name in ("w_plaq", "kernel", "accepted", "delta", "acc_prob", "warmup"):
-            last = -1
-            if name in store.measurement_names:
-                _, trajs = store.measurement(name)
-                last = int(trajs[-1]) if len(trajs) else -1
-            keep = [r for r in rows if r["update"] > last]
-            if keep:
-                store.append_measurement(name, np.array([r["update"] for r in keep]),
-                                         np.array([float(r[name]) for r in keep]))
+# -- store ----------------------------------------------------------------------------
+def _store_updates(store: Any, rows: list[dict[str, Any]]) -> None:
+    """Append per-update series; rows already committed (a phase redone after an
+    interruption between the store and the state file) are skipped."""
+    import numpy as np
 
-    def store_config(self, store: Any, u: Any, update: int, accepted: bool,
-                     params: dict[str, Any], seed: Any) -> None:
-        if not self.wf.store_configs:
-            return
-        last = store.last_traj
-        if last is not None and update <= last:
-            return
-        store.append(u, traj=update, accepted=accepted, params=params, seed=seed)
+    for name in ("w_plaq", "kernel", "accepted", "delta", "acc_prob", "warmup"):
+        last = -1
+        if name in store.measurement_names:
+            _, trajs = store.measurement(name)
+            last = int(trajs[-1]) if len(trajs) else -1
+        keep = [r for r in rows if r["update"] > last]
+        if keep:
+            store.append_measurement(name, np.array([r["update"] for r in keep]),
+                                     np.array([float(r[name]) for r in keep]))
 
-    # -- phases ---------------------------------------------------------------------------
-    def hmc_segment(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
-        from ..chroma.engines import EngineFailed, read_hmc_output
-        from ..chroma.hmc_input import write_xml
-        from ..errors import ChecksumError, FormatError
-        from ..gauge import mesplq
-        from ..io.ildg import read_ildg
+def _store_config(run: _Run, store: Any, u: Any, update: int, accepted: bool,
+                  params: dict[str, Any], seed: Any) -> None:
+    """Append a configuration to the ensemble (unless already there, or not wanted)."""
+    if not run.wf.store_configs:
+        return
+    last = store.last_traj
+    if last is not None and update <= last:
+        return
+    store.append(u, traj=update, accepted=accepted, params=params, seed=seed)
 
-        c, h, n = st["cycle"], st["hmc_update"], self.wf.trajectories
-        self.seg_dir.mkdir(parents=True, exist_ok=True)
-        prefix = self.seg_dir / self.stem
-        start = None if st["current_cfg"] is None else str(self.wf.run_dir / st["current_cfg"])
-        xml = segment_xml(self.facts, start_cfg=start, start_update=h, n=n,
-                          save_prefix=str(prefix), seed=tuple(st["hmc_seed"]))
-        tag = f"cycle_{c:05d}"
-        inp, out = self.seg_dir / f"{tag}.ini.xml", self.seg_dir / f"{tag}.out.xml"
-        log = self.seg_dir / f"{tag}.log.xml"
-        cfg = Path(f"{prefix}_cfg_{h + n}.lime")
-        restart = Path(f"{prefix}_restart_{h + n}.xml")
-        for stale in (cfg, restart, out, log):  # left by an interrupted attempt
-            if stale.exists():
-                stale.unlink()
-        write_xml(inp, xml)
-        t0 = time.time()
-        self.engine.run_hmc(inp, out, log_xml=log, workdir=self.seg_dir)
-        seconds = time.time() - t0
-        what = (f"{self.engine.name} engine, segment {tag} (input {inp}, SavePrefix {prefix}, "
-                f"updates {h + 1}..{h + n})")
-        if not cfg.exists():
-            others = sorted(p.name for p in self.seg_dir.glob(f"{self.stem}_cfg_*.lime"))
-            raise EngineFailed(f"{what}: finished without writing the expected configuration "
-                               f"{cfg}; configurations present: {others or 'none'}")
-        if cfg.stat().st_mtime < t0 - 2.0:
-            raise EngineFailed(f"{what}: {cfg} predates this engine run: the engine did not "
-                               f"write it")
-        u, info = read_ildg(cfg)
-        if tuple(info.nrow) != self.facts.nrow:
-            raise FormatError(f"{what}: {cfg} holds a {' '.join(map(str, info.nrow))} lattice, "
-                              f"the input's nrow is {' '.join(map(str, self.facts.nrow))}: not "
-                              f"the configuration this engine run was supposed to write")
-        if info.checksum == "mismatch":
-            raise ChecksumError(f"{what}: {cfg}: SciDAC checksum mismatch")
-        u = u.contiguous()
-        plaq = float(mesplq(u).w_plaq[0])
-        # the restart XML: names this configuration and the next update number
-        seed = list(st["hmc_seed"])
-        if not restart.exists():
-            raise EngineFailed(f"{what}: finished without writing the restart XML {restart}")
-        rfacts = xml_facts(restart)
-        if Path(rfacts.cfg_file).name != cfg.name or rfacts.start_update != h + n:
-            raise EngineFailed(f"{what}: the restart XML {restart} points at "
-                               f"{rfacts.cfg_file!r} with StartUpdateNum {rfacts.start_update}, "
-                               f"expected {cfg.name} and {h + n}")
-        seed = list(rfacts.seed)
-        records = []
-        if out.exists():
-            records, versions = read_hmc_output(out)
-            st["versions"].update(versions)
-            self.engine.versions.update(versions)
-            nums = [r.update_no for r in records]
-            if nums != list(range(h + 1, h + n + 1)):
-                raise FormatError(f"{what}: the output XML {out} lists updates {nums}, expected "
-                                  f"{h + 1}..{h + n}")
-            reported = records[-1].w_plaq
-            tol = 1e-10 if info.precision == 64 else 2e-6
-            if math.isfinite(reported) and abs(reported - plaq) > tol:
-                raise ChecksumError(
-                    f"{what}: {cfg} has w_plaq {plaq:.15g}, but the engine's output XML {out} "
-                    f"reports {reported:.15g} for update {h + n} (tolerance {tol:g}): the file "
-                    f"is not the configuration this engine run wrote")
-        else:
-            self.log(f"warning: {what}: no output XML {out}; per-trajectory deltaH and "
-                     f"plaquettes are not recorded (NaN)")
-        u0 = st["update"]
-        rows = []
-        for k in range(n):
-            r = records[k] if records else None
-            rows.append({
-                "update": u0 + k + 1, "kernel": 0,
-                "w_plaq": (r.w_plaq if r else (plaq if k == n - 1 else math.nan)),
-                "accepted": (math.nan if r is None or r.accepted is None else float(r.accepted)),
-                "delta": r.delta_h if r else math.nan, "acc_prob": r.acc_prob if r else math.nan,
-                "warmup": float(r.warmup) if r else math.nan})
-        self.store_updates(store, rows)
-        self.store_config(store, u, u0 + n, bool(records[-1].accepted) if records else True,
-                          {"kernel": "hmc", "cycle": c, "file": _rel(cfg, self.wf.run_dir),
-                           "engine": self.engine.name, "hmc_update_no": h + n,
-                           "beta": gauge_beta(self.facts), "w_plaq": plaq},
-                          list(st["hmc_seed"]))
-        st.update(phase="hmc_done", update=u0 + n, hmc_update=h + n, hmc_seed=seed,
-                  current_cfg=_rel(cfg, self.wf.run_dir))
-        acc = [r.accepted for r in records if r.accepted is not None and not r.warmup]
-        dh = [r.delta_h for r in records if not r.warmup]
-        self._line = (f"hmc {n} traj ({h + 1}..{h + n}) "
-                      + (f"acc {sum(acc) / len(acc):.2f} " if acc else "")
-                      + (f"<dH> {sum(dh) / len(dh):+.3f} " if dh else "")
-                      + f"{seconds:.1f} s")
-        self._plaq = plaq
-        return st
 
-    def flow_block(self, st: dict[str, Any], store: Any) -> dict[str, Any]:
-        import torch
+def _hmc_segment(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
+    """One HMC segment in the engine, its configuration read back and checked, its updates
+    and configuration stored; returns the new state."""
+    from ..chroma.engines import EngineFailed, read_hmc_output
+    from ..chroma.xml_out import write_xml
+    from ..errors import ChecksumError, FormatError
+    from ..gauge import mesplq
+    from ..io.ildg import read_ildg
 
-        from ..gauge import mesplq
-        from ..io.ildg import read_ildg, write_ildg
-        from ..mcmc.flow_mh import flow_metropolis_kernel
-        from ..rng import rng_key
+    c, h, n = st["cycle"], st["hmc_update"], run.wf.trajectories
+    run.seg_dir.mkdir(parents=True, exist_ok=True)
+    prefix = run.seg_dir / run.stem
+    start = None if st["current_cfg"] is None else str(run.wf.run_dir / st["current_cfg"])
+    xml = segment_xml(run.facts, start_cfg=start, start_update=h, n=n,
+                      save_prefix=str(prefix), seed=tuple(st["hmc_seed"]))
+    tag = f"cycle_{c:05d}"
+    inp, out = run.seg_dir / f"{tag}.ini.xml", run.seg_dir / f"{tag}.out.xml"
+    log = run.seg_dir / f"{tag}.log.xml"
+    cfg = Path(f"{prefix}_cfg_{h + n}.lime")
+    restart = Path(f"{prefix}_restart_{h + n}.xml")
+    for stale in (cfg, restart, out, log):  # left by an interrupted attempt
+        if stale.exists():
+            stale.unlink()
+    write_xml(inp, xml)
+    t0 = time.time()
+    run.engine.run_hmc(inp, out, log_xml=log, workdir=run.seg_dir)
+    seconds = time.time() - t0
+    what = (f"{run.engine.name} engine, segment {tag} (input {inp}, SavePrefix {prefix}, "
+            f"updates {h + 1}..{h + n})")
+    if not cfg.exists():
+        others = sorted(p.name for p in run.seg_dir.glob(f"{run.stem}_cfg_*.lime"))
+        raise EngineFailed(f"{what}: finished without writing the expected configuration "
+                           f"{cfg}; configurations present: {others or 'none'}")
+    if cfg.stat().st_mtime < t0 - 2.0:
+        raise EngineFailed(f"{what}: {cfg} predates this engine run: the engine did not "
+                           f"write it")
+    u, info = read_ildg(cfg)
+    if tuple(info.nrow) != run.facts.nrow:
+        raise FormatError(f"{what}: {cfg} holds a {' '.join(map(str, info.nrow))} lattice, "
+                          f"the input's nrow is {' '.join(map(str, run.facts.nrow))}: not "
+                          f"the configuration this engine run was supposed to write")
+    if info.checksum == "mismatch":
+        raise ChecksumError(f"{what}: {cfg}: SciDAC checksum mismatch")
+    u = u.contiguous()
+    plaq = float(mesplq(u).w_plaq[0])
+    # the restart XML: names this configuration and the next update number
+    seed = list(st["hmc_seed"])
+    if not restart.exists():
+        raise EngineFailed(f"{what}: finished without writing the restart XML {restart}")
+    rfacts = xml_facts(restart)
+    if Path(rfacts.cfg_file).name != cfg.name or rfacts.start_update != h + n:
+        raise EngineFailed(f"{what}: the restart XML {restart} points at "
+                           f"{rfacts.cfg_file!r} with StartUpdateNum {rfacts.start_update}, "
+                           f"expected {cfg.name} and {h + n}")
+    seed = list(rfacts.seed)
+    records = []
+    if out.exists():
+        records, versions = read_hmc_output(out)
+        st["versions"].update(versions)
+        run.engine.versions.update(versions)
+        nums = [r.update_no for r in records]
+        if nums != list(range(h + 1, h + n + 1)):
+            raise FormatError(f"{what}: the output XML {out} lists updates {nums}, expected "
+                              f"{h + 1}..{h + n}")
+        reported = records[-1].w_plaq
+        tol = 1e-10 if info.precision == 64 else 2e-6
+        if math.isfinite(reported) and abs(reported - plaq) > tol:
+            raise ChecksumError(
+                f"{what}: {cfg} has w_plaq {plaq:.15g}, but the engine's output XML {out} "
+                f"reports {reported:.15g} for update {h + n} (tolerance {tol:g}): the file "
+                f"is not the configuration this engine run wrote")
+    else:
+        run.log(f"warning: {what}: no output XML {out}; per-trajectory deltaH and "
+                 f"plaquettes are not recorded (NaN)")
+    u0 = st["update"]
+    rows = []
+    for k in range(n):
+        r = records[k] if records else None
+        rows.append({
+            "update": u0 + k + 1, "kernel": 0,
+            "w_plaq": (r.w_plaq if r else (plaq if k == n - 1 else math.nan)),
+            "accepted": (math.nan if r is None or r.accepted is None else float(r.accepted)),
+            "delta": r.delta_h if r else math.nan, "acc_prob": r.acc_prob if r else math.nan,
+            "warmup": float(r.warmup) if r else math.nan})
+    _store_updates(store, rows)
+    _store_config(run, store, u, u0 + n, bool(records[-1].accepted) if records else True,
+                      {"kernel": "hmc", "cycle": c, "file": _rel(cfg, run.wf.run_dir),
+                       "engine": run.engine.name, "hmc_update_no": h + n,
+                       "beta": gauge_beta(run.facts), "w_plaq": plaq},
+                      list(st["hmc_seed"]))
+    st.update(phase="hmc_done", update=u0 + n, hmc_update=h + n, hmc_seed=seed,
+              current_cfg=_rel(cfg, run.wf.run_dir))
+    acc = [r.accepted for r in records if r.accepted is not None and not r.warmup]
+    dh = [r.delta_h for r in records if not r.warmup]
+    run._line = (f"hmc {n} traj ({h + 1}..{h + n}) "
+                  + (f"acc {sum(acc) / len(acc):.2f} " if acc else "")
+                  + (f"<dH> {sum(dh) / len(dh):+.3f} " if dh else "")
+                  + f"{seconds:.1f} s")
+    run._plaq = plaq
+    return st
 
-        c, m = st["cycle"], self.wf.flow_steps
-        t0 = time.perf_counter()
-        u, _ = read_ildg(self.wf.run_dir / st["current_cfg"], nrow=self.facts.nrow)
-        u = u.contiguous().to(self.wf.device)
-        kernel = flow_metropolis_kernel(self.model, self.action, batch_size=self.wf.flow_batch,
-                                        name="flow")
-        chain_seed = rng_key(self.wf.seed, c)
-        state = kernel.init(u, seed=chain_seed, step=0)
-        rows = []
-        u0 = st["update"]
-        n_acc = 0
-        for j in range(m):
-            state, info = kernel.step(state)
-            acc = bool(info.accepted[0])
-            n_acc += acc
-            with torch.no_grad():
-                plaq = float(mesplq(state.U).w_plaq[0])
-            rows.append({"update": u0 + j + 1, "kernel": 1, "w_plaq": plaq,
-                         "accepted": float(acc), "delta": float(info.delta[0]),
-                         "acc_prob": float(info.acc_prob[0]), "warmup": 0.0})
-        out = self.seg_dir / f"{self.stem}_cfg_{st['hmc_update']}_flow.lime"
-        rxml = (f"<?xml version=\"1.0\"?>\n<qcd_bridge_flow><cycle>{c}</cycle><flow_steps>{m}"
-                f"</flow_steps><accepted>{n_acc}</accepted><chain_seed>{chain_seed}</chain_seed>"
-                f"<hmc_update>{st['hmc_update']}</hmc_update></qcd_bridge_flow>")
-        write_ildg(out, state.U.cpu(), precision=64, record_xml=rxml, overwrite=True)
-        self.store_updates(store, rows)
-        self.store_config(store, state.U.cpu(), u0 + m, n_acc > 0,
-                          {"kernel": "flow", "cycle": c, "file": _rel(out, self.wf.run_dir),
-                           "flow_steps": m, "flow_accepted": n_acc,
-                           "beta": gauge_beta(self.facts), "w_plaq": rows[-1]["w_plaq"]},
-                          [self.wf.seed, c])
-        st.update(phase="start", cycle=c + 1, update=u0 + m,
-                  current_cfg=_rel(out, self.wf.run_dir))
-        self._line += (f" | flow {m} steps acc {n_acc / m:.2f} "
-                       f"{time.perf_counter() - t0:.1f} s")
-        self._plaq = rows[-1]["w_plaq"]
-        return st
 
-    def run(self, max_cycles: int | None) -> RunSummary:
-        from ..io.hdf5 import EnsembleStore
+def _flow_block(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
+    """``flow_steps`` flow-Metropolis steps from the segment's configuration, written as ILDG
+    (the start of the next segment) and stored; returns the new state."""
+    import torch
 
-        self.wf.run_dir.mkdir(parents=True, exist_ok=True)
-        st = self.load_state()
-        self.started = _utc()
-        self.cycle_at_start = st["cycle"]
-        index = int(st.get("invocations", 0))
-        st["invocations"] = index + 1
-        self.log(f"qcd-bridge run: {self.engine.describe()}")
-        self.log(f"  run directory {self.wf.run_dir}; cycle {st['cycle']}/{self.wf.cycles}"
-                 f"{' (resuming)' if index else ''}; flow action: {self.action_desc}")
-        EnsembleStore(self.wf.store, "a", nrow=self.facts.nrow, ensemble=self.stem.replace(
-            "|", "_") or "ens").close()
-        self.write_provenance(st, index)
-        self.save_state(st)
-        done = 0
-        store = EnsembleStore(self.wf.store, "a")
-        try:
-            while st["cycle"] < self.wf.cycles and (max_cycles is None or done < max_cycles):
-                c = st["cycle"]
-                t0 = time.perf_counter()
-                self._line, self._plaq = "", math.nan
-                if st["phase"] == "start":
-                    st = self.hmc_segment(st, store)
-                    self.save_state(st)
-                    if self.hook:
-                        self.hook("hmc", c)
-                if self.wf.flow_steps > 0:
-                    st = self.flow_block(st, store)
-                else:
-                    st.update(phase="start", cycle=c + 1)
-                self.save_state(st)
-                if self.hook:
-                    self.hook("flow", c)
-                done += 1
-                self.log(f"cycle {c + 1}/{self.wf.cycles}: {self._line.strip(' |')}; w_plaq "
-                         f"{self._plaq:.6f}; {time.perf_counter() - t0:.1f} s")
-        finally:
-            store.close()
-            self.write_provenance(st, index)
-        return RunSummary(self.wf.run_dir, self.wf.store, st["cycle"], self.wf.cycles,
-                          st["update"], self.engine.name, self.engine.reason,
-                          st["cycle"] >= self.wf.cycles)
+    from ..gauge import mesplq
+    from ..io.ildg import read_ildg, write_ildg
+    from ..mcmc.flow_mh import flow_metropolis_kernel
+    from ..rng import rng_key
+
+    c, m = st["cycle"], run.wf.flow_steps
+    t0 = time.perf_counter()
+    u, _ = read_ildg(run.wf.run_dir / st["current_cfg"], nrow=run.facts.nrow)
+    u = u.contiguous().to(run.wf.device)
+    kernel = flow_metropolis_kernel(run.model, run.action, batch_size=run.wf.flow_batch,
+                                    name="flow")
+    chain_seed = rng_key(run.wf.seed, c)
+    state = kernel.init(u, seed=chain_seed, step=0)
+    rows = []
+    u0 = st["update"]
+    n_acc = 0
+    for j in range(m):
+        state, info = kernel.step(state)
+        acc = bool(info.accepted[0])
+        n_acc += acc
+        with torch.no_grad():
+            plaq = float(mesplq(state.U).w_plaq[0])
+        rows.append({"update": u0 + j + 1, "kernel": 1, "w_plaq": plaq,
+                     "accepted": float(acc), "delta": float(info.delta[0]),
+                     "acc_prob": float(info.acc_prob[0]), "warmup": 0.0})
+    out = run.seg_dir / f"{run.stem}_cfg_{st['hmc_update']}_flow.lime"
+    rxml = (f"<?xml version=\"1.0\"?>\n<qcd_bridge_flow><cycle>{c}</cycle><flow_steps>{m}"
+            f"</flow_steps><accepted>{n_acc}</accepted><chain_seed>{chain_seed}</chain_seed>"
+            f"<hmc_update>{st['hmc_update']}</hmc_update></qcd_bridge_flow>")
+    write_ildg(out, state.U.cpu(), precision=64, record_xml=rxml, overwrite=True)
+    _store_updates(store, rows)
+    _store_config(run, store, state.U.cpu(), u0 + m, n_acc > 0,
+                      {"kernel": "flow", "cycle": c, "file": _rel(out, run.wf.run_dir),
+                       "flow_steps": m, "flow_accepted": n_acc,
+                       "beta": gauge_beta(run.facts), "w_plaq": rows[-1]["w_plaq"]},
+                      [run.wf.seed, c])
+    st.update(phase="start", cycle=c + 1, update=u0 + m,
+              current_cfg=_rel(out, run.wf.run_dir))
+    run._line += (f" | flow {m} steps acc {n_acc / m:.2f} "
+                   f"{time.perf_counter() - t0:.1f} s")
+    run._plaq = rows[-1]["w_plaq"]
+    return st
+
+
+def _loop(run: _Run, max_cycles: int | None) -> RunSummary:
+    """The cycles of one invocation: state, provenance, then HMC segment and flow block per
+    cycle, the state saved after each phase."""
+    from ..io.hdf5 import EnsembleStore
+
+    run.wf.run_dir.mkdir(parents=True, exist_ok=True)
+    st = run.load_state()
+    run.started = _utc()
+    run.cycle_at_start = st["cycle"]
+    index = int(st.get("invocations", 0))
+    st["invocations"] = index + 1
+    run.log(f"qcd-bridge run: {run.engine.describe()}")
+    run.log(f"  run directory {run.wf.run_dir}; cycle {st['cycle']}/{run.wf.cycles}"
+             f"{' (resuming)' if index else ''}; flow action: {run.action_desc}")
+    EnsembleStore(run.wf.store, "a", nrow=run.facts.nrow, ensemble=run.stem.replace(
+        "|", "_") or "ens").close()
+    run.write_provenance(st, index)
+    run.save_state(st)
+    done = 0
+    store = EnsembleStore(run.wf.store, "a")
+    try:
+        while st["cycle"] < run.wf.cycles and (max_cycles is None or done < max_cycles):
+            c = st["cycle"]
+            t0 = time.perf_counter()
+            run._line, run._plaq = "", math.nan
+            if st["phase"] == "start":
+                st = _hmc_segment(run, st, store)
+                run.save_state(st)
+                if run.hook:
+                    run.hook("hmc", c)
+            if run.wf.flow_steps > 0:
+                st = _flow_block(run, st, store)
+            else:
+                st.update(phase="start", cycle=c + 1)
+            run.save_state(st)
+            if run.hook:
+                run.hook("flow", c)
+            done += 1
+            run.log(f"cycle {c + 1}/{run.wf.cycles}: {run._line.strip(' |')}; w_plaq "
+                     f"{run._plaq:.6f}; {time.perf_counter() - t0:.1f} s")
+    finally:
+        store.close()
+        run.write_provenance(st, index)
+    return RunSummary(run.wf.run_dir, run.wf.store, st["cycle"], run.wf.cycles,
+                      st["update"], run.engine.name, run.engine.reason,
+                      st["cycle"] >= run.wf.cycles)
 
 
 def _stderr(line: str) -> None:
@@ -887,5 +610,5 @@ def run_workflow(
     model, lattice/action match, engine) before anything runs."""
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     if max_cycles is not None and max_cycles < 0:
-        raise _config_error(f"max_cycles: expected a non-negative integer, got {max_cycles}")
-    return _Run(wf, log or (lambda s: None), hook, engine).run(max_cycles)
+        raise ConfigError(f"max_cycles: expected a non-negative integer, got {max_cycles}")
+    return _loop(_Run(wf, log or (lambda s: None), hook, engine), max_cycles)
