@@ -2,7 +2,7 @@
 docs/sampler.md): HDF5 with the root attribute ``format = "qcd-bridge-chain"``, per-cycle
 observables ``[n, chains]``, per-step records and saved fields, each group cut at its commit
 counter (``n_cycles``, ``n_records``, ``n_fields``) so that the residue of an interrupted write is
-never read.  The writer is :class:`bridge.jobs.chain.ChainFile`."""
+never read.  The writer is :class:`bridge.io.chain_writer.ChainFile`."""
 
 from __future__ import annotations
 
