@@ -328,7 +328,7 @@ def test_interrupted_write_leaves_nothing_or_the_old_file(tmp_path, field, monke
 
         def failing_append(self, u, **kwargs):
             if "configs" not in self._h5:
-                self._init_configs(Lattice.of(u))
+                h5mod._init_configs(self._h5, Lattice.of(u))
             self._h5["configs"]["links"].resize(1, axis=0)
             self._h5["configs"]["links"][0, 0, 0] = 1.0
             raise KeyboardInterrupt("simulated crash while appending")
