@@ -39,7 +39,9 @@ def test_parse_reference_inputs(data_dir):
     assert inp.nrow == (4, 4, 4, 4) and inp.cfg.cfg_type == "UNIT"
     assert inp.seed == (12345, 0, 0, 0)
     assert (inp.n_warmup, inp.n_production, inp.n_this_run) == (20, 5020, 5020)
-    assert inp.monomials["gauge"].params == {"beta": 5.5}
+    assert inp.monomials["gauge"].params == {"beta": 5.5, "gauge_action": "WILSON_GAUGEACT",
+                                             "gauge_bc": "PERIODIC_GAUGEBC", "aniso": False}
+    assert inp.monomials["gauge"].path == "/Params/HMCTrj/Monomials/elem[0]"
     assert inp.integrator.name == "LCM_STS_LEAPFROG" and inp.integrator.n_steps == 10
     assert inp.tau0 == 1.0 and inp.reverse_check and inp.reverse_frequency == 50
     assert inp.measurements == [{"name": "POLYAKOV_LOOP", "frequency": 1}]
@@ -265,3 +267,157 @@ def test_nf2_matches_chroma():
     a_err = float(am.std()) / math.sqrt(am.numel())
     assert abs(float(pm.mean()) - 0.06059) < 3 * math.hypot(p_err, 0.00011)
     assert abs(float(am.mean()) - 0.948) < 3 * math.hypot(a_err, 0.002)
+
+
+# -- the lenient reading (drop-in loop) and the exact actions of the Hamiltonian ----------------
+NF2 = "chroma/nf2_b1.0_k0.1_4x4/hmc.ini.xml"
+
+
+def _nf2(data_dir, tmp_path, edit=None, nrow=None, name="nf2.xml") -> Path:
+    tree = etree.parse(str(data_dir / NF2))
+    root = tree.getroot()
+    if nrow is not None:
+        root.find("HMCTrj/nrow").text = nrow
+        for el in root.iter("beta"):
+            el.text = "1.0"
+    if edit is not None:
+        edit(root)
+    path = tmp_path / name
+    tree.write(str(path))
+    return path
+
+
+def test_lenient_reading_keeps_what_chroma_judges(data_dir, tmp_path):
+    """strict=False reads the facts and leaves other elements and names to Chroma."""
+    from bridge.chroma.monomials import gauge_beta
+
+    def edit(root):
+        etree.SubElement(root.find("MCControl"), "QudaParams").text = "x"
+        root.find("HMCTrj/MDIntegrator/Integrator/Name").text = "LCM_4MN5FP"
+        root.find(".//InvertParam/invType").text = "QUDA_WILSON_INVERTER"
+
+    path = _nf2(data_dir, tmp_path, edit)
+    with pytest.raises(ConfigError, match="unsupported element /Params/MCControl/QudaParams"):
+        read_hmc_input(path)
+    inp = read_hmc_input(path, strict=False)
+    assert not inp.strict and inp.integrator is None and inp.tau0 == 0.5
+    assert inp.nrow == (4, 4, 4, 4) and inp.cfg.cfg_type == "DISORDERED"
+    ferm = inp.monomials[inp.hamiltonian[0]]
+    assert ferm.params["fermact"] == "WILSON" and ferm.params["kappa"] == 0.1
+    assert ferm.params["boundary"] == (1, 1, 1, -1) and ferm.params["fermbc"] == "SIMPLE_FERMBC"
+    assert gauge_beta(inp) == 1.0
+    with pytest.raises(ConfigError, match="the built-in hmc runs a strictly read input"):
+        run_hmc(inp, tmp_path / "out.xml", progress=False)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.find("MCControl/SaveVolfmt").__setattr__("text", "MULTIFILE"),
+     r"nf2.xml: /Params/MCControl/SaveVolfmt: .* expected SINGLEFILE, got 'MULTIFILE'"),
+    (lambda r: r.find("HMCTrj/nrow").__setattr__("text", "4 4 4"),
+     r"/Params/HMCTrj/nrow: expected 4 positive extents"),
+    (lambda r: r.find(".//FermionAction/Kappa").__setattr__("text", "0.1x"),
+     r"nf2.xml: /Params/HMCTrj/Monomials/elem\[0\]/FermionAction/Kappa: expected a number, "
+     r"got '0.1x'"),
+    (lambda r: r.find(".//FermionAction/Kappa").__setattr__("text", "-0.1"),
+     r"elem\[0\]/FermionAction/Kappa: expected a positive hopping parameter, got -0.1"),
+    (lambda r: r.find(".//FermionAction/Kappa").__setattr__("tag", "Kapa"),
+     r"elem\[0\]/FermionAction: expected exactly one of Kappa or Mass"),
+    (lambda r: r.find(".//GaugeAction/beta").__setattr__("text", "one"),
+     r"elem\[1\]/GaugeAction/beta: expected a number, got 'one'"),
+])
+@pytest.mark.parametrize("strict", [True, False])
+def test_malformed_values_fail_in_both_modes(data_dir, tmp_path, edit, message, strict):
+    with pytest.raises(ConfigError, match=message):
+        read_hmc_input(_nf2(data_dir, tmp_path, edit), strict=strict)
+
+
+def test_mass_instead_of_kappa(data_dir, tmp_path):
+    def mass(value):
+        def edit(root):
+            k = root.find(".//FermionAction/Kappa")
+            k.tag, k.text = "Mass", value
+        return edit
+
+    inp = read_hmc_input(_nf2(data_dir, tmp_path, mass("1.0")), strict=False)
+    assert inp.monomials[inp.hamiltonian[0]].params["kappa"] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match=r"elem\[0\]/FermionAction/Mass: expected Mass > -4 "
+                                          r"\(kappa = 1/\(2 \(Mass \+ 4\)\)\), got -4.0"):
+        read_hmc_input(_nf2(data_dir, tmp_path, mass("-4.0")), strict=False)
+
+
+def test_hamiltonian_action_is_gauge_plus_exact_determinant(data_dir, tmp_path):
+    from bridge.chroma.monomials import hamiltonian_action
+    from bridge.fermions import exact_logdet
+    from bridge.gauge import random_gauge, wilson_action
+    from bridge.lattice import Lattice
+    from bridge.rng import generator
+
+    inp = read_hmc_input(data_dir / NF2, strict=False)
+    with pytest.raises(ConfigError, match=r"flow steps with fermions use the exact determinant "
+                                          r".* fermion_max_sites = 100 lattice sites; the "
+                                          r"lattice 4 4 4 4 has 256"):
+        hamiltonian_action(inp, max_sites=100)
+    small = read_hmc_input(_nf2(data_dir, tmp_path, nrow="2 2 2 2"))  # strict works too
+    action, desc = hamiltonian_action(small)
+    assert "Nf=2 WILSON kappa = 0.1" in desc and "exact determinant" in desc
+    u = random_gauge(Lattice((2, 2, 2, 2)), "SU3", 2, generator=generator(1))
+    want = wilson_action(u, 1.0) - exact_logdet(u, 0.1, boundary=(1, 1, 1, -1))
+    torch.testing.assert_close(action(u), want)
+
+
+def _clover(mono, name="TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL", act="CLOVER",
+            coeffs=(("clovCoeff", "1.1"),)):
+    mono.find("Name").text = name
+    fa = mono.find("FermionAction")
+    fa.find("FermAct").text = act
+    for tag, text in coeffs:
+        fa.find("Kappa").addnext(etree.Element(tag))
+        fa.find(tag).text = text
+
+
+def _fermion(edit):
+    return lambda root: edit(root.find("HMCTrj/Monomials/elem"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_fermion(lambda m: _clover(m, "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL")),
+     r"elem\[0\]: TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL with FermAct CLOVER: Chroma's "
+     r"monomial leaves out det\(A_ee\)"),
+    (_fermion(lambda m: _clover(m, coeffs=(("clovCoeffR", "1.1"), ("clovCoeffT", "0.9")))),
+     r"elem\[0\]/FermionAction: flow steps support isotropic clover .* got clover "
+     r"coefficients \[1.1, 0.9\]"),
+    (_fermion(lambda m: _clover(m, coeffs=())), r"got clover coefficients \[\]"),
+    (_fermion(lambda m: etree.SubElement(etree.SubElement(m.find("FermionAction"), "FermState"),
+                                         "Name").__setattr__("text", "STOUT_FERM_STATE")),
+     r"elem\[0\]/FermionAction/FermState: flow steps support unsmeared fermions \(no "
+     r"FermState\), got 'STOUT_FERM_STATE'"),
+    (_fermion(lambda m: m.find("FermionAction").remove(m.find("FermionAction/FermionBC"))),
+     r"FermionBC/FermBC: flow steps support SIMPLE_FERMBC, got 'no FermionBC'"),
+    (lambda r: r.find(".//GaugeAction/Name").__setattr__("text", "RECT_GAUGEACT"),
+     r"nf2.xml: /Params/HMCTrj/Monomials/elem\[1\]: flow steps support the isotropic "
+     r"WILSON_GAUGEACT, got 'RECT_GAUGEACT'; run plain HMC"),
+])
+def test_exact_actions_refuse_what_would_differ_from_chroma(data_dir, tmp_path, edit, message):
+    from bridge.chroma.monomials import hamiltonian_action
+
+    inp = read_hmc_input(_nf2(data_dir, tmp_path, edit, nrow="2 2 2 2"), strict=False)
+    with pytest.raises(ConfigError, match=message):
+        hamiltonian_action(inp)
+
+
+def test_exact_unpreconditioned_clover(data_dir, tmp_path):
+    from bridge.chroma.monomials import hamiltonian_action
+    from bridge.fermions import exact_logdet
+    from bridge.gauge import random_gauge, wilson_action
+    from bridge.lattice import Lattice
+    from bridge.rng import generator
+
+    edit = _fermion(lambda m: _clover(m, "TWO_FLAVOR_UNPREC_FERM_MONOMIAL",
+                                      "UNPRECONDITIONED_CLOVER",
+                                      (("clovCoeffR", "1.1"), ("clovCoeffT", "1.1"))))
+    inp = read_hmc_input(_nf2(data_dir, tmp_path, edit, nrow="2 2 2 2"), strict=False)
+    action, desc = hamiltonian_action(inp)
+    assert "Nf=2 UNPRECONDITIONED_CLOVER kappa = 0.1, c_sw = 1.1" in desc
+    u = random_gauge(Lattice((2, 2, 2, 2)), "SU3", 2, generator=generator(1))
+    want = wilson_action(u, 1.0) - exact_logdet(u, 0.1, c_sw=1.1, boundary=(1, 1, 1, -1))
+    torch.testing.assert_close(action(u), want)

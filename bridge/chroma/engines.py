@@ -9,7 +9,8 @@ exactly as Chroma's ``hmc`` does (docs/formats.md section 4.1).  Two implementat
   non-zero exit status is an :class:`EngineFailed` naming the status, the kept input XML and the
   stderr file.
 * :class:`BuiltinEngine`: :func:`bridge.chroma.hmc_program.run_hmc` (the Chroma-compatible
-  fallback), in process by default or as a subprocess ``python -m bridge.cli hmc -i in.xml -o out.xml``.
+  fallback), in process by default or as a subprocess
+  ``python -m bridge.cli hmc -i in.xml -o out.xml``.
 
 :func:`discover_engine` picks one, in this order (the first that applies wins):
 

@@ -1,9 +1,19 @@
-"""Chroma's ``hmc`` input XML: the subset the built-in engine runs, parsed strictly.
+"""Chroma's ``hmc`` input XML: the one reader and model of it.
 
-Element names, required/optional elements and defaults follow ``../shared/docs/formats.md``
-section 4.1 (Chroma ``mainprogs/main/hmc.cc``, ``lib/update/molecdyn/...``).  Every element of
-the input must be understood: an element the built-in engine does not support is a
-:class:`~bridge.errors.ConfigError` naming its path, never silently ignored.
+Element names, required/optional elements and defaults follow docs/formats.md section 4.1
+(Chroma ``mainprogs/main/hmc.cc``, ``lib/update/molecdyn/...``).  Two modes of the same reader:
+
+``strict`` (the built-in ``hmc``, :mod:`bridge.chroma.hmc_program`)
+    every element of the input must be understood: an element or a value the built-in engine
+    does not support is a :class:`~bridge.errors.ConfigError` naming its path, never silently
+    ignored;
+lenient (``strict=False``: the drop-in loop, which hands the input to Chroma)
+    reads the facts the loop needs -- lattice, seed, counters, save prefix, start, the monomials
+    with their actions and parameters, the Hamiltonian -- and lets Chroma judge the rest (other
+    actions, integrators, measurements, solver settings); malformed values are still errors.
+
+The monomials' actions are built by :mod:`bridge.chroma.monomials`; the structural check of any
+input (what Chroma itself requires) is :mod:`bridge.chroma.schema`.
 """
 
 from __future__ import annotations
@@ -16,7 +26,15 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from ..io.lime import atomic_path
+from .names import (
+    BUILTIN_CFG_TYPES,
+    BUILTIN_FERMION_MONOMIALS,
+    BUILTIN_HMC_MEASUREMENTS,
+    BUILTIN_INTEGRATORS,
+    BUILTIN_PREDICTORS,
+    MIN_NORM_2_LAMBDA,
+)
+from .xml_in import XmlNode, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
     "CfgSpec",
@@ -27,23 +45,35 @@ __all__ = [
     "parse_hmc_input",
     "restart_xml",
     "set_szinqio_start",
-    "parse_xml_file",
-    "write_xml",
 ]
 
 
 @dataclass
 class CfgSpec:
-    cfg_type: str  # UNIT, DISORDERED, WEAK_FIELD, SZINQIO (alias SCIDAC)
+    cfg_type: str  # UNIT, DISORDERED, WEAK_FIELD, SZINQIO (alias SCIDAC); lenient: any
     cfg_file: str
     reunit: bool = True
 
 
 @dataclass
 class MonomialSpec:
-    kind: str  # Chroma's monomial Name
+    """One ``/Params/HMCTrj/Monomials/elem``: Chroma's monomial ``Name`` (``kind``), its id,
+    its element path and its parameters.
+
+    Gauge monomials: ``gauge_action`` (``GaugeAction/Name``), ``beta``, ``gauge_bc``
+    (``GaugeBC/Name``, ``"GaugeState"`` for a ``GaugeState`` element), ``aniso``.  Two-flavour
+    fermion monomials: ``fermact_name`` (``FermAct`` as written), ``fermact`` (``WILSON`` or
+    ``CLOVER``), ``kappa`` (from ``Kappa`` or ``Mass``), ``clover_coeffs`` (the ``clovCoeff``,
+    ``clovCoeffR``, ``clovCoeffT`` present), ``c_sw`` (strict: the clover coefficient),
+    ``fermbc``, ``boundary``, ``fermstate`` (``FermState/Name``, empty when unsmeared),
+    ``aniso``; strict also ``rsd_cg``, ``max_cg``, ``predictor``.  Other monomials (lenient
+    only) carry no parameters.
+    """
+
+    kind: str
     monomial_id: str
     params: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
 
 
 @dataclass
@@ -57,6 +87,9 @@ class IntegratorSpec:
 
 @dataclass
 class HMCInput:
+    """A parsed ``hmc`` input; lenient readings have no ``integrator`` (Chroma integrates),
+    ``tau0`` NaN when absent and no ``measurements``."""
+
     source: str
     cfg: CfgSpec
     seed: tuple[int, ...]
@@ -77,8 +110,9 @@ class HMCInput:
     monomials: dict[str, MonomialSpec]
     hamiltonian: list[str]
     tau0: float
-    integrator: IntegratorSpec
+    integrator: IntegratorSpec | None
     tree: etree._ElementTree
+    strict: bool = True
 
     @property
     def n_updates(self) -> int:
@@ -86,109 +120,18 @@ class HMCInput:
         return max(0, min(self.n_this_run, self.n_production - self.start_update))
 
 
-# -- strict element walking -------------------------------------------------------------------
-class _Node:
-    """Wraps an element; records which children were read so leftovers can be reported."""
-
-    def __init__(self, el: etree._Element, path: str, source: str) -> None:
-        self.el, self.path, self.source = el, path, source
-        self.used: set[str] = set()
-
-    def _err(self, msg: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {msg}")
-
-    def child(self, name: str, required: bool = True) -> _Node | None:
-        found = self.el.findall(name)
-        self.used.add(name)
-        if len(found) > 1:
-            raise self._err(f"element {self.path}/{name} appears {len(found)} times, expected once")
-        if not found:
-            if required:
-                raise self._err(f"missing required element {self.path}/{name}")
-            return None
-        return _Node(found[0], f"{self.path}/{name}", self.source)
-
-    def text(self, name: str, default: str | None = None) -> str:
-        node = self.child(name, required=default is None)
-        if node is None:
-            return str(default)
-        node.done()
-        return (node.el.text or "").strip()
-
-    def integer(self, name: str, default: int | None = None) -> int:
-        raw = self.text(name, None if default is None else str(default))
-        try:
-            return int(raw)
-        except ValueError:
-            raise self._err(f"{self.path}/{name}: expected an integer, got {raw!r}") from None
-
-    def real(self, name: str, default: float | None = None) -> float:
-        raw = self.text(name, None if default is None else repr(default))
-        try:
-            return float(raw)
-        except ValueError:
-            raise self._err(f"{self.path}/{name}: expected a number, got {raw!r}") from None
-
-    def boolean(self, name: str, default: bool) -> bool:
-        raw = self.text(name, "true" if default else "false").lower()
-        if raw not in ("true", "false"):
-            raise self._err(f"{self.path}/{name}: expected true or false, got {raw!r}")
-        return raw == "true"
-
-    def elems(self, name: str, required: bool = True) -> list[_Node]:
-        group = self.child(name, required)
-        if group is None:
-            return []
-        nodes = [
-            _Node(e, f"{group.path}/elem[{i}]", self.source)
-            for i, e in enumerate(group.el.findall("elem"))
-        ]
-        group.used.add("elem")
-        group.done()
-        return nodes
-
-    def strings(self, name: str) -> list[str]:
-        out = []
-        for n in self.elems(name):
-            out.append((n.el.text or "").strip())
-            n.done()
-        return out
-
-    def done(self) -> None:
-        """Every child element must have been read."""
-        for c in self.el:
-            if not isinstance(c.tag, str):  # comments, processing instructions
-                continue
-            if c.tag not in self.used:
-                raise self._err(
-                    f"unsupported element {self.path}/{c.tag}: the built-in engine does not "
-                    f"implement it (remove it, or run this input with Chroma)"
-                )
-
-
-# -- parsing ------------------------------------------------------------------------------------
-_CFG_TYPES = {"UNIT", "DISORDERED", "WEAK_FIELD", "SZINQIO", "SCIDAC"}
-_FERMION_MONOMIALS = {
-    "TWO_FLAVOR_UNPREC_FERM_MONOMIAL",
-    "TWO_FLAVOR_EOPREC_CONSTDET_FERM_MONOMIAL",
-    "TWO_FLAVOR_EOPREC_LOGDET_FERM_MONOMIAL",
-}
 # Chroma's FermAct names: WILSON / CLOVER are the even-odd preconditioned actions, the
 # UNPRECONDITIONED_* ones the unpreconditioned (unprec_wilson_fermact_w.cc, ...); a monomial casts
 # its action to the kind it needs and fails otherwise.
 _EO_FERMACTS = {"WILSON": "WILSON", "CLOVER": "CLOVER"}
 _UNPREC_FERMACTS = {"UNPRECONDITIONED_WILSON": "WILSON", "UNPRECONDITIONED_CLOVER": "CLOVER"}
-_PREDICTORS = {"LAST_SOLUTION_4D_PREDICTOR", "ZERO_GUESS_4D_PREDICTOR"}
-_INTEGRATORS = {"LCM_STS_LEAPFROG", "LCM_TST_LEAPFROG", "LCM_STS_MIN_NORM_2", "LCM_TST_MIN_NORM_2"}
-_MEASUREMENTS = {"POLYAKOV_LOOP", "PLAQUETTE"}
+_CLOVER_COEFFS = ("clovCoeff", "clovCoeffR", "clovCoeffT")
 
 
-def _cfg(node: _Node) -> CfgSpec:
+def _cfg(node: XmlNode) -> CfgSpec:
     kind = node.text("cfg_type")
-    if kind not in _CFG_TYPES:
-        raise node._err(
-            f"{node.path}/cfg_type: the built-in engine supports {sorted(_CFG_TYPES)}, got {kind!r}"
-        )
+    node.supported(kind in BUILTIN_CFG_TYPES, f"{node.path}/cfg_type: the built-in engine "
+                   f"supports {sorted(BUILTIN_CFG_TYPES)}, got {kind!r}")
     spec = CfgSpec(kind, node.text("cfg_file", "DUMMY"))
     if kind in ("SZINQIO", "SCIDAC"):
         node.boolean("parallel_io", False)
@@ -198,129 +141,114 @@ def _cfg(node: _Node) -> CfgSpec:
     return spec
 
 
-def _gauge_monomial(node: _Node) -> dict[str, Any]:
+def _gauge_monomial(node: XmlNode) -> dict[str, Any]:
     ga = node.child("GaugeAction")
     name = ga.text("Name")
-    if name != "WILSON_GAUGEACT":
-        raise node._err(f"{ga.path}/Name: the built-in engine supports WILSON_GAUGEACT, got "
-                        f"{name!r}")
-    beta = ga.real("beta")
+    ga.supported(name == "WILSON_GAUGEACT", f"{ga.path}/Name: the built-in engine supports "
+                 f"WILSON_GAUGEACT, got {name!r}")
+    params: dict[str, Any] = {"gauge_action": name, "beta": ga.real("beta"),
+                              "gauge_bc": "PERIODIC_GAUGEBC", "aniso": False}
     bc = ga.child("GaugeBC", required=False)
     if bc is not None:
-        bcname = bc.text("Name")
-        if bcname != "PERIODIC_GAUGEBC":
-            raise node._err(f"{bc.path}/Name: only PERIODIC_GAUGEBC is supported, got {bcname!r}")
+        params["gauge_bc"] = bc.text("Name")
+        bc.supported(params["gauge_bc"] == "PERIODIC_GAUGEBC", f"{bc.path}/Name: only "
+                     f"PERIODIC_GAUGEBC is supported, got {params['gauge_bc']!r}")
         bc.done()
+    if not ga.strict:
+        if ga.el.find("GaugeState") is not None and bc is None:
+            params["gauge_bc"] = "GaugeState"
+        params["aniso"] = ga.el.find("AnisoParam") is not None
     ga.done()
-    return {"beta": beta}
+    return params
 
 
-def read_kappa_csw(fa: _Node, clover: bool) -> tuple[float, float]:
-    """``(kappa, c_sw)`` of a Wilson-type ``FermionAction`` (``wilson_fermact_params_w.cc``,
-    ``clover_fermact_params_w.cc``): exactly one of ``Kappa`` or ``Mass`` (``Mass = 1/(2 kappa)
-    - 4``, so ``Mass > -4``), a positive hopping parameter; for clover ``clovCoeff``, with
-    ``clovCoeffR``/``clovCoeffT`` (Chroma's anisotropic form) only equal to it; ``c_sw`` 0
-    otherwise.  Errors name the element path and the value."""
-    has_kappa = fa.el.find("Kappa") is not None
-    if has_kappa == (fa.el.find("Mass") is not None):
-        raise fa._err(f"{fa.path}: give exactly one of Kappa or Mass")
-    fa.used.update(("Kappa", "Mass"))
-    if has_kappa:
-        kappa = fa.real("Kappa")
-    else:
-        mass = fa.real("Mass")
-        if mass <= -4.0:
-            raise fa._err(f"{fa.path}/Mass: expected Mass > -4 (kappa = 1/(2 (Mass + 4))), got "
-                          f"{mass}")
-        kappa = 1.0 / (2.0 * (mass + 4.0))
-    if not kappa > 0:
-        raise fa._err(f"{fa.path}/Kappa: expected a positive hopping parameter, got {kappa}")
-    c_sw = 0.0
-    if clover:
-        c_sw = fa.real("clovCoeff")
-        for extra in ("clovCoeffR", "clovCoeffT"):
-            if fa.el.find(extra) is not None and fa.real(extra) != c_sw:
-                raise fa._err(f"{fa.path}/{extra}: anisotropic clover coefficients are not "
-                              f"supported (must equal clovCoeff)")
-    return kappa, c_sw
-
-
-def _fermion_monomial(node: _Node) -> dict[str, Any]:
+def _invert_param(node: XmlNode) -> dict[str, Any]:
     inv = node.child("InvertParam")
     inv_type = inv.text("invType")
-    if inv_type != "CG_INVERTER":
-        raise node._err(f"{inv.path}/invType: the built-in engine supports CG_INVERTER, got "
-                        f"{inv_type!r}")
-    params: dict[str, Any] = {
-        "rsd_cg": inv.real("RsdCG"),
-        "max_cg": inv.integer("MaxCG"),
-    }
+    inv.supported(inv_type == "CG_INVERTER", f"{inv.path}/invType: the built-in engine "
+                  f"supports CG_INVERTER, got {inv_type!r}")
+    params = {"rsd_cg": inv.real("RsdCG"), "max_cg": inv.integer("MaxCG")}
     inv.real("RsdCGRestart", params["rsd_cg"])
     inv.integer("MaxCGRestart", params["max_cg"])
     inv.integer("MinCG", 0)
     inv.done()
-    fa = node.child("FermionAction")
+    return params
+
+
+def _fermion_action(fa: XmlNode, kind: str) -> dict[str, Any]:
     act = fa.text("FermAct")
-    kind = node.el.findtext("Name", "").strip()
     want = _UNPREC_FERMACTS if kind == "TWO_FLAVOR_UNPREC_FERM_MONOMIAL" else _EO_FERMACTS
-    if act not in want:
-        other = "an unpreconditioned" if want is _UNPREC_FERMACTS else "an even-odd preconditioned"
-        raise node._err(f"{fa.path}/FermAct: {kind} needs {other} fermion action "
-                        f"({' or '.join(want)}), got {act!r}")
-    params["fermact"] = want[act]
-    params["fermact_name"] = act
-    kappa, c_sw = read_kappa_csw(fa, params["fermact"] == "CLOVER")
+    other = "an unpreconditioned" if want is _UNPREC_FERMACTS else "an even-odd preconditioned"
+    fa.supported(act in want, f"{fa.path}/FermAct: {kind} needs {other} fermion action "
+                 f"({' or '.join(want)}), got {act!r}")
+    fermact = want.get(act, act.removeprefix("UNPRECONDITIONED_"))
+    params: dict[str, Any] = {"fermact": fermact, "fermact_name": act}
+    kappa, c_sw = read_kappa_csw(fa, fa.strict and fermact == "CLOVER")
     params["kappa"] = kappa
-    if params["fermact"] == "CLOVER":
-        params["c_sw"] = c_sw
-    bc = fa.child("FermionBC")
-    kind = bc.text("FermBC")
-    if kind != "SIMPLE_FERMBC":
-        raise node._err(f"{bc.path}/FermBC: the built-in engine supports SIMPLE_FERMBC, got "
-                        f"{kind!r}")
-    raw = bc.text("boundary").split()
-    try:
-        params["boundary"] = tuple(int(b) for b in raw)
-    except ValueError:
-        raise node._err(f"{bc.path}/boundary: expected integers like '1 1 1 -1', got "
-                        f"{' '.join(raw)!r}") from None
-    bc.done()
+    if fa.strict:  # a clover coefficient of a Wilson action stays an unsupported element
+        params["clover_coeffs"] = [c_sw] if fermact == "CLOVER" else []
+        if fermact == "CLOVER":
+            params["c_sw"] = c_sw
+    else:
+        params["clover_coeffs"] = [fa.real(t) for t in _CLOVER_COEFFS
+                                   if fa.el.find(t) is not None]
+    bc = fa.child("FermionBC", required=fa.strict)
+    params["fermbc"], params["boundary"] = "", (1, 1, 1, -1)
+    if bc is not None:
+        params["fermbc"] = bc.text("FermBC")
+        bc.supported(params["fermbc"] == "SIMPLE_FERMBC", f"{bc.path}/FermBC: the built-in "
+                     f"engine supports SIMPLE_FERMBC, got {params['fermbc']!r}")
+        raw = bc.text("boundary", None if bc.strict else "1 1 1 -1").split()
+        try:
+            params["boundary"] = tuple(int(b) for b in raw)
+        except ValueError:
+            raise bc._err(f"{bc.path}/boundary: expected integers like '1 1 1 -1', got "
+                          f"{' '.join(raw)!r}") from None
+        bc.done()
+    state = fa.el.find("FermState")
+    params["fermstate"] = "" if state is None else (
+        (state.findtext("Name") or "").strip() or "FermState")
+    params["aniso"] = fa.el.find("AnisoParam") is not None
     fa.done()
+    return params
+
+
+def _fermion_monomial(node: XmlNode, kind: str) -> dict[str, Any]:
+    params = _invert_param(node) if node.strict else {}
+    params.update(_fermion_action(node.child("FermionAction"), kind))
     pred = node.child("ChronologicalPredictor", required=False)
     params["predictor"] = "ZERO_GUESS_4D_PREDICTOR"
     if pred is not None:
         pname = pred.text("Name")
-        if pname not in _PREDICTORS:
-            raise node._err(f"{pred.path}/Name: supported predictors are {sorted(_PREDICTORS)}, "
-                            f"got {pname!r}")
+        pred.supported(pname in BUILTIN_PREDICTORS, f"{pred.path}/Name: supported predictors "
+                       f"are {sorted(BUILTIN_PREDICTORS)}, got {pname!r}")
         params["predictor"] = pname
         pred.done()
     return params
 
 
-def _monomial(node: _Node) -> MonomialSpec:
+def _monomial(node: XmlNode) -> MonomialSpec:
     kind = node.text("Name")
     if kind == "GAUGE_MONOMIAL":
         params = _gauge_monomial(node)
-    elif kind in _FERMION_MONOMIALS:
-        params = _fermion_monomial(node)
+    elif kind in BUILTIN_FERMION_MONOMIALS:
+        params = _fermion_monomial(node, kind)
     else:
-        raise node._err(
-            f"{node.path}/Name: the built-in engine supports GAUGE_MONOMIAL and "
-            f"{sorted(_FERMION_MONOMIALS)}, got {kind!r}"
-        )
+        node.supported(False, f"{node.path}/Name: the built-in engine supports GAUGE_MONOMIAL "
+                       f"and {sorted(BUILTIN_FERMION_MONOMIALS)}, got {kind!r}")
+        params = {}
     named = node.child("NamedObject")
     mid = named.text("monomial_id")
     named.done()
     node.done()
-    return MonomialSpec(kind, mid, params)
+    return MonomialSpec(kind, mid, params, node.path)
 
 
-def _integrator(node: _Node, known: dict[str, MonomialSpec]) -> IntegratorSpec:
+def _integrator(node: XmlNode, known: dict[str, MonomialSpec]) -> IntegratorSpec:
     name = node.text("Name")
-    if name not in _INTEGRATORS:
-        raise node._err(f"{node.path}/Name: the built-in engine supports {sorted(_INTEGRATORS)}, "
-                        f"got {name!r}")
+    if name not in BUILTIN_INTEGRATORS:
+        raise node._err(f"{node.path}/Name: the built-in engine supports "
+                        f"{sorted(BUILTIN_INTEGRATORS)}, got {name!r}")
     n_steps = node.integer("n_steps")
     if n_steps < 1:
         raise node._err(f"{node.path}/n_steps: expected a positive integer, got {n_steps}")
@@ -329,18 +257,18 @@ def _integrator(node: _Node, known: dict[str, MonomialSpec]) -> IntegratorSpec:
         if mid not in known:
             raise node._err(f"{node.path}/monomial_ids: unknown monomial id {mid!r} "
                             f"(defined: {sorted(known)})")
-    lam = node.real("lambda", 0.1931833275037836) if "MIN_NORM_2" in name else None
+    lam = node.real("lambda", MIN_NORM_2_LAMBDA) if "MIN_NORM_2" in name else None
     sub_node = node.child("SubIntegrator", required=False)
     sub = _integrator(sub_node, known) if sub_node is not None else None
     node.done()
     return IntegratorSpec(name, n_steps, ids, lam, sub)
 
 
-def _measurement(node: _Node) -> dict[str, Any]:
+def _measurement(node: XmlNode) -> dict[str, Any]:
     name = node.text("Name")
-    if name not in _MEASUREMENTS:
+    if name not in BUILTIN_HMC_MEASUREMENTS:
         raise node._err(f"{node.path}/Name: the built-in hmc supports the inline measurements "
-                        f"{sorted(_MEASUREMENTS)}, got {name!r}")
+                        f"{sorted(BUILTIN_HMC_MEASUREMENTS)}, got {name!r}")
     freq = node.integer("Frequency", 1)
     par = node.child("Param", required=False)
     if par is not None:
@@ -358,30 +286,10 @@ def _measurement(node: _Node) -> dict[str, Any]:
     return {"name": name, "frequency": freq}
 
 
-def read_seed(rng: _Node) -> tuple[int, ...]:
-    """QDP++'s ``<RNG><Seed><elem>a</elem> x 4</Seed></RNG>`` (``qdp_primseed.h``)."""
-    vals = rng.strings("Seed")
-    rng.done()
-    where = f"{rng.source}: {rng.path}/Seed"
-    try:
-        seed = tuple(int(v) for v in vals)
-    except ValueError:
-        raise ConfigError(f"{where}: expected integer elems, got {vals}") from None
-    if len(seed) != 4:
-        raise ConfigError(f"{where}: expected 4 elems, got {len(seed)}")
-    return seed
-
-
-def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>") -> HMCInput:
-    root = tree.getroot()
-    if root.tag != "Params":
-        raise ConfigError(f"{source}: expected root element <Params> of Chroma's hmc input, got "
-                          f"<{root.tag}>")
-    top = _Node(root, "/Params", source)
-    mc = top.child("MCControl")
-    cfg = _cfg(mc.child("Cfg"))
-    seed = read_seed(mc.child("RNG"))
-    spec_mc = dict(
+def _mc_control(mc: XmlNode, source: str) -> dict[str, Any]:
+    """``/Params/MCControl`` (without ``Cfg`` and ``RNG``): counters, saving, checks and, when
+    strict, the inline measurements."""
+    spec = dict(
         start_update=mc.integer("StartUpdateNum"),
         n_warmup=mc.integer("NWarmUpUpdates"),
         n_production=mc.integer("NProductionUpdates"),
@@ -390,30 +298,46 @@ def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>") -> HMCInp
         save_prefix=mc.text("SavePrefix"),
         save_volfmt=mc.text("SaveVolfmt"),
     )
-    if spec_mc["save_volfmt"] != "SINGLEFILE":
-        raise ConfigError(f"{source}: /Params/MCControl/SaveVolfmt: the built-in engine writes "
-                          f"SINGLEFILE, got {spec_mc['save_volfmt']!r}")
-    if spec_mc["save_interval"] < 1:
-        raise ConfigError(f"{source}: /Params/MCControl/SaveInterval: expected a positive "
-                          f"integer, got {spec_mc['save_interval']}")
+    where = f"{source}: /Params/MCControl"
+    if spec["save_volfmt"] != "SINGLEFILE":
+        raise ConfigError(f"{where}/SaveVolfmt: the built-in engine writes SINGLEFILE and the "
+                          f"drop-in loop reads the single file <SavePrefix>_cfg_<N>.lime, "
+                          f"expected SINGLEFILE, got {spec['save_volfmt']!r}")
+    if spec["save_interval"] < 1:
+        raise ConfigError(f"{where}/SaveInterval: expected a positive integer, got "
+                          f"{spec['save_interval']}")
+    if not spec["save_prefix"]:
+        raise ConfigError(f"{where}/SavePrefix is empty")
     mc.boolean("parallel_io", False)
     mc.boolean("ParallelIO", False)
-    flags = dict(
+    spec.update(
         repro_check=mc.boolean("ReproCheckP", True),
         repro_frequency=mc.integer("ReproCheckFrequency", 10),
         reverse_check=mc.boolean("ReverseCheckP", True),
         reverse_frequency=mc.integer("ReverseCheckFrequency", 10),
         monitor_forces=mc.boolean("MonitorForces", True),
     )
-    meas = [_measurement(n) for n in mc.elems("InlineMeasurements", required=False)]
+    spec["measurements"] = ([_measurement(n) for n in mc.elems("InlineMeasurements",
+                                                              required=False)]
+                            if mc.strict else [])
     mc.done()
-    trj = top.child("HMCTrj")
-    raw_nrow = trj.text("nrow").split()
+    return spec
+
+
+def _nrow(trj: XmlNode, source: str) -> tuple[int, ...]:
+    raw = trj.text("nrow").split()
     try:
-        nrow = tuple(int(n) for n in raw_nrow)
+        nrow = tuple(int(n) for n in raw)
     except ValueError:
         raise ConfigError(f"{source}: /Params/HMCTrj/nrow: expected integers, got "
-                          f"{' '.join(raw_nrow)!r}") from None
+                          f"{' '.join(raw)!r}") from None
+    if len(nrow) != 4 or min(nrow) < 1:
+        raise ConfigError(f"{source}: /Params/HMCTrj/nrow: expected 4 positive extents (Chroma's "
+                          f"hmc is 4D), got {nrow}")
+    return nrow
+
+
+def _monomials(trj: XmlNode, source: str) -> tuple[dict[str, MonomialSpec], list[str]]:
     monomials: dict[str, MonomialSpec] = {}
     for n in trj.elems("Monomials"):
         m = _monomial(n)
@@ -423,17 +347,28 @@ def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>") -> HMCInp
     ham = trj.child("Hamiltonian")
     ham_ids = ham.strings("monomial_ids")
     ham.done()
+    where = f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids"
+    if not ham_ids:
+        raise ConfigError(f"{where}: expected at least one monomial id")
     for mid in ham_ids:
         if mid not in monomials:
-            raise ConfigError(f"{source}: /Params/HMCTrj/Hamiltonian/monomial_ids: unknown "
-                              f"monomial id {mid!r} (defined: {sorted(monomials)})")
+            raise ConfigError(f"{where}: unknown monomial id {mid!r} (defined: "
+                              f"{sorted(monomials)})")
+    return monomials, ham_ids
+
+
+def _md(trj: XmlNode, monomials: dict[str, MonomialSpec], ham_ids: list[str], source: str
+        ) -> tuple[float, IntegratorSpec | None]:
+    """``MDIntegrator``: ``tau0`` and the integrator levels (strict); every Hamiltonian monomial
+    must be integrated on exactly one level, as Chroma requires."""
+    if not trj.strict:  # Chroma integrates: only tau0, when given
+        md = trj.child("MDIntegrator", required=False)
+        has_tau0 = md is not None and md.el.find("tau0") is not None
+        return (md.real("tau0") if has_tau0 else float("nan")), None
     md = trj.child("MDIntegrator")
     tau0 = md.real("tau0")
     integ = _integrator(md.child("Integrator"), monomials)
     md.done()
-    trj.done()
-    top.done()
-    # every Hamiltonian monomial must be integrated exactly once, as Chroma requires
     seen: list[str] = []
     level: IntegratorSpec | None = integ
     while level is not None:
@@ -443,29 +378,34 @@ def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>") -> HMCInp
         raise ConfigError(f"{source}: the integrator levels integrate {sorted(seen)} but the "
                           f"Hamiltonian has {sorted(ham_ids)}; each monomial must appear on "
                           f"exactly one level")
-    return HMCInput(source=source, cfg=cfg, seed=seed, **spec_mc, **flags, measurements=meas,
-                    nrow=nrow, monomials=monomials, hamiltonian=ham_ids, tau0=tau0,
-                    integrator=integ, tree=tree)
+    return tau0, integ
 
 
-def parse_xml_file(path: str | os.PathLike[str], what: str, *,
-                   error: type[Exception] = ConfigError, hint: str = "",
-                   huge: bool = False) -> etree._ElementTree:
-    """Parse an XML file, white space kept: ``FileNotFoundError`` ("``path``: cannot read
-    ``what`` (...)") when it cannot be read, ``error`` ("``path``: not well-formed XML``hint``:
-    ...") when it does not parse.  ``huge``: lift lxml's size limits (large outputs)."""
-    spath = os.fspath(path)
-    try:
-        return etree.parse(spath, etree.XMLParser(remove_blank_text=False, huge_tree=huge))
-    except OSError as exc:
-        raise FileNotFoundError(f"{spath}: cannot read {what} ({exc})") from exc
-    except etree.XMLSyntaxError as exc:
-        raise error(f"{spath}: not well-formed XML{hint}: {exc}") from exc
+def parse_hmc_input(tree: etree._ElementTree, source: str = "<input>", *,
+                    strict: bool = True) -> HMCInput:
+    """Parse an ``hmc`` input document (module docstring: ``strict`` or lenient)."""
+    root = tree.getroot()
+    if root.tag != "Params":
+        raise ConfigError(f"{source}: expected root element <Params> of Chroma's hmc input, got "
+                          f"<{root.tag}>")
+    top = XmlNode(root, "/Params", source, strict)
+    mc = top.child("MCControl")
+    cfg = _cfg(mc.child("Cfg"))
+    seed = read_seed(mc.child("RNG"))
+    spec_mc = _mc_control(mc, source)
+    trj = top.child("HMCTrj")
+    nrow = _nrow(trj, source)
+    monomials, ham_ids = _monomials(trj, source)
+    tau0, integ = _md(trj, monomials, ham_ids, source)
+    trj.done()
+    top.done()
+    return HMCInput(source=source, cfg=cfg, seed=seed, **spec_mc, nrow=nrow, monomials=monomials,
+                    hamiltonian=ham_ids, tau0=tau0, integrator=integ, tree=tree, strict=strict)
 
 
-def read_hmc_input(path: str | os.PathLike[str]) -> HMCInput:
+def read_hmc_input(path: str | os.PathLike[str], *, strict: bool = True) -> HMCInput:
     """Parse a Chroma ``hmc`` input file (raises :class:`ConfigError` naming file and path)."""
-    return parse_hmc_input(parse_xml_file(path, "hmc input"), os.fspath(path))
+    return parse_hmc_input(parse_xml_file(path, "hmc input"), os.fspath(path), strict=strict)
 
 
 def set_szinqio_start(root: etree._Element, cfg_file: str, source: str = "<hmc input>") -> None:
@@ -496,12 +436,3 @@ def restart_xml(inp: HMCInput, update_no: int, cfg_file: str) -> bytes:
     set_szinqio_start(root, cfg_file, inp.source)
     root.find("MCControl/StartUpdateNum").text = str(update_no)
     return etree.tostring(tree, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-
-
-def write_xml(path: str | os.PathLike[str], root: etree._Element | bytes) -> None:
-    """Write an XML document (element or serialised bytes) crash-safely, replacing ``path``
-    (temporary file in the same directory, fsync, rename: :func:`bridge.io.lime.atomic_path`)."""
-    data = root if isinstance(root, bytes) else etree.tostring(
-        root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_bytes(data)

@@ -27,36 +27,36 @@ from lxml import etree
 
 from .. import __version__
 from ..errors import ConfigError
-from ..gauge import mesplq, polyakov_loop, random_gauge, unit_gauge
+from ..gauge import polyakov_loop, random_gauge, unit_gauge
 from ..groups import expm_algebra, random_algebra, reunitarize
 from ..lattice import Lattice
 from ..mcmc.hmc import HMCInfo, HMCState, hmc_kernel
 from ..mcmc.integrators import Integrator, Level, scheme
 from ..mcmc.monomials import GaugeMonomial, Monomial
 from ..rng import generator, rng_key
-from .hmc_input import HMCInput, IntegratorSpec, MonomialSpec, restart_xml, write_xml
+from .hmc_input import HMCInput, IntegratorSpec, restart_xml
+from .monomials import actions_from_monomials
+from .xml_out import (
+    RunEnv,
+    bool_text,
+    fmt,
+    plaquette_group,
+    polyakov_group,
+    program_info,
+    run_date,
+    sub,
+    write_xml,
+)
 
-__all__ = ["run_hmc", "build_monomial", "build_integrator", "HMCRunResult"]
+__all__ = ["run_hmc", "build_integrator", "HMCRunResult", "summarize"]
 
 
 WEAK_FIELD_AMPLITUDE = 0.02 * 2.0 * math.pi
 """Amplitude of the ``WEAK_FIELD`` start (Chroma's ``weakField``: ``0.02 * twopi``)."""
 
 
-def _fmt(x: float) -> str:
-    return format(float(x), ".15g")
-
-
-def build_monomial(spec: MonomialSpec) -> Monomial:
-    """A monomial object from its parsed Chroma specification."""
-    if spec.kind == "GAUGE_MONOMIAL":
-        return GaugeMonomial(spec.params["beta"], name=spec.monomial_id)
-    from ..fermions.pseudofermion import monomial_from_chroma  # lazy: heavier import
-
-    return monomial_from_chroma(spec.kind, spec.params, name=spec.monomial_id)
-
-
 def build_integrator(spec: IntegratorSpec, monomials: dict[str, Monomial]) -> Integrator:
+    """The nested integrator of an ``MDIntegrator`` specification (outermost level first)."""
     levels = []
     level: IntegratorSpec | None = spec
     while level is not None:
@@ -87,35 +87,6 @@ def _start(inp: HMCInput, lat: Lattice, seed: int, device) -> torch.Tensor:
     if inp.cfg.reunit:  # hmc re-unitarises the configuration it reads
         u = reunitarize(u, "SU3")
     return u.contiguous()  # the reader returns a view in file order; MD runs faster on a copy
-
-
-def _elem(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:
-    e = etree.SubElement(parent, tag)
-    if text is not None:
-        e.text = text
-    return e
-
-
-def _plaquette_xml(parent, u: torch.Tensor, update_no: int) -> None:
-    m = mesplq(u)
-    p = _elem(parent, "Plaquette")
-    _elem(p, "update_no", str(update_no))
-    for tag, val in (("w_plaq", m.w_plaq), ("s_plaq", m.s_plaq), ("t_plaq", m.t_plaq)):
-        _elem(p, tag, _fmt(val[0]))
-    for (a, b), val in m.planes.items():
-        _elem(p, f"plane_{a}{b}_plaq", _fmt(val[0]))
-    _elem(p, "link", _fmt(m.link[0]))
-
-
-def _polyakov_xml(parent, u: torch.Tensor, update_no: int) -> None:
-    p = _elem(parent, "PolyakovLoop")
-    _elem(p, "update_no", str(update_no))
-    loops = _elem(p, "poly_loop")
-    for mu in range(u.shape[1]):
-        z = complex(polyakov_loop(u, mu)[0])
-        e = _elem(loops, "elem")
-        _elem(e, "re", _fmt(z.real))
-        _elem(e, "im", _fmt(z.imag))
 
 
 @dataclass
@@ -154,6 +125,99 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _output_root(inp: HMCInput, env: RunEnv) -> tuple[etree._Element, etree._Element]:
+    """``/hmc`` with ``Input``, ``ProgramInfo`` and ``Config_info``; returns it and the
+    ``doHMC/MCUpdates`` element the updates go into."""
+    root = etree.Element("hmc")
+    sub(root, "Input").append(copy_root(inp))
+    program_info(root, env)
+    cinfo = sub(root, "Config_info")
+    sub(cinfo, inp.cfg.cfg_type.lower()).text = inp.cfg.cfg_file
+    return root, sub(sub(root, "doHMC"), "MCUpdates")
+
+
+def _trajectory_xml(el: etree._Element, info: HMCInfo, ke_offset: float, pe_offset: float
+                    ) -> None:
+    """``HMCTrajectory``: energies with Chroma's offsets (module docstring), acceptance and the
+    reversibility metrics when checked."""
+    trj = sub(el, "HMCTrajectory")
+    sub(trj, "WarmUpP", bool_text(bool(info.warmup)))
+    ke0 = float(info.kinetic_old[0]) - ke_offset
+    ke1 = float(info.kinetic_new[0]) - ke_offset
+    pe0 = float(info.potential_old[0]) - pe_offset
+    pe1 = float(info.potential_new[0]) - pe_offset
+    h_old = sub(trj, "H_old")
+    sub(h_old, "KE_old", fmt(ke0))
+    sub(h_old, "PE_old", fmt(pe0))
+    h_new = sub(trj, "H_new")
+    sub(h_new, "KE_new", fmt(ke1))
+    sub(h_new, "PE_new", fmt(pe1))
+    sub(trj, "deltaKE", fmt(ke1 - ke0))
+    sub(trj, "deltaPE", fmt(pe1 - pe0))
+    sub(trj, "deltaH", fmt(info.delta_h[0]))
+    sub(trj, "AccProb", fmt(info.acc_prob[0]))
+    sub(trj, "AcceptP", bool_text(bool(info.accepted[0])))
+    if info.reverse_delta_h is not None:
+        rev = sub(trj, "ReversibilityMetrics")
+        sub(rev, "DeltaDeltaH", fmt(info.reverse_delta_h[0]))
+        sub(rev, "DeltaDeltaU", fmt(info.reverse_delta_u[0]))
+
+
+def _measurements_xml(el: etree._Element, inp: HMCInput, u: torch.Tensor, update_no: int
+                      ) -> complex | None:
+    """The default plaquette and the user's inline measurements, in input order; returns the
+    time-direction Polyakov loop when measured."""
+    t_meas = time.perf_counter()
+    obs = sub(el, "InlineObservables")
+    plaquette_group(sub(obs, "elem"), u, update_no)
+    poly = None
+    for m in inp.measurements:
+        if update_no % m["frequency"]:
+            continue
+        if m["name"] == "POLYAKOV_LOOP":
+            polyakov_group(sub(obs, "elem"), u, update_no)
+            poly = complex(polyakov_loop(u)[0])
+        elif m["name"] == "PLAQUETTE":  # in addition to the default one, as in Chroma
+            plaquette_group(sub(obs, "elem"), u, update_no)
+    sub(el, "seconds_for_measurements", fmt(time.perf_counter() - t_meas))
+    return poly
+
+
+class _StepSizeWatch:
+    """Warns when the acceptance probability stays below 1e-3 for 10 production trajectories:
+    the step size is too large."""
+
+    def __init__(self, inp: HMCInput) -> None:
+        self.inp, self.recent = inp, []
+
+    def update(self, update_no: int, info: HMCInfo) -> None:
+        if info.warmup:
+            return
+        self.recent = (self.recent + [float(info.acc_prob[0])])[-10:]
+        if len(self.recent) == 10 and max(self.recent) < 1e-3:
+            inp = self.inp
+            warnings.warn(
+                f"{inp.source}: acceptance probability below 1e-3 for 10 trajectories up "
+                f"to update {update_no}: the step size tau0/n_steps = "
+                f"{inp.tau0}/{inp.integrator.n_steps} is too large",
+                RuntimeWarning, stacklevel=3,
+            )
+            self.recent = []
+
+
+def _save(inp: HMCInput, u: torch.Tensor, update_no: int) -> str:
+    """``<SavePrefix>_cfg_<N>.lime`` and ``<SavePrefix>_restart_<N>.xml``; returns the former."""
+    from ..io.ildg import write_ildg
+
+    cfg_name = f"{inp.save_prefix}_cfg_{update_no}.lime"
+    file_xml = (f"<?xml version=\"1.0\"?>\n<HMC><ProgramInfo><code>qcd-bridge {__version__}"
+                f"</code></ProgramInfo></HMC>")
+    rxml = restart_xml(inp, update_no, cfg_name).decode()
+    write_ildg(cfg_name, u, precision=64, file_xml=file_xml, record_xml=rxml, overwrite=True)
+    write_xml(f"{inp.save_prefix}_restart_{update_no}.xml", rxml.encode())
+    return cfg_name
+
+
 def run_hmc(
     inp: HMCInput,
     output: str | os.PathLike[str],
@@ -164,38 +228,21 @@ def run_hmc(
 ) -> HMCRunResult:
     """Run the updates an ``hmc`` input asks for; write configurations, restart files and the
     output XML (rewritten atomically after every saved configuration and at the end)."""
-    from ..io.ildg import write_ildg
-
+    if not inp.strict or inp.integrator is None:
+        raise ConfigError(f"{inp.source}: the built-in hmc runs a strictly read input "
+                          f"(read_hmc_input(path, strict=True))")
     lat = Lattice(inp.nrow)
-    if lat.nd != 4:
-        raise ConfigError(f"{inp.source}: /Params/HMCTrj/nrow: Chroma's hmc is 4D, got "
-                          f"{lat.nrow}")
     seed = rng_key(*inp.seed)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    monomials = {mid: build_monomial(spec) for mid, spec in inp.monomials.items()}
+    monomials = actions_from_monomials(inp)
     integ = build_integrator(inp.integrator, monomials)
     kernel = hmc_kernel(integ, inp.tau0, warmup=inp.n_warmup,
                         reverse_check_every=inp.reverse_frequency if inp.reverse_check else 0)
-    u0 = _start(inp, lat, seed, dev)
-    state = kernel.init(u0, seed=seed, trajectory=inp.start_update)
+    state = kernel.init(_start(inp, lat, seed, dev), seed=seed, trajectory=inp.start_update)
 
     out_path = Path(output)
-    root = etree.Element("hmc")
-    _elem(root, "Input").append(copy_root(inp))
-    prog = _elem(root, "ProgramInfo")
-    cv = _elem(prog, "code_version")
-    _elem(cv, "qcd_bridge", __version__)
-    _elem(cv, "torch", torch.__version__)
-    _elem(cv, "basePrecision", "64")
-    _elem(prog, "run_date", time.strftime("%d %b %y %H:%M:%S UTC", time.gmtime()))
-    geom = _elem(prog, "Setgeom")
-    _elem(geom, "latt_size", " ".join(map(str, lat.nrow)))
-    _elem(geom, "total_volume", str(lat.volume))
-    _elem(geom, "device", str(dev))
-    cinfo = _elem(root, "Config_info")
-    _elem(cinfo, inp.cfg.cfg_type.lower()).text = inp.cfg.cfg_file
-    updates_xml = _elem(_elem(root, "doHMC"), "MCUpdates")
-
+    env = RunEnv(nrow=tuple(lat.nrow), device=dev, seed=tuple(inp.seed), run_date=run_date())
+    root, updates_xml = _output_root(inp, env)
     nc, nd = 3, lat.nd
     ke_offset = (nc * nc - 1) / 2 * lat.volume * nd
     pe_offset = sum(m.beta * lat.volume * nd * (nd - 1) / 2
@@ -203,83 +250,30 @@ def run_hmc(
     records: list[dict] = []
     saved: list[str] = []
     bar = _Progress(inp.n_updates, progress)
-    recent: list[float] = []
-
-    def save(update_no: int) -> None:
-        cfg_name = f"{inp.save_prefix}_cfg_{update_no}.lime"
-        file_xml = (f"<?xml version=\"1.0\"?>\n<HMC><ProgramInfo><code>qcd-bridge {__version__}"
-                    f"</code></ProgramInfo></HMC>")
-        rxml = restart_xml(inp, update_no, cfg_name).decode()
-        write_ildg(cfg_name, state.U, precision=64, file_xml=file_xml, record_xml=rxml,
-                   overwrite=True)
-        write_xml(f"{inp.save_prefix}_restart_{update_no}.xml", rxml.encode())
-        saved.append(cfg_name)
-        write_xml(out_path, root)
-
+    watch = _StepSizeWatch(inp)
     for k in range(inp.n_updates):
         update_no = inp.start_update + k + 1
         state, info = kernel.step(state)
-        warm = bool(info.warmup)
-        el = _elem(_elem(updates_xml, "elem"), "Update")
-        _elem(el, "update_no", str(update_no))
-        _elem(el, "WarmUpP", "true" if warm else "false")
-        trj = _elem(el, "HMCTrajectory")
-        _elem(trj, "WarmUpP", "true" if warm else "false")
-        ke0 = float(info.kinetic_old[0]) - ke_offset
-        ke1 = float(info.kinetic_new[0]) - ke_offset
-        pe0 = float(info.potential_old[0]) - pe_offset
-        pe1 = float(info.potential_new[0]) - pe_offset
-        h_old = _elem(trj, "H_old")
-        _elem(h_old, "KE_old", _fmt(ke0))
-        _elem(h_old, "PE_old", _fmt(pe0))
-        h_new = _elem(trj, "H_new")
-        _elem(h_new, "KE_new", _fmt(ke1))
-        _elem(h_new, "PE_new", _fmt(pe1))
-        _elem(trj, "deltaKE", _fmt(ke1 - ke0))
-        _elem(trj, "deltaPE", _fmt(pe1 - pe0))
-        _elem(trj, "deltaH", _fmt(info.delta_h[0]))
-        _elem(trj, "AccProb", _fmt(info.acc_prob[0]))
-        _elem(trj, "AcceptP", "true" if bool(info.accepted[0]) else "false")
-        if info.reverse_delta_h is not None:
-            rev = _elem(trj, "ReversibilityMetrics")
-            _elem(rev, "DeltaDeltaH", _fmt(info.reverse_delta_h[0]))
-            _elem(rev, "DeltaDeltaU", _fmt(info.reverse_delta_u[0]))
-        _elem(el, "seconds_for_trajectory", _fmt(info.seconds))
-        _elem(el, "cg_iterations", str(info.solver_iterations))
-        t_meas = time.perf_counter()
-        obs = _elem(el, "InlineObservables")
-        _plaquette_xml(_elem(obs, "elem"), state.U, update_no)
-        poly = None
-        for m in inp.measurements:  # the user's inline measurements, in input order
-            if update_no % m["frequency"]:
-                continue
-            if m["name"] == "POLYAKOV_LOOP":
-                _polyakov_xml(_elem(obs, "elem"), state.U, update_no)
-                poly = complex(polyakov_loop(state.U)[0])
-            elif m["name"] == "PLAQUETTE":  # in addition to the default one, as in Chroma
-                _plaquette_xml(_elem(obs, "elem"), state.U, update_no)
-        _elem(el, "seconds_for_measurements", _fmt(time.perf_counter() - t_meas))
+        el = sub(sub(updates_xml, "elem"), "Update")
+        sub(el, "update_no", str(update_no))
+        sub(el, "WarmUpP", bool_text(bool(info.warmup)))
+        _trajectory_xml(el, info, ke_offset, pe_offset)
+        sub(el, "seconds_for_trajectory", fmt(info.seconds))
+        sub(el, "cg_iterations", str(info.solver_iterations))
+        poly = _measurements_xml(el, inp, state.U, update_no)
         records.append({
-            "update_no": update_no, "warmup": warm, "accepted": bool(info.accepted[0]),
-            "deltaH": float(info.delta_h[0]), "AccProb": float(info.acc_prob[0]),
-            "w_plaq": float(info.w_plaq[0]), "poly_t": poly, "seconds": info.seconds,
-            "cg_iterations": info.solver_iterations,
+            "update_no": update_no, "warmup": bool(info.warmup),
+            "accepted": bool(info.accepted[0]), "deltaH": float(info.delta_h[0]),
+            "AccProb": float(info.acc_prob[0]), "w_plaq": float(info.w_plaq[0]), "poly_t": poly,
+            "seconds": info.seconds, "cg_iterations": info.solver_iterations,
         })
         bar.update(update_no, info)
         if on_update is not None:
             on_update(update_no, state, info)
-        if not warm:
-            recent = (recent + [float(info.acc_prob[0])])[-10:]
-            if len(recent) == 10 and max(recent) < 1e-3:
-                warnings.warn(
-                    f"{inp.source}: acceptance probability below 1e-3 for 10 trajectories up "
-                    f"to update {update_no}: the step size tau0/n_steps = "
-                    f"{inp.tau0}/{inp.integrator.n_steps} is too large",
-                    RuntimeWarning, stacklevel=2,
-                )
-                recent = []
+        watch.update(update_no, info)
         if update_no % inp.save_interval == 0 or k == inp.n_updates - 1:
-            save(update_no)
+            saved.append(_save(inp, state.U, update_no))
+            write_xml(out_path, root)
     if inp.n_updates == 0:
         write_xml(out_path, root)
     return HMCRunResult(records, saved, str(out_path))

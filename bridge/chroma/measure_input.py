@@ -35,7 +35,8 @@ from typing import Any
 from lxml import etree
 
 from ..errors import ConfigError
-from .hmc_input import CfgSpec, _Node, parse_xml_file, read_kappa_csw, read_seed
+from .hmc_input import CfgSpec
+from .xml_in import XmlNode, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
     "Measurement",
@@ -98,7 +99,7 @@ class ChromaMeasureInput:
 
 
 # -- small typed readers ------------------------------------------------------------------------
-def _ints(node: _Node, name: str, count: int | None = None,
+def _ints(node: XmlNode, name: str, count: int | None = None,
           default: str | None = None) -> tuple[int, ...]:
     raw = node.text(name, default)
     try:
@@ -112,7 +113,7 @@ def _ints(node: _Node, name: str, count: int | None = None,
     return vals
 
 
-def _version(node: _Node, allowed: tuple[int, ...], default: int | None = None) -> int:
+def _version(node: XmlNode, allowed: tuple[int, ...], default: int | None = None) -> int:
     v = node.integer("version", default)
     if v not in allowed:
         raise node._err(f"{node.path}/version: the built-in chroma reads version "
@@ -120,7 +121,7 @@ def _version(node: _Node, allowed: tuple[int, ...], default: int | None = None) 
     return v
 
 
-def _choice(node: _Node, name: str, allowed: tuple[str, ...], what: str,
+def _choice(node: XmlNode, name: str, allowed: tuple[str, ...], what: str,
             default: str | None = None) -> str:
     v = node.text(name, default)
     if v not in allowed:
@@ -129,14 +130,14 @@ def _choice(node: _Node, name: str, allowed: tuple[str, ...], what: str,
     return v
 
 
-def _positive(node: _Node, name: str, default: int | None = None) -> int:
+def _positive(node: XmlNode, name: str, default: int | None = None) -> int:
     v = node.integer(name, default)
     if v < 1:
         raise node._err(f"{node.path}/{name}: expected a positive integer, got {v}")
     return v
 
 
-def _j_decay(node: _Node, nd: int) -> int:
+def _j_decay(node: XmlNode, nd: int) -> int:
     j = node.integer("j_decay")
     if j != nd - 1:
         raise node._err(f"{node.path}/j_decay: the built-in chroma measures along the time "
@@ -144,7 +145,7 @@ def _j_decay(node: _Node, nd: int) -> int:
     return j
 
 
-def _displacement(node: _Node) -> None:
+def _displacement(node: XmlNode) -> None:
     disp = node.child("Displacement", required=False)
     if disp is not None:
         _version(disp, (1,), 1)
@@ -159,7 +160,7 @@ Reads = dict[str, tuple[str, tuple[str, ...]]]
 Creates = dict[str, tuple[str, str]]
 
 
-def _gauge_only(node: _Node, versions: tuple[int, ...] | None) -> tuple[dict, Reads, Creates]:
+def _gauge_only(node: XmlNode, versions: tuple[int, ...] | None) -> tuple[dict, Reads, Creates]:
     par = node.child("Param", required=versions is not None)
     params: dict[str, Any] = {}
     if par is not None:
@@ -172,22 +173,22 @@ def _gauge_only(node: _Node, versions: tuple[int, ...] | None) -> tuple[dict, Re
     return params, {"gauge_id": (gid, (GAUGE,))}, {}
 
 
-def _plaquette(node: _Node, nrow: tuple[int, ...]):
+def _plaquette(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_plaquette.cc``: ``Param/version`` (optional here), ``NamedObject/gauge_id``."""
     return _gauge_only(node, None)
 
 
-def _polyakov(node: _Node, nrow: tuple[int, ...]):
+def _polyakov(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_polylp.cc``: ``Param/version``, ``NamedObject/gauge_id``."""
     return _gauge_only(node, None)
 
 
-def _qactden(node: _Node, nrow: tuple[int, ...]):
+def _qactden(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_qactden.cc``: ``Param/version 1``, ``NamedObject/gauge_id``."""
     return _gauge_only(node, (1,))
 
 
-def _qtop_naive(node: _Node, nrow: tuple[int, ...]):
+def _qtop_naive(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_qnaive.cc``: ``Param/{version 1, k5}``, ``NamedObject/gauge_id``."""
     par = node.child("Param")
     params = {"version": _version(par, (1,)), "k5": par.real("k5")}
@@ -198,7 +199,7 @@ def _qtop_naive(node: _Node, nrow: tuple[int, ...]):
     return params, {"gauge_id": (gid, (GAUGE,))}, {}
 
 
-def _make_source(node: _Node, nrow: tuple[int, ...]):
+def _make_source(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_make_source_w.cc`` / ``qprop_io.cc: PropSourceConst_t``: ``Param/{version 6,
     Source/{version, SourceType POINT_SOURCE, j_decay, t_srce, [Displacement NONE]}}``,
     ``NamedObject/{gauge_id, source_id}``."""
@@ -224,7 +225,7 @@ def _make_source(node: _Node, nrow: tuple[int, ...]):
     return params, {"gauge_id": (gid, (GAUGE,))}, {"source_id": (sid, SOURCE)}
 
 
-def _fermion_action(fa: _Node, nd: int) -> dict[str, Any]:
+def _fermion_action(fa: XmlNode, nd: int) -> dict[str, Any]:
     """``FermionAction`` of ``WILSON`` / ``CLOVER`` or their ``UNPRECONDITIONED_`` forms
     (``wilson_fermact_params_w.cc``,
     ``clover_fermact_params_w.cc``): exactly one of ``Kappa``/``Mass``, isotropic only,
@@ -256,7 +257,7 @@ def _fermion_action(fa: _Node, nd: int) -> dict[str, Any]:
     return out
 
 
-def _invert_param(inv: _Node) -> dict[str, Any]:
+def _invert_param(inv: XmlNode) -> dict[str, Any]:
     """``InvertParam`` of ``CG_INVERTER`` (``syssolver_cg_params.cc``)."""
     _choice(inv, "invType", ("CG_INVERTER",), "the inverter")
     rsd = inv.real("RsdCG")
@@ -270,7 +271,7 @@ def _invert_param(inv: _Node) -> dict[str, Any]:
     return {"rsd_cg": rsd, "max_cg": max_cg}
 
 
-def _propagator(node: _Node, nrow: tuple[int, ...]):
+def _propagator(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_propagator_w.cc`` / ``qprop_io.cc: ChromaProp_t`` (versions 9 and 10 are the
     same): ``Param/{version, quarkSpinType FULL, obsvP, [numRetries], FermionAction,
     InvertParam}``, ``NamedObject/{gauge_id, source_id, prop_id}``."""
@@ -291,7 +292,7 @@ def _propagator(node: _Node, nrow: tuple[int, ...]):
             {"prop_id": (pid, PROP)})
 
 
-def _sink_smear(node: _Node, nrow: tuple[int, ...]):
+def _sink_smear(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_sink_smear_w.cc`` / ``qprop_io.cc: PropSinkSmear_t``: ``Param/{version 5,
     Sink/{version, SinkType POINT_SINK, j_decay, [Displacement NONE]}}``,
     ``NamedObject/{gauge_id, prop_id, smeared_prop_id}``."""
@@ -313,7 +314,7 @@ def _sink_smear(node: _Node, nrow: tuple[int, ...]):
             {"smeared_prop_id": (sid, SMEARED)})
 
 
-def _hadron_spectrum(node: _Node, nrow: tuple[int, ...]):
+def _hadron_spectrum(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_hadspec_w.cc``: ``Param/{version 1, MesonP, CurrentP, BaryonP, time_rev,
     mom2_max, avg_equiv_mom}``, ``NamedObject/{gauge_id, sink_pairs/elem/{first_id,
     second_id}}``.  Zero momentum only (``mom2_max`` 0); no meson currents."""
@@ -349,7 +350,7 @@ def _hadron_spectrum(node: _Node, nrow: tuple[int, ...]):
     return params, reads, {}
 
 
-def _wilson_flow(node: _Node, nrow: tuple[int, ...]):
+def _wilson_flow(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_wilson_flow.cc``: ``Param/{version 1|2, nstep, wtime, t_dir, [smear_dirs]}``
     (``smear_dirs`` all 1 only), ``NamedObject/{gauge_in, gauge_out}``."""
     nd = len(nrow)
@@ -378,7 +379,7 @@ def _wilson_flow(node: _Node, nrow: tuple[int, ...]):
     return params, {"gauge_in": (gin, (GAUGE,))}, {"gauge_out": (gout, GAUGE)}
 
 
-def _qio_write(node: _Node, nrow: tuple[int, ...]):
+def _qio_write(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_qio_write_obj.cc``: ``NamedObject/{object_id, object_type}``,
     ``File/{file_name, file_volfmt SINGLEFILE, [parallel_io]}``."""
     named = node.child("NamedObject")
@@ -397,7 +398,7 @@ def _qio_write(node: _Node, nrow: tuple[int, ...]):
             {"object_id": (oid, _OBJECT_TYPES[otype])}, {})
 
 
-def _erase(node: _Node, nrow: tuple[int, ...]):
+def _erase(node: XmlNode, nrow: tuple[int, ...]):
     """``inline_erase_obj.cc``: ``NamedObject/object_id``."""
     named = node.child("NamedObject")
     oid = named.text("object_id")
@@ -422,7 +423,7 @@ SUPPORTED_MEASUREMENTS: tuple[str, ...] = tuple(_READERS)
 """Chroma inline measurement names the built-in ``chroma`` runs."""
 
 
-def _measurement(node: _Node, nrow: tuple[int, ...], objects: dict[str, tuple[str, str]]
+def _measurement(node: XmlNode, nrow: tuple[int, ...], objects: dict[str, tuple[str, str]]
                  ) -> Measurement:
     name = node.text("Name")
     reader = _READERS.get(name)
@@ -462,7 +463,7 @@ def _measurement(node: _Node, nrow: tuple[int, ...], objects: dict[str, tuple[st
     )
 
 
-def _cfg(node: _Node) -> CfgSpec:
+def _cfg(node: XmlNode) -> CfgSpec:
     kind = _choice(node, "cfg_type", _CFG_TYPES, "the configuration types")
     if kind == "UNIT":
         spec = CfgSpec(kind, node.text("cfg_file", "DUMMY"))
@@ -482,7 +483,7 @@ def parse_chroma_input(tree: etree._ElementTree, source: str = "<input>") -> Chr
     if root.tag != "chroma":
         raise ConfigError(f"{source}: expected root element <chroma> of Chroma's chroma input, "
                           f"got <{root.tag}>")
-    top = _Node(root, "/chroma", source)
+    top = XmlNode(root, "/chroma", source)
     param = top.child("Param")
     nrow = _ints(param, "nrow")
     if len(nrow) != 4 or any(n < 1 for n in nrow):

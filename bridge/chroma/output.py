@@ -290,7 +290,7 @@ def parse_chroma_output(tree: etree._ElementTree | etree._Element,
 
 def read_output(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse an ``hmc`` or ``chroma`` output file (chosen by its root element)."""
-    from .hmc_input import parse_xml_file
+    from .xml_in import parse_xml_file
 
     spath = os.fspath(path)
     tree = parse_xml_file(spath, "Chroma output", error=FormatError, huge=True,

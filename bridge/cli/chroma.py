@@ -277,7 +277,7 @@ def _run_measure(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from ..chroma.hmc_input import parse_xml_file
+    from ..chroma.xml_in import parse_xml_file
     from ..chroma.schema import structure_problems
     from ..errors import ConfigError
 
