@@ -1,4 +1,4 @@
-"""``qcd-bridge train`` / ``qcd-bridge sample`` (bridge.cli.flows): summary.json, resume
+"""``qcd-bridge train`` / ``qcd-bridge sample`` (bridge.jobs.train): summary.json, resume
 bit for bit, samples with log-weights equal to -S - log q recomputed from the saved model, HDF5
 (plain and EnsembleStore) and ILDG outputs, clear errors for bad input."""
 
