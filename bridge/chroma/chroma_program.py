@@ -28,10 +28,11 @@ from lxml import etree
 
 from ..gauge import unit_gauge
 from ..lattice import Lattice
+from ..progress import Progress
 from .inline_glue import GLUE_MEASUREMENTS
 from .inline_hadron import HADRON_MEASUREMENTS
 from .measure_input import DEFAULT_GAUGE_ID, ChromaMeasureInput, Measurement, read_chroma_input
-from .named_objects import GaugeObject, InlineContext, ProgramProgress
+from .named_objects import GaugeObject, InlineContext
 from .xml_out import (
     RunEnv,
     copy_el,
@@ -105,7 +106,8 @@ def run_chroma_measurements(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     env = RunEnv(nrow=tuple(inp.nrow), device=dev, seed=inp.seed or (11, 0, 0, 0),
                  run_date=run_date())
-    bar = ProgramProgress(progress, len(inp.measurements))
+    total = len(inp.measurements)
+    bar = Progress(total, label="chroma", unit="measurement", enabled=progress)
     gauge = load_configuration(inp, dev)
     ctx = InlineContext(inp, env, bar)
     ctx.objects[DEFAULT_GAUGE_ID] = gauge
@@ -119,7 +121,8 @@ def run_chroma_measurements(
     inline = sub(root, "InlineObservables")
     result = ChromaRunResult(output=os.fspath(output))
     for k, m in enumerate(inp.measurements):
-        t0 = bar.start(k, m)
+        bar.say(f"chroma [{k + 1}/{total}] {m.name} ({m.path})")
+        t0 = time.perf_counter()
         summary = INLINE_MEASUREMENTS[m.name](ctx, m, sub(inline, "elem"))
         result.measurements.append({"name": m.name, "path": m.path,
                                     "seconds": time.perf_counter() - t0, **summary})

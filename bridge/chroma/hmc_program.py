@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from ..lattice import Lattice
 from ..mcmc.hmc import HMCInfo, HMCState, hmc_kernel
 from ..mcmc.integrators import Integrator, Level, scheme
 from ..mcmc.monomials import GaugeMonomial, Monomial
+from ..progress import Progress
 from ..rng import generator, rng_key
 from .hmc_input import HMCInput, IntegratorSpec, restart_xml
 from .monomials import actions_from_monomials
@@ -94,35 +94,6 @@ class HMCRunResult:
     updates: list[dict]
     saved: list[str]
     output: str
-
-
-class _Progress:
-    """One status line on stderr: update, acceptance, plaquette, seconds per trajectory."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.t0 = time.perf_counter()
-        self.n = self.acc = 0
-        # a terminal gets one updating line; a log file a line every ~10% of the run
-        self.tty = sys.stderr.isatty()
-        self.every = max(1, total // 10)
-
-    def update(self, update_no: int, info: HMCInfo) -> None:
-        self.n += 1
-        self.acc += int(info.accepted[0])
-        if not self.enabled:
-            return
-        rate = (time.perf_counter() - self.t0) / self.n
-        eta = rate * (self.total - self.n)
-        if not self.tty and self.n % self.every and self.n != self.total:
-            return
-        start, end = ("\r", "\n" if self.n == self.total else "") if self.tty else ("", "\n")
-        sys.stderr.write(
-            f"{start}hmc {self.n}/{self.total} update {update_no}  acc {self.acc / self.n:.3f}  "
-            f"w_plaq {float(info.w_plaq[0]):.6f}  dH {float(info.delta_h[0]):+.4f}  "
-            f"{rate:.3f} s/traj  eta {eta:.0f} s   {end}"
-        )
-        sys.stderr.flush()
 
 
 def _output_root(inp: HMCInput, env: RunEnv) -> tuple[etree._Element, etree._Element]:
@@ -249,7 +220,8 @@ def run_hmc(
                     for m in monomials.values() if isinstance(m, GaugeMonomial))
     records: list[dict] = []
     saved: list[str] = []
-    bar = _Progress(inp.n_updates, progress)
+    bar = Progress(inp.n_updates, label="hmc", unit="traj", enabled=progress)
+    n_acc = 0
     watch = _StepSizeWatch(inp)
     for k in range(inp.n_updates):
         update_no = inp.start_update + k + 1
@@ -267,13 +239,16 @@ def run_hmc(
             "AccProb": float(info.acc_prob[0]), "w_plaq": float(info.w_plaq[0]), "poly_t": poly,
             "seconds": info.seconds, "cg_iterations": info.solver_iterations,
         })
-        bar.update(update_no, info)
+        n_acc += int(info.accepted[0])
+        bar.update(k + 1, f"update {update_no}  acc {n_acc / (k + 1):.3f}  w_plaq "
+                          f"{float(info.w_plaq[0]):.6f}  dH {float(info.delta_h[0]):+.4f}")
         if on_update is not None:
             on_update(update_no, state, info)
         watch.update(update_no, info)
         if update_no % inp.save_interval == 0 or k == inp.n_updates - 1:
             saved.append(_save(inp, state.U, update_no))
             write_xml(out_path, root)
+    bar.close()
     if inp.n_updates == 0:
         write_xml(out_path, root)
     return HMCRunResult(records, saved, str(out_path))

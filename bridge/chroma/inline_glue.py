@@ -8,7 +8,6 @@ XML and returns a summary of its main numbers."""
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 from lxml import etree
@@ -18,6 +17,7 @@ from ..gauge import mesplq, plaquette_traces
 from ..io.propagator import write_qio_propagator
 from ..lattice import Lattice
 from ..observables import energy_density_split, qtop_naive, rk3_step, topological_charge_density
+from ..progress import Progress
 from .measure_input import Measurement
 from .named_objects import GaugeObject, InlineContext
 from .xml_out import fmt, fmts, mesplq_group, plaquette_group, polyakov_group, program_info, sub
@@ -87,7 +87,8 @@ def inline_wilson_flow(ctx: InlineContext, m: Measurement, out: etree._Element) 
     eps = wtime / nstep
     u = gauge.u
     g4, gs = [], []
-    t_start = time.perf_counter()
+    bar = Progress(nstep, label="  WILSON_FLOW step", unit="step",
+                   enabled=ctx.progress.enabled, stream=ctx.progress.stream)
     for k in range(nstep + 1):
         if k:
             u = rk3_step(u, eps)
@@ -95,10 +96,8 @@ def inline_wilson_flow(ctx: InlineContext, m: Measurement, out: etree._Element) 
         g4.append(float(a[0]))
         gs.append(float(b[0]))
         if k:
-            rate = (time.perf_counter() - t_start) / k
-            ctx.progress.step("WILSON_FLOW step", k, nstep,
-                              f"t = {k * eps:.4g}  E = {g4[-1] + gs[-1]:.6g}  "
-                              f"eta {rate * (nstep - k):.0f} s")
+            bar.update(k, f"t = {k * eps:.4g}  E = {g4[-1] + gs[-1]:.6g}")
+    bar.close()
     if not bool(torch.isfinite(torch.view_as_real(u)).all()):
         raise PhysicsError(f"{ctx.inp.source}: {m.path}: the flowed field became NaN/Inf "
                            f"by flow time {wtime:g}")

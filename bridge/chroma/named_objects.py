@@ -1,11 +1,9 @@
 """The state of one run of the built-in ``chroma`` program: Chroma's named-object map (gauge
-fields and ``LatticePropagator`` s with their record and file XML), the run context the inline
-measurements share, and the program's progress lines."""
+fields and ``LatticePropagator`` s with their record and file XML) and the run context the inline
+measurements share (with the run's progress lines, :class:`bridge.progress.Progress`)."""
 
 from __future__ import annotations
 
-import sys
-import time
 import zlib
 from dataclasses import dataclass, field
 
@@ -14,10 +12,11 @@ from lxml import etree
 
 from ..errors import ConfigError
 from ..observables import point_source_propagator
+from ..progress import Progress
 from .measure_input import ChromaMeasureInput, Measurement
 from .xml_out import RunEnv, copy_el, sub
 
-__all__ = ["GaugeObject", "PropObject", "InlineContext", "ProgramProgress", "object_id"]
+__all__ = ["GaugeObject", "PropObject", "InlineContext", "object_id"]
 
 
 @dataclass
@@ -71,43 +70,15 @@ def object_id(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-class ProgramProgress:
-    """Progress lines on stderr: one per measurement, live steps for the long parts."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-        self.tty = enabled and sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-
-    def say(self, text: str) -> None:
-        if self.enabled:
-            sys.stderr.write(f"{text}\n")
-            sys.stderr.flush()
-
-    def start(self, k: int, m: Measurement) -> float:
-        self.say(f"chroma [{k + 1}/{self.total}] {m.name} ({m.path})")
-        return time.perf_counter()
-
-    def step(self, label: str, i: int, n: int, extra: str = "") -> None:
-        if not self.enabled:
-            return
-        every = max(1, n // 10)
-        if self.tty:
-            end = "\n" if i == n else ""
-            sys.stderr.write(f"\r  {label} {i}/{n} {extra}   {end}")
-        elif i % every == 0 or i == n:
-            sys.stderr.write(f"  {label} {i}/{n} {extra}\n")
-        sys.stderr.flush()
-
-
 @dataclass
 class InlineContext:
-    """What the inline measurements of one run share: the input, run facts, progress lines,
-    the named-object map and the files written."""
+    """What the inline measurements of one run share: the input, run facts, the progress bar
+    (its :meth:`~bridge.progress.Progress.say` writes the program's lines), the named-object
+    map and the files written."""
 
     inp: ChromaMeasureInput
     env: RunEnv
-    progress: ProgramProgress
+    progress: Progress
     objects: dict[str, GaugeObject | PropObject] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
 

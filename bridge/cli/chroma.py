@@ -277,8 +277,8 @@ def _run_measure(args: argparse.Namespace) -> int:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from ..chroma.xml_in import parse_xml_file
     from ..chroma.schema import structure_problems
+    from ..chroma.xml_in import parse_xml_file
     from ..errors import ConfigError
 
     bad = 0

@@ -13,8 +13,6 @@ import glob
 import inspect
 import os
 import re
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from ..observables import OBSERVABLES, get_observable
+from ..progress import Progress
 from .measure_params import PARAM_FLAGS
 
 __all__ = [
@@ -130,32 +129,6 @@ def _as_real_array(v: torch.Tensor) -> np.ndarray:
     return a.to(torch.float64).numpy()
 
 
-class _Bar:
-    """A progress bar on stderr (one updating line on a terminal, ~10 lines in a log)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.every = max(1, total // 10)
-
-    def update(self, done: int, label: str) -> None:
-        if not self.enabled or self.total == 0:
-            return
-        if not self.tty and done % self.every and done != self.total:
-            return
-        width = 30
-        fill = int(width * done / self.total)
-        rate = (time.perf_counter() - self.t0) / max(done, 1)
-        line = (f"measure [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total}  "
-                f"{rate:.2f} s/cfg  eta {rate * (self.total - done):.0f} s  {label}")
-        if self.tty:
-            sys.stderr.write("\r" + line[:160] + ("\n" if done == self.total else ""))
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-
 def measure_ensemble(
     inputs: Sequence[str],
     observables: Sequence[str],
@@ -246,7 +219,7 @@ def measure_ensemble(
                         f"trajectories increasing (measure into a new store)")
             if names:
                 todo.append((s, names))
-        bar = _Bar(len(todo), progress)
+        bar = Progress(len(todo), label="measure", unit="cfg", enabled=progress, width=30)
         for k, (s, names) in enumerate(todo):
             u = s.load()
             for n in names:
@@ -255,6 +228,7 @@ def measure_ensemble(
                 out.append_measurement(n, s.traj, val)
                 stats[n]["measured"] += 1
             bar.update(k + 1, s.label)
+        bar.close()
     finally:
         out.close()
         if in_store is not None and not same:
