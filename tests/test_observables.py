@@ -473,3 +473,26 @@ def test_chroma_qactden_density_unflowed(data_dir):
     act = _qactden(xml, 0, "actionDensity")
     e_plaq = energy_density(u, definition="plaquette")
     assert abs(float(act.mean()) - float(e_plaq) / (8 * math.pi**2)) < 1e-13
+
+
+def test_pion_is_the_gamma5_meson_and_the_point_source_is_a_unit_propagator():
+    """observables.hadrons next to the pion: the gamma_5 channel of Chroma's mesons is the pion
+    correlator (Chroma normalisation), counted from the source time; the point source in the
+    propagator layout has norm 12 on its time slice only."""
+    from bridge.observables import (
+        meson_correlators,
+        point_source_propagator,
+        timeslice_norm2,
+    )
+
+    lat = Lattice((2, 2, 2, 4))
+    u = random_gauge(lat, "SU3", 1, generator=torch.Generator().manual_seed(5))
+    src = (1, 0, 1, 2)
+    s, _ = point_propagator(u, 0.1, source=src, normalisation="chroma", solver=CG(tol=1e-13))
+    pion = pion_correlator(u, 0.1, source=src, normalisation="chroma", solver=CG(tol=1e-13))
+    mes = meson_correlators(s, s, src[3])
+    torch.testing.assert_close(mes[:, 15].real, pion, rtol=1e-10, atol=0)
+    assert float(mes[:, 15].imag.abs().max()) < 1e-12
+    p = point_source_propagator(lat.nrow, src)
+    assert timeslice_norm2(p)[0].tolist() == [0.0, 0.0, 12.0, 0.0]
+    assert float(p[0, 2, 1, 0, 1].reshape(12, 12).diagonal().sum().real) == 12.0
