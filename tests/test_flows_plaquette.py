@@ -20,6 +20,14 @@ from bridge.exact import u1_2d_plaquette
 from bridge.flows import GaugeFlow, PlaquetteFlow, make_flow
 from bridge.flows.analytic import plaquette_links
 from bridge.flows.checkpoints import load_model
+from bridge.flows.plaquette import (
+    cdf_and_density,
+    cdf_tables,
+    conditional,
+    invert_cdf,
+    powers,
+    toeplitz,
+)
 from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
 from bridge.gauge import (
     gauge_transform,
@@ -132,14 +140,15 @@ def test_log_q_is_the_product_of_the_sampling_conditionals():
     with torch.no_grad():
         _, lq, theta = f.sample(6, nrow, generator=_gen(8), return_angles=True)
         theta = theta.flatten(1)
-        c, bs, ks, _, _ = f._tables(torch.device("cpu"))
-        toeplitz = f._toeplitz(c)
-        cpow = f._powers(c, v)
+        c = f.fourier()
+        bs, ks, _, _ = cdf_tables(c, f.grid)
+        tp = toeplitz(c)
+        cpow = powers(c, v)
         total = torch.zeros(6, dtype=torch.float64)
         s = torch.zeros(6, dtype=torch.float64)
         for p in range(v - 1):
-            cn = f._conditional(cpow[v - 2 - p], toeplitz, s, bs)
-            _, dens = f._cdf_and_density(cn, theta[:, p], ks)
+            cn = conditional(cpow[v - 2 - p], tp, s, bs, f.symmetric)
+            _, dens = cdf_and_density(cn, theta[:, p], ks)
             total += torch.log(2 * math.pi * dens)
             s = s + theta[:, p]
     assert (total - lq).abs().max() < 1e-10
@@ -155,8 +164,9 @@ def test_log_q_is_the_product_of_the_split_tree_conditionals():
     with torch.no_grad():
         _, lq, theta = f.sample(6, nrow, generator=_gen(27), return_angles=True)
         theta = theta.flatten(1)
-        c, bs, ks, _, _ = f._tables(torch.device("cpu"))
-        cpow = f._powers(c, v)
+        c = f.fourier()
+        bs, ks, _, _ = cdf_tables(c, f.grid)
+        cpow = powers(c, v)
         total = torch.zeros(6, dtype=torch.float64)
         nodes, n_internal = [(0, v)], 0
         while nodes:
@@ -166,8 +176,8 @@ def test_log_q_is_the_product_of_the_split_tree_conditionals():
             m1 = m // 2
             sigma = _wrapped(theta[:, st:st + m].sum(1))
             x = _wrapped(theta[:, st:st + m1].sum(1))
-            cn = f._conditional(cpow[m - m1 - 1], f._toeplitz(cpow[m1 - 1]), -sigma, bs)
-            _, dens = f._cdf_and_density(cn, x, ks)
+            cn = conditional(cpow[m - m1 - 1], toeplitz(cpow[m1 - 1]), -sigma, bs, f.symmetric)
+            _, dens = cdf_and_density(cn, x, ks)
             total += torch.log(2 * math.pi * dens)
             n_internal += 1
             nodes += [(st, m1), (st + m1, m - m1)]
@@ -203,23 +213,24 @@ def test_normalisation_by_quadrature(nrow, n):
 def test_inverse_cdf_and_its_derivative():
     f = _random_flow(10, degree=16)
     with torch.no_grad():
-        c, bs, ks, grid_x, grid_e = f._tables(torch.device("cpu"))
-        toeplitz = f._toeplitz(c)
-        cpow = f._powers(c, 5)
+        c = f.fourier()
+        bs, ks, grid_x, grid_e = cdf_tables(c, f.grid)
+        tp = toeplitz(c)
+        cpow = powers(c, 5)
         s = torch.tensor([0.0, 1.0, -2.5, 3.1], dtype=torch.float64)
-        cn = f._conditional(cpow[2], toeplitz, s, bs)
+        cn = conditional(cpow[2], tp, s, bs, f.symmetric)
         u = torch.tensor([1e-9, 0.3, 0.77, 1 - 1e-9], dtype=torch.float64)
-        x, _ = f._invert(cn, u, ks, grid_e, grid_x)
-        fx, px = f._cdf_and_density(cn, x, ks)
+        x, _ = invert_cdf(cn, u, ks, grid_e, grid_x)
+        fx, px = cdf_and_density(cn, x, ks)
         assert (fx - u).abs().max() < 1e-13
         h = 1e-6
-        fp, _ = f._cdf_and_density(cn, x + h, ks)
-        fm, _ = f._cdf_and_density(cn, x - h, ks)
+        fp, _ = cdf_and_density(cn, x + h, ks)
+        fm, _ = cdf_and_density(cn, x - h, ks)
         assert ((fp - fm) / (2 * h) - px).abs().max() < 1e-7
         # F(-pi) = 0 and F(pi) = 1
         ends = torch.full((4,), math.pi, dtype=torch.float64)
-        assert (f._cdf_and_density(cn, ends, ks)[0] - 1).abs().max() < 1e-14
-        assert f._cdf_and_density(cn, -ends, ks)[0].abs().max() < 1e-14
+        assert (cdf_and_density(cn, ends, ks)[0] - 1).abs().max() < 1e-14
+        assert cdf_and_density(cn, -ends, ks)[0].abs().max() < 1e-14
 
 
 def _quad_sum_marginal_cdf(f: PlaquetteFlow, v: int, k: int,
@@ -353,14 +364,15 @@ def test_float32_model_and_reinforce_estimator():
 def test_inversion_failure_is_a_clear_error():
     f = _random_flow(25, degree=8)
     with torch.no_grad():
-        c, bs, ks, grid_x, grid_e = f._tables(torch.device("cpu"))
-        toeplitz = f._toeplitz(c)
-        cn = f._conditional(f._powers(c, 3)[1], toeplitz, torch.zeros(2, dtype=torch.float64),
-                            bs)
+        c = f.fourier()
+        bs, ks, grid_x, grid_e = cdf_tables(c, f.grid)
+        tp = toeplitz(c)
+        cn = conditional(powers(c, 3)[1], tp, torch.zeros(2, dtype=torch.float64), bs,
+                         f.symmetric)
         u = torch.tensor([0.3, 0.6], dtype=torch.float64)
         with pytest.raises(ArithmeticError, match="did not converge in 1 iterations"):
-            f._invert(cn, u, ks, grid_e, grid_x, tol=0.0, max_iter=1)
-        x, it = f._invert(cn, u, ks, grid_e, grid_x)
+            invert_cdf(cn, u, ks, grid_e, grid_x, tol=0.0, max_iter=1)
+        x, it = invert_cdf(cn, u, ks, grid_e, grid_x)
         assert it <= 12
 
 

@@ -13,8 +13,8 @@ from bridge.errors import ConfigError, PhysicsError
 from bridge.exact import u1_2d_plaquette
 from bridge.flows import make_flow
 from bridge.flows.training import TrainConfig, Trainer
-from bridge.mcmc.reweighting import ess, imh_acceptance, reweighted_mean
 from bridge.gauge import plaquette_traces, wilson_action
+from bridge.mcmc.reweighting import ess, imh_acceptance, reweighted_mean
 
 
 def _trainer(nrow=(4, 4), seed=0, **kw):
@@ -153,7 +153,7 @@ def test_bad_config():
 
 
 def test_rank_device(monkeypatch):
-    from bridge.flows.training import rank_device
+    from bridge.flows.distributed import rank_device
 
     assert rank_device("cpu") == torch.device("cpu")
     assert rank_device("cpu", 4) == torch.device("cpu")

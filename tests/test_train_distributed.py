@@ -24,7 +24,8 @@ WORKER = textwrap.dedent("""
     import os, sys, torch
     import torch.distributed as dist
     from bridge.flows import make_flow
-    from bridge.flows.training import TrainConfig, Trainer, init_distributed
+    from bridge.flows.distributed import init_distributed
+    from bridge.flows.training import TrainConfig, Trainer
 
     out, estimator = sys.argv[1], sys.argv[2]
     rank, world = init_distributed("gloo")

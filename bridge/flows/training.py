@@ -1,42 +1,14 @@
 """Self-training of flow models by the reverse Kullback-Leibler divergence
 (arXiv:2003.06413, sec. IV; arXiv:2101.08176, sec. 3.3).
 
-With ``p(U) = exp(-S(U)) / Z`` and samples ``U ~ q`` (no training data)::
-
-    KL(q || p) - log Z = E_q[log q(U) + S(U)]                       (the loss, "free energy")
-
-Gradient estimators:
-
-* ``reparam`` (default): ``U = f_theta(U_0)``, ``U_0 ~ Haar``; differentiate
-  ``mean(log q(U) + S(U))`` through the flow (needs a differentiable action).
-* ``path`` (path derivative, "sticking the landing", arXiv:1703.09194): ``reparam`` without the
-  score term ``grad_theta log q_theta(U)|_U`` (mean zero): ``log q`` is evaluated with the
-  parameters held fixed and only the sample differentiated; zero variance where ``q = p``.
-  Needs a model with ``supports_path_gradient`` (``sample(..., path_gradient=True)``), so far
-  :class:`~bridge.flows.PlaquetteFlow`; others are refused.
-* ``reinforce`` (score function): ``grad KL = E_q[(log q - log p - b) grad log q(U)]`` with
-  ``U`` detached and the baseline ``b`` the batch mean (arXiv:2101.08176, sec. 3.3), through
-  :meth:`GaugeFlow.log_prob`; the action is evaluated without gradient.
-
-Optimiser: Adam with ``eps = 1e-2`` by default (the value of arXiv:2003.06413's code),
-gradient clipping by value then by norm, learning rate ``lr * schedule(step)`` (``constant``,
-``cosine`` to ``lr_min``, optional linear warm-up).  Live metrics per step: loss, its variance,
-the effective sample size ``ESS = (sum w)^2 / (N sum w^2)`` of ``w = p / q`` and the
-independence-Metropolis acceptance estimated on the batch.
-
-Randomness and checkpoints: the batch of step ``n`` is drawn from the counter-based stream
-``rng_key(seed, n)`` (:mod:`bridge.rng`), so model, optimiser state and step number are the
-complete state; checkpoints are written atomically (temporary file, fsync, rename) and a resumed
-run continues bit for bit.
-
-Data parallelism (``torch.distributed``, e.g. under ``torchrun``; gloo on CPU, nccl on GPU; see
-:func:`init_distributed`): when a process group is initialised before the :class:`Trainer` is
-built, every rank draws its own batch of ``config.batch`` samples from the stream
-``rng_key(seed, n, 2, rank)``, the gradients are averaged over ranks with one ``all_reduce``
-(so a step equals a single-process step on the concatenated batch: the loss is a mean),
-the parameters are broadcast from rank 0 at construction, the log-weights are gathered
-(``all_gather``) so that loss, its variance, ESS and acceptance are those of the global batch,
-and only rank 0 writes checkpoints.  Importing this module initialises nothing.
+The loss is ``E_q[log q(U) + S(U)] = KL(q || p) - log Z`` on samples ``U ~ q`` (no training
+data), with the gradient estimators ``reparam`` (through the flow), ``path`` (without the score
+term, arXiv:1703.09194; zero variance where ``q = p``) and ``reinforce`` (score function with the
+batch-mean baseline).  The batch of step ``n`` comes from ``rng_key(seed, n)``, so model,
+optimiser state and step number are the complete state: checkpoints are written atomically and a
+resumed run continues bit for bit.  Under ``torch.distributed`` each rank draws its own batch and
+the gradients are averaged (:mod:`bridge.flows.distributed`).  Details: docs/flows.md,
+"Training" and "Data-parallel training".
 """
 
 from __future__ import annotations
@@ -56,10 +28,13 @@ from ..gauge import wilson_action
 from ..lattice import Lattice
 from ..mcmc.reweighting import ess, imh_acceptance
 from ..rng import generator, rng_key
+from . import distributed as ddp
 from .models import GaugeFlow
 
-__all__ = ["TrainConfig", "Trainer", "ess", "imh_acceptance", "init_distributed",
-           "reverse_kl_loss", "reweighted_mean"]
+__all__ = ["TrainConfig", "Trainer", "reverse_kl_loss", "CHECKPOINT_FORMAT", "checkpoint_meta",
+           "write_checkpoint", "read_checkpoint"]
+
+CHECKPOINT_FORMAT = "qcd-bridge-flow-checkpoint"
 
 
 @dataclass
@@ -110,47 +85,6 @@ class TrainConfig:
         if self.warmup and step < self.warmup:
             f *= (step + 1) / self.warmup
         return self.lr * f
-
-
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Initialise the default ``torch.distributed`` process group from the ``torchrun``
-    environment (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) if it is not
-    initialised yet; ``backend`` defaults to nccl when CUDA is available, else gloo.  Returns
-    ``(rank, world_size)``; ``(0, 1)`` without a distributed environment (nothing is done)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_available():
-        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if backend not in ("gloo", "nccl", "mpi"):
-        raise ConfigError(f"backend: expected 'gloo', 'nccl' or 'mpi', got {backend!r}")
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def rank_device(device: str | torch.device, world: int = 1) -> torch.device:
-    """The torch device of this process: ``device`` itself, except that a bare ``cuda`` under a
-    process group of ``world > 1`` ranks becomes ``cuda:LOCAL_RANK`` (one GPU per rank, as
-    ``torchrun`` numbers them; ``RANK`` when ``LOCAL_RANK`` is unset).  Raises
-    :class:`ConfigError` for an unknown device or CUDA where there is none."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: expected a torch device such as 'cpu' or 'cuda', got "
-                          f"{device!r} ({exc})") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {device!r} requested, but this machine (or this torch "
-                              f"build) has no CUDA device; use --device cpu")
-        if dev.index is None and world > 1:
-            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK",
-                                                          os.environ.get("RANK", "0"))))
-    return dev
 
 
 def _check_score_estimator(model: GaugeFlow) -> None:
@@ -205,12 +139,57 @@ def reverse_kl_loss(
                       f"{estimator!r}")
 
 
+def checkpoint_meta(model: GaugeFlow, config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records to rebuild the model and to refuse a mismatched resume."""
+    cfg = asdict(config)
+    cfg["nrow"] = list(config.nrow)
+    cfg["adam_betas"] = list(config.adam_betas)
+    return {"format": CHECKPOINT_FORMAT, "version": 1, "model": model.config,
+            "group": model.group.name, "nd": model.nd, "train": cfg}
+
+
+def write_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save(state)`` atomically: a temporary file beside ``path``, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, expected: dict[str, Any]) -> dict[str, Any]:
+    """The state of a checkpoint written for the same model architecture, group and lattice as
+    the metadata ``expected`` (:func:`checkpoint_meta`); :class:`ConfigError` naming the file
+    and the mismatch otherwise."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
+        raise ConfigError(f"checkpoint {path}: cannot read it ({exc})") from exc
+    meta = state.get("meta", {}) if isinstance(state, dict) else {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"checkpoint {path}: not a qcd-bridge flow checkpoint")
+    for key in ("group", "nd", "model"):
+        if meta.get(key) != expected[key]:
+            raise ConfigError(f"checkpoint {path}: {key} is {meta.get(key)!r}, but this run "
+                              f"has {expected[key]!r}")
+    if list(meta["train"]["nrow"]) != list(expected["train"]["nrow"]):
+        raise ConfigError(f"checkpoint {path}: lattice {tuple(meta['train']['nrow'])} "
+                          f"differs from this run's {tuple(expected['train']['nrow'])}")
+    return state
+
+
 class Trainer:
     """Reverse-KL self-training of a :class:`GaugeFlow` (module docstring).
 
     ``action`` defaults to the Wilson gauge action at ``config.beta``.  ``step()`` runs one
     optimisation step and returns its metrics; ``train(...)`` loops with an optional time budget
-    and periodic atomic checkpoints; :meth:`save` / :meth:`load` write and resume.
+    and periodic atomic checkpoints; :meth:`save` / :meth:`load` write and resume.  Under an
+    initialised process group the parameters are broadcast from rank 0 at construction.
     """
 
     def __init__(self, model: GaugeFlow, config: TrainConfig,
@@ -228,17 +207,9 @@ class Trainer:
                                     betas=config.adam_betas)
         self.step_count = 0
         self.history: list[dict[str, float]] = []
-        self.rank, self.world_size = 0, 1
-        import torch.distributed as dist
+        self.rank, self.world_size = ddp.rank_and_world()
+        ddp.broadcast_parameters(self.model.parameters(), self.world_size)
 
-        if dist.is_available() and dist.is_initialized():
-            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        if self.world_size > 1:
-            with torch.no_grad():
-                for p in self.model.parameters():
-                    dist.broadcast(p.data, src=0)
-
-    # -- data parallelism ---------------------------------------------------------------------
     def batch_generator(self, step: int, rank: int | None = None) -> torch.Generator:
         """The generator of this rank's batch at ``step``, on the model's device:
         ``rng_key(seed, step)`` in a single process, ``rng_key(seed, step, 2, rank)`` on rank
@@ -253,75 +224,38 @@ class Trainer:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def _gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenation over ranks (rank order) of the equally long 1D tensors ``x``."""
-        if self.world_size == 1:
-            return x
-        import torch.distributed as dist
-
-        x = x.detach().contiguous().to(self._device())
-        parts = [torch.empty_like(x) for _ in range(self.world_size)]
-        dist.all_gather(parts, x)
-        return torch.cat(parts)
-
     def _global_mean(self, f: torch.Tensor) -> torch.Tensor:
-        return self._gather(f).mean().to(f.device)
-
-    def _allreduce_grads(self) -> None:
-        """Average the gradients over ranks with one flat ``all_reduce``."""
-        import torch.distributed as dist
-
-        params = list(self.model.parameters())
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        i = 0
-        for p in params:
-            n = p.numel()
-            p.grad = flat[i:i + n].view_as(p).clone()
-            i += n
-
-    def _any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on any rank."""
-        if self.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([1.0 if flag else 0.0], device=self._device())
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return ddp.gather(f, self.world_size, self._device()).mean().to(f.device)
 
     def step(self) -> dict[str, float]:
-        cfg = self.config
-        t0 = time.perf_counter()
-        lr = cfg.lr_at(self.step_count)
+        """One optimisation step; its metrics (loss, its variance, ESS, acceptance, ...)."""
+        cfg, n, t0 = self.config, self.step_count, time.perf_counter()
+        lr = cfg.lr_at(n)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        gen = self.batch_generator(self.step_count)
         self.opt.zero_grad(set_to_none=True)
         surrogate, logw = reverse_kl_loss(
-            self.model, self.action, cfg.batch, cfg.nrow, gen=gen, estimator=cfg.estimator,
-            baseline=self._global_mean if self.world_size > 1 else None, device=self._device())
-        logw = self._gather(logw)
+            self.model, self.action, cfg.batch, cfg.nrow, gen=self.batch_generator(n),
+            estimator=cfg.estimator, device=self._device(),
+            baseline=self._global_mean if self.world_size > 1 else None)
+        logw = ddp.gather(logw, self.world_size, self._device())
         loss = float(-logw.mean())
         if not (math.isfinite(loss) and bool(torch.isfinite(logw).all())):
-            raise PhysicsError(f"step {self.step_count}: the loss is not finite ({loss}); "
-                               f"training stopped, the last checkpoint is kept unchanged")
+            raise PhysicsError(f"step {n}: the loss is not finite ({loss}); training stopped, "
+                               f"the last checkpoint is kept unchanged")
         surrogate.backward()
-        if self.world_size > 1:
-            self._allreduce_grads()
+        ddp.allreduce_mean_grads(list(self.model.parameters()), self.world_size)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or float("inf")))
         if not math.isfinite(gnorm):
-            raise PhysicsError(f"step {self.step_count}: the gradient is not finite; training "
-                               f"stopped, the last checkpoint is kept unchanged")
+            raise PhysicsError(f"step {n}: the gradient is not finite; training stopped, the "
+                               f"last checkpoint is kept unchanged")
         self.opt.step()
-        acc = imh_acceptance(logw, generator(rng_key(cfg.seed, self.step_count, 1)))
-        info = {"step": self.step_count, "loss": loss, "loss_var": float(logw.var()),
-                "ess": ess(logw), "acceptance": acc, "lr": lr, "grad_norm": gnorm,
+        acc = imh_acceptance(logw, generator(rng_key(cfg.seed, n, 1)))
+        info = {"step": n, "loss": loss, "loss_var": float(logw.var()), "ess": ess(logw),
+                "acceptance": acc, "lr": lr, "grad_norm": gnorm,
                 "seconds": time.perf_counter() - t0, "world_size": self.world_size}
         self.history.append(info)
         self.step_count += 1
@@ -336,7 +270,8 @@ class Trainer:
         t0 = time.perf_counter()
         out = []
         for _ in range(int(steps)):
-            if time_budget is not None and self._any(time.perf_counter() - t0 > time_budget):
+            if time_budget is not None and ddp.any_rank(time.perf_counter() - t0 > time_budget,
+                                                        self.world_size, self._device()):
                 break
             info = self.step()
             out.append(info)
@@ -348,60 +283,21 @@ class Trainer:
             self.save(checkpoint)
         return out
 
-    # -- checkpoints --------------------------------------------------------------------------
-    def _meta(self) -> dict[str, Any]:
-        cfg = asdict(self.config)
-        cfg["nrow"] = list(self.config.nrow)
-        cfg["adam_betas"] = list(self.config.adam_betas)
-        return {"format": "qcd-bridge-flow-checkpoint", "version": 1,
-                "model": self.model.config, "group": self.model.group.name,
-                "nd": self.model.nd, "train": cfg}
-
     def save(self, path: str | os.PathLike) -> Path:
-        """Write model, optimiser, step and history atomically (temporary file + rename); with
+        """Write model, optimiser, step and history atomically (:func:`write_checkpoint`); with
         several ranks only rank 0 writes, and every rank waits for it (barrier)."""
-        path = Path(path)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            if self.rank == 0:
-                self._write(path)
-            dist.barrier()
-            return path
-        return self._write(path)
-
-    def _write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        state = {"meta": self._meta(), "step": self.step_count, "world_size": self.world_size,
-                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                 "history": self.history}
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        if self.rank == 0:
+            write_checkpoint(path, {
+                "meta": checkpoint_meta(self.model, self.config), "step": self.step_count,
+                "world_size": self.world_size, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "history": self.history})
+        ddp.barrier(self.world_size)
+        return Path(path)
 
     def load(self, path: str | os.PathLike) -> Trainer:
         """Resume from a checkpoint written by :meth:`save` for the same model architecture,
         group and lattice; raises :class:`ConfigError` otherwise."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a config error
-            raise ConfigError(f"checkpoint {path}: cannot read it ({exc})") from exc
-        meta = state.get("meta", {}) if isinstance(state, dict) else {}
-        if meta.get("format") != "qcd-bridge-flow-checkpoint":
-            raise ConfigError(f"checkpoint {path}: not a qcd-bridge flow checkpoint")
-        mine = self._meta()
-        for key in ("group", "nd", "model"):
-            if meta.get(key) != mine[key]:
-                raise ConfigError(f"checkpoint {path}: {key} is {meta.get(key)!r}, but this run "
-                                  f"has {mine[key]!r}")
-        if list(meta["train"]["nrow"]) != list(self.config.nrow):
-            raise ConfigError(f"checkpoint {path}: lattice {tuple(meta['train']['nrow'])} "
-                              f"differs from this run's {tuple(self.config.nrow)}")
+        state = read_checkpoint(path, checkpoint_meta(self.model, self.config))
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.step_count = int(state["step"])
