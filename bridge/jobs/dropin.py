@@ -8,10 +8,12 @@ A run alternates, for ``cycles`` cycles:
    for the segment (the engine's restart XML supplies the seed of the next segment);
 2. the configuration the engine wrote is read back and checked (expected file name, lattice,
    SciDAC checksum, plaquette against the engine's output XML, restart XML);
-3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.mcmc.flow_mh.flow_metropolis_kernel`) in
-   Python with an action built from the same XML (same beta and boundary conditions; Nf = 2
-   fermion monomials through the exact determinant on small lattices, refused beyond
-   ``fermion_max_sites``); the result is written as ILDG and starts the next segment.
+3. ``flow_steps`` **flow-Metropolis steps** (:func:`bridge.mcmc.flow_mh.flow_metropolis_kernel`)
+   in Python with the action of the same XML (:func:`bridge.chroma.monomials.hamiltonian_action`
+   on the lenient reading of :func:`bridge.chroma.hmc_input.read_hmc_input`: same beta and
+   boundary conditions; Nf = 2 fermion monomials through the exact determinant on small
+   lattices, refused beyond ``fermion_max_sites``); the result is written as ILDG and starts
+   the next segment.
 
 Exactness: the flow step is independence Metropolis targeting ``p(U) ~ exp(-S(U))`` (with the
 fermion determinant where the XML has fermions), the HMC segment leaves the same ``p``
@@ -27,6 +29,7 @@ result is the same as that of an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -37,13 +40,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .dropin_xml import XMLFacts, flow_action, gauge_beta, segment_xml, xml_facts
 
-__all__ = ["Workflow", "load_workflow", "workflow_from_dict", "run_workflow", "RunSummary",
-           "STATE_FORMAT"]
+if TYPE_CHECKING:
+    from ..chroma.hmc_input import HMCInput
+
+__all__ = ["Workflow", "load_workflow", "workflow_from_dict", "segment_xml", "run_workflow",
+           "RunSummary", "STATE_FORMAT"]
 
 STATE_FORMAT = "qcd-bridge-run-state"
 _KEYS = {
@@ -186,6 +191,47 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
                     fermion_max_sites=fms, raw=dict(data))
 
 
+# -- segment input XML --------------------------------------------------------------------------
+def _set(parent: Any, tag: str, text: str) -> None:
+    from lxml import etree
+
+    el = parent.find(tag)
+    if el is None:
+        el = etree.SubElement(parent, tag)
+    el.text = text
+
+
+def segment_xml(facts: HMCInput, *, start_cfg: str | None, start_update: int, n: int,
+                save_prefix: str, seed: tuple[int, ...]) -> bytes:
+    """The user's input rewritten for one segment: ``Cfg`` -> ``SZINQIO`` at ``start_cfg``
+    (unchanged when None: the first segment starts as the user's input does, a relative
+    ``cfg_file`` made absolute), ``StartUpdateNum``, ``NProductionUpdates = start + n``,
+    ``NUpdatesThisRun = SaveInterval = n``, ``SavePrefix`` and the RNG seed."""
+    from lxml import etree
+
+    from ..chroma.hmc_input import set_szinqio_start
+
+    tree = copy.deepcopy(facts.tree)
+    root = tree.getroot()
+    mc = root.find("MCControl")
+    cfg = mc.find("Cfg")
+    if start_cfg is not None:
+        set_szinqio_start(root, start_cfg, facts.source)
+    elif facts.cfg.cfg_type not in ("UNIT", "DISORDERED", "WEAK_FIELD") and facts.cfg.cfg_file:
+        f = Path(facts.cfg.cfg_file)
+        if not f.is_absolute():
+            cfg.find("cfg_file").text = str(Path(facts.source).resolve().parent / f)
+    _set(mc, "StartUpdateNum", str(start_update))
+    _set(mc, "NProductionUpdates", str(start_update + n))
+    _set(mc, "NUpdatesThisRun", str(n))
+    _set(mc, "SaveInterval", str(n))
+    _set(mc, "SavePrefix", save_prefix)
+    for el, v in zip(mc.findall("RNG/Seed/elem"), seed, strict=True):
+        el.text = str(int(v))
+    etree.indent(tree, space="  ")
+    return etree.tostring(tree, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -213,8 +259,11 @@ def _rel(p: Path, base: Path) -> str:
         return str(p)
 
 
-def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: XMLFacts) -> None:
+def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: HMCInput
+                 ) -> None:
     """A flow for another lattice, group or coupling than the XML's: ConfigError naming both."""
+    from ..chroma.monomials import gauge_beta
+
     where = f"workflow {wf.source}: model {wf.model} vs hmc_input {facts.source}"
     group = str(meta.get("group", getattr(getattr(model, "group", None), "name", "?")))
     if group != "SU(3)" or int(meta.get("nd", 0)) != 4:
@@ -252,19 +301,19 @@ class _Run:
     def __init__(self, wf: Workflow, log: Callable[[str], None],
                  hook: Callable[[str, int], None] | None, engine: Any) -> None:
         from ..chroma.engines import EngineConfig, discover_engine
+        from ..chroma.hmc_input import read_hmc_input
 
         self.wf, self.log, self.hook = wf, log, hook
-        self.facts = xml_facts(wf.hmc_input)
+        self.facts = read_hmc_input(wf.hmc_input, strict=False)
         self.engine = engine or discover_engine(
             EngineConfig.from_value(wf.engine, where=f"workflow {wf.source}: engine"),
             device=wf.device)
         if self.engine.name == "builtin":  # the built-in engine must understand every element
-            from ..chroma.hmc_input import read_hmc_input
-
             read_hmc_input(wf.hmc_input)
         self.model = self.meta = self.action = None
         self.action_desc = "none (plain HMC)"
         if wf.flow_steps > 0:
+            from ..chroma.monomials import hamiltonian_action
             from ..flows.checkpoints import load_model
             from ..mcmc.flow_mh import check_flow
 
@@ -272,8 +321,8 @@ class _Run:
             if wf.device != "cpu":  # load_model builds the flow on the CPU
                 self.model.to(wf.device)
             _check_model(self.model, self.meta, wf, self.facts)
-            self.action, self.action_desc = flow_action(self.facts,
-                                                        max_sites=wf.fermion_max_sites)
+            self.action, self.action_desc = hamiltonian_action(self.facts,
+                                                               max_sites=wf.fermion_max_sites)
             import torch
 
             from ..gauge import unit_gauge
@@ -397,6 +446,8 @@ def _hmc_segment(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
     """One HMC segment in the engine, its configuration read back and checked, its updates
     and configuration stored; returns the new state."""
     from ..chroma.engines import EngineFailed, read_hmc_output
+    from ..chroma.hmc_input import read_hmc_input
+    from ..chroma.monomials import gauge_beta
     from ..chroma.xml_out import write_xml
     from ..errors import ChecksumError, FormatError
     from ..gauge import mesplq
@@ -442,10 +493,10 @@ def _hmc_segment(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
     seed = list(st["hmc_seed"])
     if not restart.exists():
         raise EngineFailed(f"{what}: finished without writing the restart XML {restart}")
-    rfacts = xml_facts(restart)
-    if Path(rfacts.cfg_file).name != cfg.name or rfacts.start_update != h + n:
+    rfacts = read_hmc_input(restart, strict=False)
+    if Path(rfacts.cfg.cfg_file).name != cfg.name or rfacts.start_update != h + n:
         raise EngineFailed(f"{what}: the restart XML {restart} points at "
-                           f"{rfacts.cfg_file!r} with StartUpdateNum {rfacts.start_update}, "
+                           f"{rfacts.cfg.cfg_file!r} with StartUpdateNum {rfacts.start_update}, "
                            f"expected {cfg.name} and {h + n}")
     seed = list(rfacts.seed)
     records = []
@@ -500,6 +551,7 @@ def _flow_block(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
     (the start of the next segment) and stored; returns the new state."""
     import torch
 
+    from ..chroma.monomials import gauge_beta
     from ..gauge import mesplq
     from ..io.ildg import read_ildg, write_ildg
     from ..mcmc.flow_mh import flow_metropolis_kernel
