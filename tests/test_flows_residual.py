@@ -29,7 +29,8 @@ from bridge.gauge import (
     staple,
 )
 from bridge.groups import mm, trace
-from bridge.jobs.chain import chain_settings, read_chain, resolve_model, run_chains
+from bridge.io.chains import read_chain
+from bridge.jobs.chain import chain_settings, resolve_model, run_chains
 from bridge.lattice import Lattice
 from bridge.testing import (
     assert_flow_density,
