@@ -36,10 +36,10 @@ import numpy as np
 from lxml import etree
 
 from ..errors import ConfigError, FormatError
+from .measure_input import DEFAULT_GAUGE_ID
 
 __all__ = ["read_output", "parse_hmc_output", "parse_chroma_output", "series", "store_output"]
 
-DEFAULT_GAUGE_ID = "default_gauge_field"
 _PLAQ_FIELDS = ("w_plaq", "s_plaq", "t_plaq", "plane_01_plaq", "plane_02_plaq", "plane_12_plaq",
                 "plane_03_plaq", "plane_13_plaq", "plane_23_plaq", "link")
 
