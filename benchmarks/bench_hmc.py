@@ -1,10 +1,10 @@
 """HMC seconds per trajectory for the runs of ../shared/reference/chroma/README.md, next to
-Chroma's own timings on the same kind of machine (scalar build, one core).
+Chroma's own timings on the same kind of machine (Release build, scalar, one core).
 
-    (a) pure gauge 8^4, beta 5.5, tau 1, 20 leapfrog steps            Chroma 0.53 s/traj
-    (b) Nf=2 Wilson eo-prec 4^4, beta 1.0, kappa 0.1, tau 0.5, 5 steps Chroma 0.069 s/traj
-    (c) Nf=2 Wilson eo-prec 8^4, beta 5.5, kappa 0.15, tau 1, 20 steps Chroma 16.0 s/traj
-    (d) pure gauge 4^4, beta 5.5, tau 1, 10 leapfrog steps            Chroma 0.019 s/traj
+    (a) pure gauge 8^4, beta 5.5, tau 1, 20 leapfrog steps            Chroma 0.262 s/traj
+    (b) Nf=2 Wilson eo-prec 4^4, beta 1.0, kappa 0.1, tau 0.5, 5 steps Chroma 0.026 s/traj
+    (c) Nf=2 Wilson eo-prec 8^4, beta 5.5, kappa 0.15, tau 1, 20 steps Chroma 3.35-3.48 s/traj
+    (d) pure gauge 4^4, beta 5.5, tau 1, 10 leapfrog steps            Chroma 0.0083 s/traj
 
 Each run thermalises briefly from a random start (so that CG counts are representative), then
 times --ntraj trajectories: wall-clock seconds and the process CPU seconds (``time.process_time``,
@@ -41,13 +41,13 @@ from bridge.mcmc.monomials import GaugeMonomial
 
 RUNS = {
     "a": dict(label="pure gauge 8^4 b5.5 tau1 20 LF", L=8, beta=5.5, kappa=None, tau=1.0,
-              n=20, chroma=0.53),
+              n=20, chroma=0.262),
     "b": dict(label="Nf2 eo 4^4 b1.0 k0.1 tau0.5 5 LF", L=4, beta=1.0, kappa=0.1, tau=0.5, n=5,
-              chroma=0.069),
+              chroma=0.026),
     "c": dict(label="Nf2 eo 8^4 b5.5 k0.15 tau1 20 LF", L=8, beta=5.5, kappa=0.15, tau=1.0,
-              n=20, chroma=16.0),
+              n=20, chroma=3.4),
     "d": dict(label="pure gauge 4^4 b5.5 tau1 10 LF", L=4, beta=5.5, kappa=None, tau=1.0, n=10,
-              chroma=0.019),
+              chroma=0.0083),
 }
 
 
