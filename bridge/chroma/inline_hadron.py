@@ -178,6 +178,35 @@ def inline_sink_smear(ctx: InlineContext, m: Measurement, out: etree._Element) -
     return {"sink_smeared_prop_corr": corr.tolist()}
 
 
+def _sink_pair(ctx: InlineContext, m: Measurement, first_id: str, second_id: str
+               ) -> tuple[PropObject, PropObject]:
+    """The two sink-smeared propagators of a ``HADRON_SPECTRUM`` pair; Chroma requires equal
+    ``j_decay``, source time, source and sink types and time boundary."""
+    p1, p2 = ctx.prop(first_id), ctx.prop(second_id)
+    for what, a, b in (("j_decay", p1.j_decay, p2.j_decay),
+                       ("t_source", p1.t_source, p2.t_source),
+                       ("source type", p1.source_type, p2.source_type),
+                       ("sink type", p1.sink_type, p2.sink_type),
+                       ("time boundary", p1.boundary[p1.j_decay], p2.boundary[p2.j_decay])):
+        if a != b:
+            raise ConfigError(
+                f"{ctx.inp.source}: {m.path}: sink pair {first_id!r}, {second_id!r}: "
+                f"the {what} differs ({a} vs {b}); Chroma requires them equal")
+    return p1, p2
+
+
+def _zero_momentum(grp: etree._Element, num_tag: str, prop_tag: str, corr) -> None:
+    """``<elem><{num_tag}>n</..><momenta><elem>`` sink momentum 0 and the correlator of channel
+    ``n`` (``corr[n, t]``, complex) per channel."""
+    for n in range(corr.shape[0]):
+        ge = sub(grp, "elem")
+        sub(ge, num_tag, str(n))
+        mom = sub(sub(ge, "momenta"), "elem")
+        sub(mom, "sink_mom_num", "0")
+        sub(mom, "sink_mom", "0 0 0")
+        complex_elems(sub(mom, prop_tag), corr[n].tolist())
+
+
 def inline_hadron_spectrum(ctx: InlineContext, m: Measurement, out: etree._Element) -> dict:
     gauge = ctx.gauge(m.reads["gauge_id"])
     p = m.params
@@ -199,17 +228,7 @@ def inline_hadron_spectrum(ctx: InlineContext, m: Measurement, out: etree._Eleme
     summary: dict[str, Any] = {}
     names = {"POINT_SOURCE": "Point", "POINT_SINK": "Point"}
     for first_id, second_id in p["sink_pairs"]:
-        p1, p2 = ctx.prop(first_id), ctx.prop(second_id)
-        for what, a, b in (("j_decay", p1.j_decay, p2.j_decay),
-                           ("t_source", p1.t_source, p2.t_source),
-                           ("source type", p1.source_type, p2.source_type),
-                           ("sink type", p1.sink_type, p2.sink_type),
-                           ("time boundary", p1.boundary[p1.j_decay],
-                            p2.boundary[p2.j_decay])):
-            if a != b:
-                raise ConfigError(
-                    f"{ctx.inp.source}: {m.path}: sink pair {first_id!r}, {second_id!r}: "
-                    f"the {what} differs ({a} vs {b}); Chroma requires them equal")
+        p1, p2 = _sink_pair(ctx, m, first_id, second_id)
         t0 = p1.t_source
         bc_spec = p1.boundary[p1.j_decay]
         e = sub(whm, "elem")
@@ -233,25 +252,11 @@ def inline_hadron_spectrum(ctx: InlineContext, m: Measurement, out: etree._Eleme
         group = f"{names[p1.source_type]}_{names[p1.sink_type or 'POINT_SINK']}"
         if p["MesonP"]:
             mes = meson_correlators(p1.data, p2.data, t0)[0]
-            grp = sub(e, f"{group}_Wilson_Mesons")
-            for n in range(NS * NS):
-                ge = sub(grp, "elem")
-                sub(ge, "gamma_value", str(n))
-                mom = sub(sub(ge, "momenta"), "elem")
-                sub(mom, "sink_mom_num", "0")
-                sub(mom, "sink_mom", "0 0 0")
-                complex_elems(sub(mom, "mesprop"), mes[n].tolist())
+            _zero_momentum(sub(e, f"{group}_Wilson_Mesons"), "gamma_value", "mesprop", mes)
             summary.setdefault("pion", mes[15].real.tolist())
         if p["BaryonP"]:
             bar = baryon_correlators(p2.data, p1.data, t0, bc_spec, p["time_rev"])[0]
-            grp = sub(e, f"{group}_Wilson_Baryons")
-            for n in range(bar.shape[0]):
-                be = sub(grp, "elem")
-                sub(be, "baryon_num", str(n))
-                mom = sub(sub(be, "momenta"), "elem")
-                sub(mom, "sink_mom_num", "0")
-                sub(mom, "sink_mom", "0 0 0")
-                complex_elems(sub(mom, "barprop"), bar[n].tolist())
+            _zero_momentum(sub(e, f"{group}_Wilson_Baryons"), "baryon_num", "barprop", bar)
             summary.setdefault("nucleon", bar[0].real.tolist())
     return summary
 
