@@ -1,4 +1,4 @@
-"""Flow benchmarks (issue 6): ESS against training wall time, and the cost per sample.
+"""Flow benchmarks: ESS against training wall time, and the cost per sample.
 
 (a) ``u1``: 2D U(1), 8x8, beta = 2: train the stripe-mask model of arXiv:2101.08176 (16 coupling
     layers, circular splines, small periodic conv nets, batch 64, Adam lr ~1e-3, cosine
@@ -39,8 +39,8 @@ import torch
 
 from bridge.flows import make_flow
 from bridge.flows.training import TrainConfig, Trainer
-from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.gauge import wilson_action
+from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.rng import generator, rng_key
 
 

@@ -1,5 +1,5 @@
-"""Topological unfreezing benchmark (issue 7): plain HMC against the hybrid sampler at equal wall
-time, and the flow-step throughput.
+"""Topological unfreezing benchmark: plain HMC against the hybrid sampler at equal wall time, and
+the flow-step throughput.
 
 (a) default: 2D U(1) Wilson theory on ``L x L`` tori (``--L``, default 16) over ``--betas``
     (default 2..7).  Per (L, beta):

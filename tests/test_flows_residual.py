@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from bridge.cli import main
-from bridge.flows.checkpoints import load_model
 from bridge.errors import ConfigError, ConvergenceError
 from bridge.flows import (
     MaskError,
@@ -21,6 +20,7 @@ from bridge.flows import (
     make_flow,
     staple_mask_cycle,
 )
+from bridge.flows.checkpoints import load_model
 from bridge.flows.masks import loop_links_count
 from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
 from bridge.gauge import (

@@ -1,63 +1,13 @@
-"""Clover-leaf field strength, the action (energy) density and the topological charge.
+"""Clover-leaf field strength, the energy density and the topological charge.
 
-Fields follow :mod:`bridge.lattice`: ``U[batch, mu, t, ..., x, a, b]``, ``U_mu(x)`` transports
-from ``x + mu`` to ``x``.  Everything is vectorised over the lattice and the batch; device and
-dtype come from ``U``.
-
-Clover field strength (Chroma's ``mesField``, ``lib/meas/glue/mesfield.cc``; the "clover"
-definition of Luescher, arXiv:1006.4518, section on the lattice energy density)
-------------------------------------------------------------------------------------------------
-For every plane ``mu < nu`` let ``Q_{mu nu}(x)`` be the sum of the four plaquettes ("leaves") with
-a corner at ``x``, each a closed loop starting and ending at ``x`` and running mu-then-nu::
-
-    L_1 = U_mu(x) U_nu(x+mu) U_mu(x+nu)^dag U_nu(x)^dag
-    L_2 = U_nu(x) U_mu(x-mu+nu)^dag U_nu(x-mu)^dag U_mu(x-mu)
-    L_3 = U_mu(x-mu)^dag U_nu(x-mu-nu)^dag U_mu(x-mu-nu) U_nu(x-nu)
-    L_4 = U_nu(x-nu)^dag U_mu(x-nu) U_nu(x-nu+mu) U_mu(x)^dag
-
-and ``F_{mu nu}(x) = (Q_{mu nu} - Q_{mu nu}^dag) / 8``: anti-Hermitian, ``F = a^2 g G_{mu nu} +
-O(a^4)`` with ``G = G^a T^a`` and anti-Hermitian generators (``Tr T^a T^b = -delta_ab / 2``).
-Chroma's ``mesField`` stops here (``traceless=False``); the default ``traceless=True`` also removes
-the trace, ``F -> F - Tr(F)/Nc`` (the field strength of SU(N) lies in the traceless algebra; the
-trace is an ``O(a^4)`` lattice artefact).  For U(1) no trace is ever removed.
-Plane order: ``(0,1), (0,2), ..., (0,Nd-1), (1,2), ...`` (``mu < nu`` lexicographic), which for
-Nd = 4 is Chroma's ``01, 02, 03, 12, 13, 23``.
-
-Energy density (Luescher, arXiv:1006.4518: continuum ``E``, its clover and plaquette forms)
-------------------------------------------------------------------
-``E = (1/4) G^a_{mu nu} G^a_{mu nu} = -(1/2) sum_{mu,nu} Tr G_{mu nu} G_{mu nu}``, so on the
-lattice::
-
-    E_clover(t) = -(1/V) sum_x sum_{mu<nu} Re Tr[F_{mu nu}(x) F_{mu nu}(x)]   (>= 0).
-
-This is Chroma's ``wflow_gact4i + wflow_gactij`` (``lib/meas/glue/wilson_flow_w.cc``,
-``measure_wilson_gauge``: ``gtime = -(1/V) sum_x sum_i Re Tr F_{i4}^2`` over the planes holding
-time, ``gspace`` the same over the spatial planes), with Chroma's ``mesField`` F, i.e.
-``traceless=False``.  The plaquette discretisation is ``E_plaq = (2/V) sum_x sum_{mu<nu}
-Re Tr[1 - P_{mu nu}(x)]`` (Luescher's plaquette form, ``2 sum_p Re Tr[1 - U(p)] / V``).
-
-Topological charge (Luescher, arXiv:1006.4518, clover charge density; Chroma's ``QACTDEN``)
---------------------------------------------------------------------------------
-With anti-Hermitian ``F``::
-
-    q(x) = -1/(32 pi^2) eps_{mu nu rho sigma} Tr[F_{mu nu}(x) F_{rho sigma}(x)]
-         = -1/(4 pi^2) Re Tr[F_{01} F_{23} + F_{02} F_{31} + F_{03} F_{12}],   Q = sum_x q(x),
-
-(each unordered pair of planes appears 8 times in the eps sum; eps_{0123} = +1 with
-``0, 1, 2, 3 = x, y, z, t``).  In terms of the Hermitian ``Ftilde = -i F`` this is the
-``Q = +1/(32 pi^2) sum_x eps Tr[Ftilde Ftilde]`` of docs/conventions.md.  Chroma's ``qactden``
-(``lib/meas/glue/qactden.cc``) builds the same clovers (its "plus-minus" leaves enter with a minus
-sign and the opposite orientation, i.e. as ``-L^dag``, so ``u_clov - u_clov^dag = Q - Q^dag``)
-and sums ``-Re Tr[(8F)(8F)] / (64 (2 pi)^2)`` over the three pairs: the same ``q(x)``, with
-Chroma's non-traceless F.  A constant abelian field with ``n_{01}`` flux quanta in the 01 plane and
-``n_{23}`` in the 23 plane, embedded as ``diag(e^{i theta}, e^{-i theta}, 1)``, has ``Q = 2 n_{01}
-n_{23}`` (second Chern number of the line-bundle pair); its clover charge is exactly
-``Q sin(theta_01) sin(theta_23) / (theta_01 theta_23)`` (tested).
-
-2D U(1) geometric charge
-------------------------
-``Q = (1/2pi) sum_x arg P_{01}(x)`` with ``arg`` in ``(-pi, pi]``: an exact integer on every
-configuration (the plaquette angles sum to a multiple of 2 pi on the torus).
+``F_{mu nu} = (Q_{mu nu} - Q_{mu nu}^dag) / 8`` from the four plaquette leaves at ``x`` (Chroma's
+``mesField``; by default the trace is kept, as Chroma does, ``traceless=True`` removes it);
+``E_clover = -(1/V) sum_x sum_{mu<nu} Re Tr F F`` and the plaquette form (Luescher,
+arXiv:1006.4518); the clover charge ``q(x) = -1/(4 pi^2) Re Tr[F_01 F_23 + F_02 F_31 + F_03 F_12]``
+(Chroma's ``QACTDEN``); the geometric charge of 2D U(1), ``(1/2 pi) sum_x arg P_01(x)``, an exact
+integer.  Vectorised over the lattice and the batch; device and dtype come from ``U``.  The
+definitions, signs, Chroma's conventions and the exactly known test fields: docs/observables.md,
+sections 3-5.
 """
 
 from __future__ import annotations

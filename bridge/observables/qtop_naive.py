@@ -1,39 +1,13 @@
-"""Chroma's ``QTOP_NAIVE``: the improved gluonic topological charge with parameter ``k5``.
+"""Chroma's ``QTOP_NAIVE``: the improved gluonic topological charge with parameter ``k5``
+(Chroma ``lib/meas/glue/qnaive.cc``; Bilson-Thompson, Leinweber, Williams, hep-lat/0203008).
 
-Source: Chroma ``lib/meas/glue/qnaive.cc`` (``qtop_naive(u, k5, qtop)``, C. Hagen; conventions of
-Bilson-Thompson, Leinweber, Williams, hep-lat/0203008), driven by
-``lib/meas/inline/glue/inline_qnaive.cc`` (``Param/{version 1, k5}``, output
-``QTop/{update_no, k5, qtop}``).  Reproduced here from that source, loop by loop:
-
-For each of the three pairs of planes ``(mu1, nu1) = (0, nu1)``, ``nu1 = 1, 2, 3``, with
-``mu2 = nu1 % 3 + 1``, ``nu2 = mu2 % 3 + 1`` (i.e. ``(01, 23), (02, 31), (03, 12)``), Chroma builds
-a "clover" sum of rectangular Wilson loops ``W^{a x b}`` (``a`` links along ``mu``, ``b`` along
-``nu``) in the four quadrants around ``x``::
-
-    u_clov(x) = sum_{(a, b)} k_{ab} [W_{++} - W_{+-} + W_{--} - W_{-+}](x)
-
-where ``W_{s t}`` starts and ends at ``x`` and runs ``a`` steps in direction ``s mu``, ``b`` steps
-in ``t nu``, ``a`` steps in ``-s mu`` and ``b`` steps in ``-t nu`` (so the ``+-`` and ``-+`` loops
-have the opposite orientation, as ``qactden.cc``'s plaquette clover).  The loops and weights are::
-
-    1x1: k1 = 2 (19/9 - 55 k5)     2x2: k2 = 2 (1/36 - 16 k5)     1x2 and 2x1: k3 = 64 k5 - 32/45
-    1x3 and 3x1: k4 = 1/15 - 6 k5   3x3: kk5 = 2 k5
-
-(in a smooth field every loop ``a x b`` gives ``a b`` times the plaquette clover, and the weights
-sum to ``k1 + 4 k2 + 4 k3 + 6 k4 + 9 kk5 = 2`` for every ``k5``).  Then, per pair,
-``C = u_clov - u_clov^dag``, made traceless (``C -= Tr C / Nc``), and::
-
-    qtop = -sum_x sum_{pairs} Re Tr[C_1(x) C_2(x)] / (16 * 16 * (2 pi)^2).
-
-With ``k5 = 0`` this is *not* the plaquette-clover charge: the 2x2, 1x2/2x1 and 1x3/3x1 loops
-keep non-zero weights (``k1 = 38/9, k2 = 1/18, k3 = -32/45, k4 = 1/15``); on a smooth field it
-agrees with the clover charge up to ``O(a^2)`` (on the 4^4 reference configuration flowed to
-``t = 4`` Chroma prints ``qtop = 0.01337`` at ``k5 = 0`` against a clover charge of ``0.02628``).
-Chroma skips the loops whose weight is exactly zero; for ``k1 = 0`` (``k5 = 19/495``) its
-``u_clov`` is then left uninitialised (undefined behaviour in Chroma); here it starts from zero.
-
-Everything is vectorised over the lattice and the batch; loops wrap periodically (on a 4^4
-lattice the 3x3 loops are still well defined).
+Per pair of planes ``(01, 23), (02, 31), (03, 12)`` a clover sum of rectangular Wilson loops
+(1x1, 2x2, 1x2/2x1, 1x3/3x1, 3x3) with the weights of :func:`qtop_naive_weights` (they sum to 2
+in a smooth field for every ``k5``), made traceless, and ``qtop = -sum_x sum_pairs Re Tr[C_1 C_2]
+/ (256 (2 pi)^2)``.  ``k5 = 0`` is *not* the plaquette clover charge (the larger loops keep
+non-zero weights).  Where Chroma skips every zero-weight loop and leaves its clover
+uninitialised (``k1 = 0``, ``k5 = 19/495``), the sum here starts from zero.  Formulas and the
+checks against Chroma: docs/observables.md ("QTOP_NAIVE").
 """
 
 from __future__ import annotations

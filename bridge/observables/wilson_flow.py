@@ -1,43 +1,11 @@
-"""Wilson (gradient) flow with Luescher's third-order Runge-Kutta integrator, fixed or adaptive
-step, and measurements (E, t^2 E, plaquette, topological charge) at requested flow times.
+"""Wilson (gradient) flow with Luescher's third-order Runge-Kutta integrator (arXiv:1006.4518,
+appendix C), fixed or adaptive step (embedded second-order step, arXiv:1301.4388), and
+measurements (E, t^2 E, plaquette, topological charge) at requested flow times.
 
-Flow equation (Luescher, arXiv:1006.4518, the Wilson flow on the lattice)
----------------------------------------------------------------------------
-``dV_mu(x, t)/dt = Z_mu(x; V) V_mu(x, t)``, ``V(0) = U``, with ``Z = -g0^2 d S_w(V)``, the Wilson
-action of Luescher's paper ``S_w = (1/g0^2) sum_p Re Tr[1 - U(p)]`` summed over *oriented*
-plaquettes, i.e. ``g0^2 S_w = 2 sum_x sum_{mu<nu} Re Tr[1 - P_{mu nu}(x)]``, and ``d`` the Lie
-derivative ``d^a f(U) = d/ds f(exp(s T^a) U)``, ``d = T^a d^a`` with ``Tr T^a T^b = -delta/2``.
-
-The project's force (:mod:`bridge.gauge`) is exactly this derivative: ``F = sum_a (d_a S) T_a``
-for an action ``S``.  ``g0^2 S_w`` is the project's Wilson action ``beta sum (1 - Re Tr P / N)``
-with ``beta = 2 N``, whose force is ``beta/(2N) TA[U_mu A_mu] = TA[U_mu A_mu]`` (``A``: the staple
-sum, ``TA``: traceless anti-Hermitian part).  Hence::
-
-    Z_mu(x; V) = -wilson_force(V, beta = 2 N)_mu(x) = -TA[V_mu(x) A_mu(x)],
-
-the same as Chroma's ``wilson_flow_one_step`` (stout smearing with ``rho = eps``: ``exp(i Q) U``,
-``i Q = TA(C U^dag)`` with Chroma's staple ``C = A^dag``).  For U(1) (``TA`` = plain anti-Hermitian
-part) this is the gradient flow of ``2 sum (1 - cos theta_p)``:
-``d theta_l / dt = -sum_{p containing l} (+/-) sin theta_p``.
-Along the flow ``d/dt [g0^2 S_w] = -2 sum_{x,mu} Tr[Z^dag Z] <= 0`` (tested).
-
-Integrator (arXiv:1006.4518, appendix C, eq. (C.1)); ``Z_i = eps Z(W_i)``::
-
-    W_0 = V_t
-    W_1 = exp(Z_0 / 4) W_0
-    W_2 = exp(8/9 Z_1 - 17/36 Z_0) W_1
-    V_{t+eps} = W_3 = exp(3/4 Z_2 - 8/9 Z_1 + 17/36 Z_0) W_2
-
-Local error ``O(eps^4)``, global ``O(eps^3)``.  Embedded second-order step for the adaptive
-variant (Fritzsch & Ramos, arXiv:1301.4388): ``W_2' = exp(2 Z_1 - Z_0) W_0`` uses the
-same ``Z_0, Z_1`` (no extra force); ``d = max_{x,mu} ||W_3 - W_2'|| / N^2`` (Frobenius norm, as
-Chroma's ``wilson_flow_one_step_adapt`` normalises) estimates the local error of the second-order
-step, ``O(eps^3)``.  A step is accepted when ``d <= tol``; the next step is
-``eps * 0.95 * (tol / d)^(1/3)``, capped by ``eps_max`` and by the next measurement time.  One step
-size serves the whole batch (the worst configuration decides).
-
-Chroma's ``WILSON_FLOW`` (``nstep``, ``wtime``): ``eps = wtime / nstep``, ``nstep`` fixed RK3 steps
-(:func:`chroma_wilson_flow` reproduces its ``wflow_step``, ``wflow_gact4i``, ``wflow_gactij``).
+The flow generator is ``Z(V) = -wilson_force(V, beta = 2 Nc) = -TA[V_mu A_mu]``, the same as
+Chroma's ``wilson_flow_one_step``; :func:`chroma_wilson_flow` reproduces Chroma's
+``WILSON_FLOW`` (``eps = wtime / nstep``).  Derivation, integrator coefficients, the adaptive
+step-size rule and the tests: docs/observables.md, section 6.
 """
 
 from __future__ import annotations
