@@ -27,6 +27,7 @@ from bridge.gauge import (
     plaquette_traces,
     random_gauge,
     staple,
+    wilson_action,
 )
 from bridge.groups import mm, trace
 from bridge.io.chains import read_chain
@@ -45,13 +46,15 @@ CASES = [("U1", (2, 2)), ("SU2", (2, 2)), ("SU3", (2, 2)), ("SU2", (2, 2, 2, 2))
 
 
 def _layer(group, nd, mu=0, parity=0, scale=1.5, seed=0, hidden=None):
-    """A layer far from the identity: raw coefficients ~ N(0, scale^2); with ``hidden`` a
-    context net with gain-1 output layer (site-dependent coefficients)."""
+    """A layer far from the identity: raw coefficients of random sign and magnitude in
+    ``scale * [1, 1 + |N(0, 1)|]`` (never near 0, whatever the seed); with ``hidden`` a context
+    net with gain-1 output layer (site-dependent coefficients)."""
     torch.manual_seed(seed)
     layer = ResidualStapleLayer(group, nd, StapleMask(mu, parity), hidden=hidden,
                                 init_gain=1.0)
     with torch.no_grad():
-        layer.raw.normal_(0.0, scale)
+        z = torch.randn_like(layer.raw)
+        layer.raw.copy_(scale * torch.sign(z) * (1 + torch.randn_like(z).abs()))
     return layer
 
 
@@ -129,7 +132,9 @@ def test_leading_order_tilt_is_the_trivialising_map(group):
     re = trace(mm(u[:, 1], b)).real[:, act].sum(-1)
     n = u.shape[-1]
     factor = 1.0 if n == 1 else (n * n - 1) / n
-    torch.testing.assert_close(ld.detach(), factor * re.detach(), rtol=1e-5, atol=1e-15)
+    # the O(c^2) remainder is ~1e-11 here; where Re Tr[U B] nearly cancels over the active links a
+    # relative tolerance alone would ask for more than first order
+    torch.testing.assert_close(ld.detach(), factor * re.detach(), rtol=1e-5, atol=1e-9)
 
 
 def test_fresh_layer_is_the_identity_and_only_active_links_move():
@@ -181,13 +186,23 @@ def test_residual_model_sample_log_prob_equivariance_and_autograd(group, nrow):
 def test_training_reduces_the_reverse_kl_and_learns_the_leading_order_coefficient():
     # 4D SU(3) 2^4 at beta = 1: the loss drops, and the coefficients come out negative and of
     # the size of the leading-order trivialising map, c ~ -beta / (4 (N^2 - 1)) = -1/32
+    # The reverse KL (up to log Z) on 256 fresh samples falls 96.0(1) -> 93.25(2) over seeds; the
+    # mean training-step loss of 5 batches of 16 is too noisy for a threshold.
+    def kl(seed):
+        with torch.no_grad():
+            u, logq = model.sample(256, (2, 2, 2, 2), generator=torch.Generator().manual_seed(seed))
+            logw = -wilson_action(u, 1.0) - logq
+        return -float(logw.mean()), float(logw.std()) / 16
+
     torch.manual_seed(0)
     model = make_flow("SU3", 4, arch="residual")
+    kl0, se0 = kl(7)
     tr = Trainer(model, TrainConfig(nrow=(2, 2, 2, 2), beta=1.0, batch=16, lr=0.02,
                                     adam_eps=1e-8, seed=1))
-    losses = [tr.step()["loss"] for _ in range(40)]
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    assert last < first - 2.0
+    for _ in range(40):
+        tr.step()
+    kl1, se1 = kl(8)
+    assert kl1 < kl0 - max(1.5, 5 * math.hypot(se0, se1)), (kl0, se0, kl1, se1)
     c = torch.cat([layer.coefficients().detach() for layer in model.layers])
     assert -0.08 < float(c.mean()) < -0.01
 
