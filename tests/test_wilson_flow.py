@@ -107,19 +107,24 @@ def _flow_fixed(u: torch.Tensor, t: float, n: int) -> torch.Tensor:
 
 def test_rk3_global_and_local_error_orders(cpu_generator):
     """Halving eps divides the global error at fixed t by ~8 (third order) and the error of a
-    single step by ~16 (local error eps^4)."""
+    single step by ~16 (local error eps^4).  Errors in the L2 norm of the whole field (the max
+    norm jumps between entries); over 30 random fields the ratios lie in 8.1-9.2 (global, eps
+    0.05 -> 0.0125) and 15.7-17.0 (local, h 0.05 -> 0.0125); order 2 or 4 would give 4 or 16,
+    8 or 32."""
     u = _smooth((2, 2, 2, 4), 1, cpu_generator, 0.9)
     t = 0.4
-    ref = _flow_fixed(u, t, 256)
-    errs = [_dist(_flow_fixed(u, t, n), ref) for n in (4, 8, 16)]
+    ref = _flow_fixed(u, t, 512)
+    errs = [_l2(_flow_fixed(u, t, n), ref) for n in (8, 16, 32)]
     ratios = [errs[0] / errs[1], errs[1] / errs[2]]
-    assert all(6.5 < r < 9.5 for r in ratios), (errs, ratios)
-    # local: ratios approach 16 from above (the eps^5 term is large at these step sizes); a
-    # method of global order 2 would give 8, of order 4 give 32
-    h = 0.1
-    one = [_dist(rk3_step(u, hh), _flow_fixed(u, hh, 64)) for hh in (h, h / 2, h / 4)]
+    assert all(7 < r < 10 for r in ratios), (errs, ratios)
+    h = 0.05
+    one = [_l2(rk3_step(u, hh), _flow_fixed(u, hh, 64)) for hh in (h, h / 2, h / 4)]
     lr = [one[0] / one[1], one[1] / one[2]]
-    assert all(12 < r < 24 for r in lr), (one, lr)
+    assert all(13 < r < 20 for r in lr), (one, lr)
+
+
+def _l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().pow(2).sum().sqrt())
 
 
 def test_embedded_error_estimate_scales_as_eps_cubed(cpu_generator):
