@@ -102,11 +102,12 @@ def _milc_seed(folder: Path, seed: int) -> Path:
     return path
 
 
-def load_seeds(folder: Path, seed: int = 0) -> dict[str, Seed]:
-    """The reference files (from ``tests/data``; MILC written into ``folder``), keyed by a short
-    name; also ``lyncs_nock``, the lyncs file with its ``scidac-checksum`` record removed."""
-    public = DATA / "public"
-    chroma = DATA / "chroma" / "pure_gauge_b5.5_4x4" / "pg_b5.5_4x4_cfg_500.lime"
+def load_seeds(folder: Path, seed: int = 0, data: Path = DATA) -> dict[str, Seed]:
+    """The reference files (from ``data``, by default ``tests/data``; MILC written into
+    ``folder``), keyed by a short name; also ``lyncs_nock``, the lyncs file with its
+    ``scidac-checksum`` record removed."""
+    public = data / "public"
+    chroma = data / "chroma" / "pure_gauge_b5.5_4x4" / "pg_b5.5_4x4_cfg_500.lime"
     lyncs = (public / "lyncs_unity.lime").read_bytes()
     last = scan_records(io.BytesIO(lyncs), "<lyncs>", len(lyncs))[-1]
     assert last.type == "scidac-checksum", last

@@ -14,7 +14,9 @@ layout-converting copy; ``U.contiguous()`` makes one).  ``info`` is a :class:`Ga
 Every reader raises only :class:`~bridge.errors.FormatError` (bad file) and
 :class:`~bridge.errors.ChecksumError` (stored checksum / header plaquette / link trace
 disagreeing with the data), with messages naming the file, the record and the value found and
-expected; recoverable sloppiness is a :class:`FormatWarning`.  Every writer is crash-safe
+expected; recoverable sloppiness is a :class:`FormatWarning`, and data that nothing vouches for
+(no checksum stored) an :class:`IntegrityWarning`: a damaged file fails, or reads as written,
+or says that it cannot be verified.  Every writer is crash-safe
 (temporary file, fsync, rename) and refuses an existing path unless ``overwrite=True``.  The
 formats and their sources are described in ``docs/formats.md``.
 """

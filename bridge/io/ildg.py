@@ -33,15 +33,13 @@ Every string record is ``strlen + 1`` bytes, NUL included (``QIO_utils.c: QIO_wr
 Reading accepts what QIO accepts (``QIO_open_read.c``): native SciDAC files (first record
 ``scidac-private-file-xml``), "alien" ILDG files (tmLQCD: ``ildg-format`` anywhere, pretty
 printed, no NUL, ``0x``-prefixed checksums), and -- beyond QIO -- files holding only a binary
-record, whose dimensions the caller gives.
+record, whose dimensions the caller gives.  The XML of the metadata records is written and
+read by :mod:`._ildg_records`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,21 +48,27 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from lxml import etree
 
-from ..errors import ChecksumError, FormatError
+from ..errors import FormatError
 from ..groups import complex_dtype
 from ..groups import reunitarize as _reunitarize
 from ..lattice import Lattice
-from .lime import (
-    FormatWarning,
-    LimeReader,
-    LimeRecord,
-    LimeWriter,
-    atomic_output,
-    read_exact_into,
-    xml_text,
+from ._ildg_records import (
+    NC,
+    ND,
+    REALS_PER_LINK,
+    checksum_status,
+    checksum_xml,
+    ildg_format_xml,
+    private_file_xml,
+    private_record_xml,
+    qio_date,
+    read_layout,
+    read_stored_checksum,
+    xml_or_default,
 )
+from ._ildg_records import check_precision as _check_precision
+from .lime import LimeReader, LimeRecord, LimeWriter, atomic_output, read_exact_into
 
 __all__ = [
     "GaugeInfo",
@@ -84,14 +88,11 @@ __all__ = [
     "private_file_xml",
     "private_record_xml",
     "checksum_xml",
+    "qio_date",
     "DEFAULT_FILE_XML",
     "DEFAULT_RECORD_XML",
 ]
 
-ND = 4
-NC = 3
-REALS_PER_LINK = 2 * NC * NC  # 18
-PRECISIONS = (32, 64)
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 #: Chunk of the read pass: read, checksum, byte swap and unitarity check of one chunk run while
 #: it sits in the L2 cache (measured best of 256 KiB - 1 MiB; 8 MiB was 20-30% slower).
@@ -100,20 +101,6 @@ READ_CHUNK_BYTES = 512 * 1024
 #: Default user XML: the form Chroma's ``QIO_WRITE_NAMED_OBJECT`` writes (XMLBufferWriter).
 DEFAULT_FILE_XML = '<?xml version="1.0"?>\n<gauge>\n  <id>0</id>\n</gauge>\n'
 DEFAULT_RECORD_XML = '<?xml version="1.0"?>\n<qcdBridge>\n  <field>su3gauge</field>\n</qcdBridge>\n'
-
-_XML_HEAD = '<?xml version="1.0" encoding="UTF-8"?>'
-# record types kept as text in GaugeInfo.metadata
-_TEXT_RECORDS = (
-    "scidac-private-file-xml",
-    "scidac-file-xml",
-    "scidac-private-record-xml",
-    "scidac-record-xml",
-    "ildg-format",
-    "ildg-data-lfn",
-    "scidac-checksum",
-    "xlf-info",
-)
-
 
 # -- the description returned by every reader ------------------------------------------------------
 @dataclass
@@ -565,105 +552,6 @@ def as_gauge_field(u: torch.Tensor, name: str = "U") -> torch.Tensor:
     return u
 
 
-def _check_precision(precision: object, what: str = "precision") -> int:
-    if precision not in PRECISIONS:
-        raise ValueError(f"{what}: expected 32 or 64 (bits per real number), got {precision!r}")
-    return int(precision)  # type: ignore[call-overload]
-
-
-# -- ILDG/SciDAC XML ----------------------------------------------------------------------------
-def private_file_xml(nrow: Sequence[int]) -> str:
-    """``scidac-private-file-xml`` (``QIO_encode_file_info``; each dim printed ``"%d "``)."""
-    dims = "".join(f"{int(n)} " for n in nrow)
-    return (
-        f"{_XML_HEAD}<scidacFile><version>1.1</version><spacetime>{len(nrow)}</spacetime>"
-        f"<dims>{dims}</dims><volfmt>0</volfmt></scidacFile>"
-    )
-
-
-def qio_date(when: float | None = None) -> str:
-    """QIO's record date: ``asctime(gmtime())`` without its newline, plus ``" UTC"``
-    (``QIO_insert_record_date``)."""
-    return time.asctime(time.gmtime(when)) + " UTC"
-
-
-def private_record_xml(precision: int, date: str | None = None) -> str:
-    """``scidac-private-record-xml``, QIO record format 1.1, as written for Chroma's
-    ``multi1d<LatticeColorMatrix>`` (datatype from QDP++ ``qdp_qio_strings.cc``; spins 1;
-    typesize = bytes of one 3x3 complex matrix; datacount 4)."""
-    precision = _check_precision(precision)
-    letter = "F" if precision == 32 else "D"
-    typesize = NC * NC * 2 * precision // 8
-    return (
-        f"{_XML_HEAD}<scidacRecord><version>1.1</version><date>{date or qio_date()}</date>"
-        f"<recordtype>0</recordtype><datatype>QDP_{letter}3_ColorMatrix</datatype>"
-        f"<precision>{letter}</precision><colors>{NC}</colors><spins>1</spins>"
-        f"<typesize>{typesize}</typesize><datacount>{ND}</datacount></scidacRecord>"
-    )
-
-
-def ildg_format_xml(nrow: Sequence[int], precision: int) -> str:
-    """``ildg-format`` (``QIO_info_ildg_record.c: QIO_create_ildg_format_info``)."""
-    precision = _check_precision(precision)
-    lx, ly, lz, lt = (int(n) for n in nrow)
-    return (
-        f'{_XML_HEAD}<ildgFormat xmlns="http://www.lqcd.org/ildg" '
-        f'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
-        f'xsi:schemaLocation="http://www.lqcd.org/ildg/filefmt.xsd"><version>1.0</version>'
-        f"<field>su3gauge</field><precision>{precision}</precision><lx>{lx}</lx><ly>{ly}</ly>"
-        f"<lz>{lz}</lz><lt>{lt}</lt></ildgFormat>"
-    )
-
-
-def checksum_xml(suma: int, sumb: int) -> str:
-    """``scidac-checksum`` (``QIO_encode_checksum_info``: ``%x``, lowercase, no padding)."""
-    return (
-        f"{_XML_HEAD}<scidacChecksum><version>1.0</version><suma>{suma:x}</suma>"
-        f"<sumb>{sumb:x}</sumb></scidacChecksum>"
-    )
-
-
-def _parse_int(text: str | None, rec: LimeRecord, tag: str, *, base: int = 10) -> int:
-    if text is None:
-        raise FormatError(f"{rec.where()}: no <{tag}> element, expected one")
-    try:
-        return int(text.strip(), base)
-    except ValueError:
-        kind = "a hexadecimal number" if base == 16 else "an integer"
-        raise FormatError(f"{rec.where()}: <{tag}> is {text!r}, expected {kind}") from None
-
-
-def _parse_hex(text: str | None, rec: LimeRecord, tag: str) -> int:
-    # QIO writes %x, tmLQCD %08x or 0x-prefixed; int(s, 16) accepts all of them
-    value = _parse_int(text, rec, tag, base=16)
-    if not 0 <= value <= 0xFFFFFFFF:
-        raise FormatError(f"{rec.where()}: <{tag}> is {text!r}, expected a 32-bit value")
-    return value
-
-
-def _check_dims(dims: Sequence[int], rec: LimeRecord, what: str) -> tuple[int, ...]:
-    dims = tuple(int(d) for d in dims)
-    if len(dims) != ND or any(d <= 0 for d in dims):
-        raise FormatError(
-            f"{rec.where()}: {what} {' '.join(map(str, dims))}, expected 4 positive extents "
-            f"(lx ly lz lt)"
-        )
-    return dims
-
-
-def _xml_or_default(xml: str | bytes | None, default: str, what: str) -> str:
-    text = default if xml is None else (xml.decode("utf-8") if isinstance(xml, bytes) else xml)
-    if not isinstance(text, str):
-        raise ValueError(f"{what}: expected an XML string, got {type(xml).__name__}")
-    if "\0" in text:
-        raise ValueError(f"{what}: contains a NUL byte; QIO string records are NUL-terminated")
-    try:
-        etree.fromstring(text.strip().encode("utf-8"))
-    except etree.XMLSyntaxError as exc:
-        raise ValueError(f"{what}: not well-formed XML ({exc}): {text[:80]!r}") from None
-    return text
-
-
 # -- reading ----------------------------------------------------------------------------------
 def read_ildg(
     path: str | os.PathLike[str],
@@ -682,204 +570,54 @@ def read_ildg(
 
     Dimensions and precision come from ``ildg-format`` (namespace-agnostic, whitespace
     stripped), else from ``scidac-private-file-xml`` / ``-record-xml``, else from the caller
-    (``nrow``; ``precision`` or the record size) for files holding only a binary record.  A
-    caller ``nrow`` disagreeing with the file is an error.  With ``verify`` a ``scidac-checksum``
-    following the binary record is compared (mismatch: :class:`ChecksumError`; absence: a
-    :class:`FormatWarning`).  Links are checked for unitarity (``unitarity_tol``, default
+    (``nrow``; ``precision`` or the record size) for files holding only a binary record
+    (:func:`~bridge.io._ildg_records.read_layout`).  A caller ``nrow`` disagreeing with the
+    file is an error.  With ``verify`` a ``scidac-checksum`` following the binary record is
+    compared (mismatch: :class:`ChecksumError`; absence: an :class:`IntegrityWarning`, as
+    nothing vouches for the data).  Links are checked for unitarity (``unitarity_tol``, default
     :func:`default_unitarity_tol`) and re-unitarised if asked.  ``U`` is a non-contiguous view
     of the links in file order (:func:`stream_read_links`; ``U.contiguous()`` copies).
     """
     spath = os.fspath(path)
     with LimeReader(spath) as r:
-        records = r.records
-        bin_rec = r.first("ildg-binary-data") or r.first("scidac-binary-data")
-        if bin_rec is None:
-            types = ", ".join(repr(x.type) for x in records)
-            raise FormatError(
-                f"file '{spath}': no 'ildg-binary-data' or 'scidac-binary-data' record, expected "
-                f"one; records found: {types}"
-            )
-        metadata: dict[str, Any] = {}
-        for rt in _TEXT_RECORDS:
-            rec = r.first(rt)
-            if rec is not None:
-                metadata[rt] = r.read_raw_text(rec)
-        native = records[0].type == "scidac-private-file-xml"
-        fmt_rec = r.first("ildg-format")
-        variant = "scidac" if native else ("ildg" if fmt_rec is not None else "binary")
-
-        dims: tuple[int, ...] | None = None
-        prec: int | None = None
-        dims_source = ""
-        if fmt_rec is not None:
-            root = r.read_xml(fmt_rec)
-            fieldname = xml_text(root, "field")
-            if fieldname is not None and fieldname != "su3gauge":
-                raise FormatError(
-                    f"{fmt_rec.where()}: <field> is {fieldname!r}, expected 'su3gauge'"
-                )
-            prec = _parse_int(xml_text(root, "precision"), fmt_rec, "precision")
-            if prec not in PRECISIONS:
-                raise FormatError(
-                    f"{fmt_rec.where()}: <precision> is {prec}, expected 32 or 64 "
-                    f"(unknown precision)"
-                )
-            dims = _check_dims(
-                [_parse_int(xml_text(root, t), fmt_rec, t) for t in ("lx", "ly", "lz", "lt")],
-                fmt_rec,
-                "lattice",
-            )
-            dims_source = fmt_rec.where()
-        if native:
-            frec = records[0]
-            root = r.read_xml(frec)
-            dtext = xml_text(root, "dims")
-            if dtext is None:
-                raise FormatError(f"{frec.where()}: no <dims> element, expected one")
-            try:
-                fdims = [int(d) for d in dtext.split()]
-            except ValueError:
-                raise FormatError(
-                    f"{frec.where()}: <dims> is {dtext!r}, expected integers"
-                ) from None
-            fdims_t = _check_dims(fdims, frec, "<dims>")
-            if dims is not None and fdims_t != dims:
-                raise FormatError(
-                    f"{frec.where()}: <dims> {' '.join(map(str, fdims_t))} disagrees with "
-                    f"{dims_source}: {' '.join(map(str, dims))}"
-                )
-            if dims is None:
-                dims, dims_source = fdims_t, frec.where()
-            prec_rec = None
-            for cand in records[1 : bin_rec.index]:
-                if cand.type == "scidac-private-record-xml":
-                    prec_rec = cand
-            if prec_rec is not None:
-                root = r.read_xml(prec_rec)
-                letter = (xml_text(root, "precision") or "").upper()
-                if letter not in ("F", "D"):
-                    raise FormatError(
-                        f"{prec_rec.where()}: <precision> is {letter!r}, expected 'F' or 'D' "
-                        f"(unknown precision)"
-                    )
-                rprec = 32 if letter == "F" else 64
-                datacount = xml_text(root, "datacount")
-                if datacount is not None and datacount.strip() != str(ND):
-                    raise FormatError(
-                        f"{prec_rec.where()}: <datacount> is {datacount!r}, expected {ND} "
-                        f"(a gauge field: one colour matrix per direction)"
-                    )
-                colors = xml_text(root, "colors")
-                if colors is not None and colors.strip() != str(NC):
-                    raise FormatError(
-                        f"{prec_rec.where()}: <colors> is {colors!r}, expected {NC}"
-                    )
-                if prec is not None and rprec != prec:
-                    raise FormatError(
-                        f"{prec_rec.where()}: <precision> {letter} ({rprec}-bit) disagrees with "
-                        f"{dims_source}: precision {prec}"
-                    )
-                prec = rprec
-        if nrow is not None:
-            want = tuple(int(n) for n in nrow)
-            if dims is not None and want != dims:
-                raise FormatError(
-                    f"{dims_source}: lattice {' '.join(map(str, dims))} (x y z t) in the file "
-                    f"disagrees with the requested nrow {' '.join(map(str, want))}"
-                )
-            if dims is None:
-                if len(want) != ND or any(n <= 0 for n in want):
-                    raise ValueError(f"nrow: expected 4 positive extents, got {tuple(nrow)}")
-                dims, dims_source = want, "nrow given by the caller"
-        if dims is None:
-            raise FormatError(
-                f"{bin_rec.where()}: the file holds no dimensions (no 'ildg-format' or "
-                f"'scidac-private-file-xml' record); pass nrow=(Lx, Ly, Lz, Lt) "
-                f"(--nrow LX LY LZ LT on the command line)"
-            )
-        volume = math.prod(dims)
-        if precision is not None:
-            _check_precision(precision)
-            if prec is not None and prec != precision:
-                raise FormatError(
-                    f"{dims_source}: precision {prec} in the file disagrees with the requested "
-                    f"precision {precision}"
-                )
-            prec = precision
-        if prec is None:
-            per_real = bin_rec.nbytes / (volume * ND * REALS_PER_LINK)
-            if per_real not in (4, 8):
-                raise FormatError(
-                    f"{bin_rec.where()}: {bin_rec.nbytes} bytes for {volume} sites of 4 SU(3) "
-                    f"links is {per_real:g} bytes per real, expected 4 (32-bit) or 8 (64-bit)"
-                )
-            prec = int(per_real * 8)
-        expected = volume * ND * REALS_PER_LINK * prec // 8
-        if bin_rec.nbytes != expected:
-            raise FormatError(
-                f"{bin_rec.where()}: {bin_rec.nbytes} bytes, expected {expected} for lattice "
-                f"{' '.join(map(str, dims))} (x y z t, from {dims_source}) at {prec}-bit "
-                f"precision"
-            )
-
-        ck_rec = r.first("scidac-checksum", after=bin_rec.index)
-        stored: tuple[int, int] | None = None
-        ck_where = ck_rec.where() if ck_rec is not None else ""
-        if ck_rec is not None:
-            root = r.read_xml(ck_rec)
-            stored = (
-                _parse_hex(xml_text(root, "suma"), ck_rec, "suma"),
-                _parse_hex(xml_text(root, "sumb"), ck_rec, "sumb"),
-            )
-        site_bytes = ND * REALS_PER_LINK * prec // 8
-        ck = ScidacChecksum(site_bytes)
+        lay = read_layout(r, nrow, precision)
+        stored, ck_rec = read_stored_checksum(r, lay.binary)
+        ck = ScidacChecksum(ND * REALS_PER_LINK * lay.precision // 8)
         tol = None
         if check_unitarity:
-            tol = default_unitarity_tol(prec) if unitarity_tol is None else float(unitarity_tol)
+            tol = (default_unitarity_tol(lay.precision) if unitarity_tol is None
+                   else float(unitarity_tol))
         u, links = stream_read_links(
-            r.seek_data(bin_rec),
-            nrow=dims,
-            file_dtype=np.dtype(">f4" if prec == 32 else ">f8"),
+            r.seek_data(lay.binary),
+            nrow=lay.dims,
+            file_dtype=np.dtype(">f4" if lay.precision == 32 else ">f8"),
             rows=NC,
-            where=bin_rec.where(),
+            where=lay.binary.where(),
             dtype=dtype,
             on_chunk=ck.update,
             unitarity_tol=tol,
             reunitarize=reunitarize,
             chunk_bytes=chunk_bytes,
         )
-    suma, sumb = ck.digest(volume)
+        records = list(r.records)
+    suma, sumb = ck.digest(lay.volume)
     info = GaugeInfo(
         path=spath,
         format="ildg",
-        variant=variant,
-        nrow=dims,
-        precision=prec,
+        variant=lay.variant,
+        nrow=lay.dims,
+        precision=lay.precision,
         endianness="big",
         checksum_computed={"suma": f"{suma:x}", "sumb": f"{sumb:x}"},
-        records=list(records),
-        metadata=metadata,
+        records=records,
+        metadata=lay.metadata,
         max_unitarity_violation=links.worst,
         reunitarized=reunitarize,
     )
-    if stored is None:
-        info.checksum = "absent"
-        if verify:
-            warnings.warn(
-                f"{bin_rec.where()}: no 'scidac-checksum' record follows it; the data "
-                f"cannot be verified",
-                FormatWarning,
-                stacklevel=2,
-            )
-    else:
+    if stored is not None:
         info.checksum_stored = {"suma": f"{stored[0]:x}", "sumb": f"{stored[1]:x}"}
-        info.checksum = "ok" if stored == (suma, sumb) else "mismatch"
-        if verify and info.checksum == "mismatch":
-            raise ChecksumError(
-                f"{ck_where}: stored suma {stored[0]:08x} sumb {stored[1]:08x}, computed "
-                f"suma {suma:08x} sumb {sumb:08x} over {bin_rec.where()} (corrupt data)"
-                + (f"; also {links.detail}" if links.detail else "")
-            )
+    info.checksum = checksum_status(stored, (suma, sumb), ck_rec, lay.binary, verify=verify,
+                                    also=links.detail)
     links.raise_if_bad()
     if device is not None:
         u = u.to(device)
@@ -913,12 +651,12 @@ def write_ildg(
     precision = _check_precision(precision)
     u = as_gauge_field(u)
     lat = Lattice.of(u)
-    fxml = _xml_or_default(file_xml, DEFAULT_FILE_XML, "file_xml")
-    rxml = _xml_or_default(record_xml, DEFAULT_RECORD_XML, "record_xml")
+    fxml = xml_or_default(file_xml, DEFAULT_FILE_XML, "file_xml")
+    rxml = xml_or_default(record_xml, DEFAULT_RECORD_XML, "record_xml")
     pxml = (
         private_record_xml(precision, date)
         if private_record is None
-        else _xml_or_default(private_record, "", "private_record")
+        else xml_or_default(private_record, "", "private_record")
     )
     if lfn is not None and ("\0" in lfn or not lfn):
         raise ValueError(f"lfn: expected a non-empty string without NUL, got {lfn!r}")

@@ -63,6 +63,7 @@ __all__ = [
     "MB_FLAG",
     "ME_FLAG",
     "FormatWarning",
+    "IntegrityWarning",
     "LimeRecord",
     "LimeReader",
     "LimeWriter",
@@ -89,6 +90,11 @@ _MAX_XML_BYTES = 64 * 1024 * 1024  # refuse to parse absurdly large "XML" record
 
 class FormatWarning(UserWarning):
     """A file is readable but sloppy (trailing bytes, missing checksum, recovered XML, ...)."""
+
+
+class IntegrityWarning(FormatWarning):
+    """A file was read but its binary data could not be verified (no checksum stored, or the
+    stored one could not be found): the links may differ from what was written."""
 
 
 def lime_padding(nbytes: int) -> int:
@@ -171,6 +177,26 @@ def _is_blank(data: bytes) -> bool:
     return not data.strip(b"\0 \t\r\n")
 
 
+_SHIFT_WINDOW = 256  # bytes searched on either side for a header that moved
+
+
+def _shifted_header(f: BinaryIO, off: int, lo: int, size: int) -> int | None:
+    """Offset of a LIME header start (magic and version 1) within :data:`_SHIFT_WINDOW` bytes
+    of ``off`` (not before ``lo``), other than ``off`` itself, or ``None``: a record that
+    follows after inserted or deleted bytes."""
+    start = max(lo, off - _SHIFT_WINDOW)
+    f.seek(start)
+    window = f.read(min(size, off + _SHIFT_WINDOW + 6) - start)
+    token = _HEADER_STRUCT.pack(LIME_MAGIC, LIME_VERSION, 0, 0, 0)[:6]
+    best = None
+    pos = window.find(token)
+    while pos >= 0:
+        if start + pos != off and (best is None or abs(start + pos - off) < abs(best - off)):
+            best = start + pos
+        pos = window.find(token, pos + 1)
+    return best
+
+
 def scan_records(f: BinaryIO, path: str | os.PathLike[str], size: int | None = None
                  ) -> list[LimeRecord]:
     """Index every record of an open LIME file (headers only; data are not read).
@@ -180,7 +206,9 @@ def scan_records(f: BinaryIO, path: str | os.PathLike[str], size: int | None = N
     the LIME magic: a record header cut short); bytes without the LIME magic
     after at least one record are ignored with a :class:`FormatWarning`; padding missing at the
     very end of the file is accepted.  Errors (:class:`FormatError`): no magic at byte 0, a
-    version other than 1 (c-lime exits on it), data running past the end of the file.
+    version other than 1 (c-lime exits on it), data running past the end of the file, and a
+    header a few bytes away from where the next record should start (bytes inserted into or
+    deleted from the previous record: ignoring it would hide, e.g., the checksum record).
     """
     spath = os.fspath(path)
     if size is None:
@@ -228,6 +256,15 @@ def scan_records(f: BinaryIO, path: str | os.PathLike[str], size: int | None = N
                 raise FormatError(
                     f"{_where(spath, 0, None, 0)}: wrong magic 0x{magic:08x}, expected LIME "
                     f"magic 0x{LIME_MAGIC:08x} (not a LIME file)"
+                )
+            moved = _shifted_header(f, off, records[-1].data_offset, size)
+            if moved is not None:
+                prev = records[-1]
+                raise FormatError(
+                    f"{_where(spath, len(records), None, off)}: no LIME header here, but one "
+                    f"at byte {moved} ({moved - off:+d} bytes): bytes were inserted into or "
+                    f"deleted from record {prev.index} '{prev.type}' (header at byte "
+                    f"{prev.header_offset}) (corrupt file)"
                 )
             f.seek(off)
             rest = f.read(min(size - off, 1 << 16))
@@ -289,25 +326,53 @@ def _strip_xml_bytes(data: bytes) -> bytes:
     return data.split(b"\0", 1)[0].strip()
 
 
+def _valid_name(part: str) -> bool:
+    try:
+        etree.QName(part)
+    except ValueError:
+        return False
+    return True
+
+
+def _tag_error(root: etree._Element) -> str | None:
+    """The first element name of a recovered tree that is not a valid XML name (lxml's
+    recovering parser keeps names such as ``':recision'``, on which ``etree.QName`` raises), or
+    ``None``.  A name with an undeclared prefix (``'ildg:precision'``) is valid: it is matched
+    by its local part."""
+    for el in root.iter():
+        if isinstance(el.tag, str):
+            parts = _localname(el.tag, prefixed=True).split(":")
+            if len(parts) > 2 or not all(_valid_name(p) for p in parts):
+                return f"invalid element name {_localname(el.tag, prefixed=True)!r}"
+    return None
+
+
 def parse_xml(data: bytes, where: str) -> etree._Element:
     """Parse the XML of a record: everything from the first NUL on is dropped, surrounding
     whitespace stripped.  Malformed XML is recovered if lxml can (with a
-    :class:`FormatWarning`), otherwise :class:`FormatError` naming ``where``."""
+    :class:`FormatWarning`), otherwise :class:`FormatError` naming ``where``; so is a recovered
+    tree with invalid element names.  No lxml exception escapes."""
     text = _strip_xml_bytes(data)
     if not text:
         raise FormatError(f"{where}: empty XML record, expected an XML document")
     parser = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
     try:
         return etree.fromstring(text, parser=parser)
-    except (etree.XMLSyntaxError, ValueError) as exc:
+    except (etree.LxmlError, ValueError) as exc:
         first_error = exc
     recover = etree.XMLParser(resolve_entities=False, no_network=True, recover=True)
     try:
         root = etree.fromstring(text, parser=recover)
-    except (etree.XMLSyntaxError, ValueError):
+    except (etree.LxmlError, ValueError):
         root = None
     if root is None:
         raise FormatError(f"{where}: malformed XML ({first_error}), expected an XML document")
+    bad = _tag_error(root)
+    if bad is not None:
+        raise FormatError(
+            f"{where}: malformed XML ({first_error}); lxml's recovered tree has an {bad}, "
+            f"expected a well-formed XML document"
+        )
     warnings.warn(
         f"{where}: malformed XML ({first_error}); using lxml's recovered tree",
         FormatWarning,
@@ -316,14 +381,26 @@ def parse_xml(data: bytes, where: str) -> etree._Element:
     return root
 
 
-def xml_text(root: etree._Element, tag: str) -> str | None:
+def _localname(tag: str, *, prefixed: bool = False) -> str:
+    """``'{namespace}prefix:name'`` -> ``'name'`` (``'prefix:name'`` with ``prefixed``); plain
+    string work, so no lxml name validation can raise."""
+    name = tag.rpartition("}")[2]
+    return name if prefixed else name.rpartition(":")[2]
+
+
+def xml_text(root: etree._Element, tag: str, where: str = "XML record") -> str | None:
     """Stripped text of the first element with local name ``tag`` (namespace-agnostic, as
-    tmLQCD's and QIO's ``ildgFormat`` differ in namespace and whitespace), or ``None``."""
-    if isinstance(root.tag, str) and etree.QName(root).localname == tag:
-        return (root.text or "").strip()
-    for el in root.iter():
-        if isinstance(el.tag, str) and etree.QName(el).localname == tag:
-            return (el.text or "").strip()
+    tmLQCD's and QIO's ``ildgFormat`` differ in namespace and whitespace), or ``None``.
+    Any lxml error while walking the tree is a :class:`FormatError` naming ``where``."""
+    try:
+        for el in root.iter():
+            if isinstance(el.tag, str) and _localname(el.tag) == tag:
+                return (el.text or "").strip()
+    except (etree.LxmlError, ValueError) as exc:
+        raise FormatError(
+            f"{where}: cannot read <{tag}> from the XML ({type(exc).__name__}: {exc}), "
+            f"expected a well-formed XML document"
+        ) from None
     return None
 
 

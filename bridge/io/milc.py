@@ -97,8 +97,8 @@ def read_milc_header(path: str | os.PathLike[str]) -> tuple[dict[str, object], s
             break
     else:
         raise FormatError(
-            f"file '{spath}', MILC header: magic {head[:4].hex()}, expected {MILC_MAGIC} in "
-            f"either byte order (wrong magic: not a MILC file)"
+            f"file '{spath}', MILC header (byte 0): magic {head[:4].hex()}, expected "
+            f"{MILC_MAGIC} in either byte order (wrong magic: not a MILC file)"
         )
     if len(head) < HEADER_BYTES:
         raise FormatError(
@@ -132,18 +132,19 @@ def read_milc(
     dims: tuple[int, ...] = tuple(header["dims"])  # type: ignore[arg-type]
     if any(d <= 0 for d in dims):
         raise FormatError(
-            f"file '{spath}', MILC header dims: {' '.join(map(str, dims))}, expected 4 "
-            f"positive extents (nx ny nz nt)"
+            f"file '{spath}', MILC header dims (bytes 4-19): {' '.join(map(str, dims))}, "
+            f"expected 4 positive extents (nx ny nz nt)"
         )
     if nrow is not None and tuple(int(n) for n in nrow) != dims:
         raise FormatError(
-            f"file '{spath}', MILC header dims: lattice {' '.join(map(str, dims))} (x y z t) "
-            f"disagrees with the requested nrow {' '.join(str(int(n)) for n in nrow)}"
+            f"file '{spath}', MILC header dims (bytes 4-19): lattice "
+            f"{' '.join(map(str, dims))} (x y z t) disagrees with the requested nrow "
+            f"{' '.join(str(int(n)) for n in nrow)}"
         )
     if header["order"] != 0:
         raise FormatError(
-            f"file '{spath}', MILC header order: {header['order']}, expected 0 (natural site "
-            f"order; other orders are not supported)"
+            f"file '{spath}', MILC header order (bytes 84-87): {header['order']}, expected 0 "
+            f"(natural site order; other orders are not supported)"
         )
     volume = math.prod(dims)  # Python ints: no overflow on absurd headers
     expected = volume * _WORDS_PER_SITE * 4
@@ -197,8 +198,9 @@ def read_milc(
     )
     if verify and info.checksum == "mismatch":
         raise ChecksumError(
-            f"file '{spath}', MILC header sum29/sum31: stored {stored[0]:08x} {stored[1]:08x}, "
-            f"computed {s29:08x} {s31:08x} over the binary data (corrupt data)"
+            f"file '{spath}', MILC header sum29/sum31 (bytes 88-95): stored {stored[0]:08x} "
+            f"{stored[1]:08x}, computed {s29:08x} {s31:08x} over the binary data at byte "
+            f"{HEADER_BYTES} (corrupt data)"
         )
     links.raise_if_bad()
     if device is not None:

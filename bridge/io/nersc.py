@@ -19,7 +19,9 @@ Facts (docs/formats.md 2.6; QDP++ ``lib/qdp_iogauge.cc: readArchivHeader, writeA
   conversion from file byte order (for doubles both halves); hex.
 * ``PLAQUETTE``: mean of ``Re tr P / 3`` over the 6 planes (Chroma's ``w_plaq``);
   ``LINK_TRACE``: mean of ``Re tr U / 3``.  Readers check both (QDP++ and Grid: 1e-5 on the
-  plaquette; QDP++ 1e-5, Grid 1e-6 on the link trace); here both with ``header_tol`` = 1e-5.
+  plaquette; QDP++ 1e-5, Grid 1e-6 on the link trace); here both to the precision they are
+  printed with and the precision of the data (:func:`header_tolerance`: ~5e-11 for 64-bit 3x3
+  data printed to 10 decimals, ~4e-7 for Chroma's 32-bit two-row ``t_nersc.cfg``).
 * header keys written by QDP++, in order: ``CHECKSUM, LINK_TRACE, PLAQUETTE, DATATYPE,
   HDR_VERSION, STORAGE_FORMAT, DIMENSION_1..4, BOUNDARY_1..4, ENSEMBLE_ID, ENSEMBLE_LABEL,
   SEQUENCE_NUMBER, CREATOR, CREATOR_HARDWARE, CREATION_DATE, ARCHIVE_DATE, FLOATING_POINT``.
@@ -33,6 +35,7 @@ import platform
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -49,14 +52,16 @@ from .ildg import (
     READ_CHUNK_BYTES,
     GaugeInfo,
     _check_precision,
+    _unitarity_violation,
     as_gauge_field,
     default_unitarity_tol,
     stream_read_links,
     stream_write_links,
 )
-from .lime import FormatWarning, atomic_output
+from .lime import FormatWarning, IntegrityWarning, atomic_output
 
-__all__ = ["read_nersc", "write_nersc", "read_nersc_header", "NERSC_FLOATING_POINT"]
+__all__ = ["read_nersc", "write_nersc", "read_nersc_header", "header_tolerance",
+           "NERSC_FLOATING_POINT"]
 
 BEGIN = b"BEGIN_HEADER"
 END = b"END_HEADER"
@@ -143,40 +148,53 @@ def _require(entries: Mapping[str, str], key: str, path: str) -> str:
     return entries[key]
 
 
-def _float(entries: Mapping[str, str], key: str, path: str) -> float | None:
+def _header_value(entries: Mapping[str, str], key: str, path: str) -> tuple[float, str] | None:
+    """A header PLAQUETTE / LINK_TRACE: its value and text, ``None`` if absent."""
     if key not in entries:
         return None
+    text = entries[key]
     try:
-        return float(entries[key])
+        value = float(text)
     except ValueError:
-        raise FormatError(
-            f"{_where(path, f'header key {key!r}')}: value {entries[key]!r}, expected a number"
-        ) from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise FormatError(f"{_key(path, key)}: value {text!r}, expected a finite number")
+    return value, text
 
 
-def read_nersc(
-    path: str | os.PathLike[str],
-    *,
-    nrow: Sequence[int] | None = None,
-    reunitarize: bool = False,
-    verify: bool = True,
-    check_unitarity: bool = True,
-    unitarity_tol: float | None = None,
-    header_tol: float = 1e-5,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-    chunk_bytes: int = READ_CHUNK_BYTES,
-) -> tuple[torch.Tensor, GaugeInfo]:
-    """Read a NERSC file; returns ``(U[1, 4, Lt, Lz, Ly, Lx, 3, 3], info)``.
+def header_tolerance(text: str, precision: int, terms: int, violation: float | None = None
+                     ) -> float:
+    """Largest accepted ``|stored - computed|`` for a header PLAQUETTE / LINK_TRACE printed as
+    ``text``, the mean of ``terms`` traces over data stored at ``precision`` bits.
 
-    With ``verify`` the header ``CHECKSUM``, ``PLAQUETTE`` and ``LINK_TRACE`` are compared with
-    the data (:class:`ChecksumError` on disagreement beyond ``header_tol``; a missing entry is a
-    :class:`FormatWarning`).  ``nrow`` (optional) must agree with ``DIMENSION_1..4``.  ``U`` is a
-    non-contiguous view of the links in file order (see
-    :func:`~bridge.io.ildg.stream_read_links`).
-    """
-    spath = os.fspath(path)
-    entries, data_off, size = read_nersc_header(spath)
+    The sum of: half a unit in the last printed digit; one double rounding unit per term (the
+    writer's order of summation); 16 rounding units of the stored precision divided by
+    ``sqrt(terms)`` (the writer may have used its copy of the field before rounding it to the
+    file's precision: independent errors that average out); for two-row storage, twice the
+    mean unitarity violation of the links (``violation``: the writer's third row need not be
+    the rebuilt one, and a slightly non-unitary field shifts every trace the same way).  About
+    5e-11 for a small 64-bit 3x3 lattice printed to 10 decimals; 4e-7 for Chroma's 32-bit
+    two-row ``t_nersc.cfg``, whose values agree to 5e-10 -- instead of the 1e-5 of QDP++."""
+    try:
+        exponent = Decimal(text).as_tuple().exponent
+        printed = 0.5 * 10.0 ** int(exponent)  # finite: checked by _header_value
+    except (InvalidOperation, ValueError, OverflowError):
+        printed = 0.0
+    unit = float(np.finfo(np.float32 if precision == 32 else np.float64).eps) / 2
+    summed = terms * float(np.finfo(np.float64).eps) / 2
+    return printed + summed + 16 * unit / math.sqrt(terms) + 2 * (violation or 0.0)
+
+
+def _decimals(text: str) -> str:
+    try:
+        return f"1e{int(Decimal(text).as_tuple().exponent)}"
+    except (InvalidOperation, ValueError, OverflowError):
+        return "an unknown precision"
+
+
+def _geometry(entries: Mapping[str, str], spath: str, nrow: Sequence[int] | None
+              ) -> tuple[tuple[int, ...], str, int, str, np.dtype]:
+    """``(dims, DATATYPE, rows stored, FLOATING_POINT, file dtype)`` from the header."""
     dims: list[int] = []
     for i in range(1, ND + 1):
         key = f"DIMENSION_{i}"
@@ -185,13 +203,10 @@ def read_nersc(
             d = int(raw)
         except ValueError:
             raise FormatError(
-                f"{_where(spath, f'header key {key!r}')}: value {raw!r}, expected a positive "
-                f"integer"
+                f"{_key(spath, key)}: value {raw!r}, expected a positive integer"
             ) from None
         if d <= 0:
-            raise FormatError(
-                f"{_where(spath, f'header key {key!r}')}: value {d}, expected a positive integer"
-            )
+            raise FormatError(f"{_key(spath, key)}: value {d}, expected a positive integer")
         dims.append(d)
     dims_t = tuple(dims)
     if nrow is not None and tuple(int(n) for n in nrow) != dims_t:
@@ -206,14 +221,94 @@ def read_nersc(
             f"{_key(spath, 'DATATYPE')}: value {datatype!r}, expected "
             f"'4D_SU3_GAUGE_3x3' or '4D_SU3_GAUGE'"
         )
-    rows = _DATATYPES[datatype]
     fp = _require(entries, "FLOATING_POINT", spath)
     if fp not in NERSC_FLOATING_POINT:
         raise FormatError(
             f"{_key(spath, 'FLOATING_POINT')}: value {fp!r} (unknown precision), "
             f"expected one of {', '.join(NERSC_FLOATING_POINT)}"
         )
-    file_dtype = np.dtype(NERSC_FLOATING_POINT[fp])
+    return dims_t, datatype, _DATATYPES[datatype], fp, np.dtype(NERSC_FLOATING_POINT[fp])
+
+
+def _stored_checksum(entries: Mapping[str, str], spath: str) -> int | None:
+    if "CHECKSUM" not in entries:
+        return None
+    try:
+        value = int(entries["CHECKSUM"], 16)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise FormatError(
+            f"{_key(spath, 'CHECKSUM')}: value {entries['CHECKSUM']!r}, expected a 32-bit "
+            f"hexadecimal number"
+        )
+    return value
+
+
+def _check_header_values(u: torch.Tensor, entries: Mapping[str, str], info: GaugeInfo, *,
+                         rows: int, header_tol: float | None, verify: bool) -> None:
+    """Compare the header PLAQUETTE and LINK_TRACE with the data (before re-unitarisation):
+    :class:`ChecksumError` beyond the tolerance (:func:`header_tolerance` unless
+    ``header_tol``), naming the key, both values and the tolerance."""
+    m = mesplq(u)
+    # the data as held: a 64-bit file read into complex64 is checked to 32-bit precision
+    held = min(info.precision, 32 if u.dtype == torch.complex64 else 64)
+    computed = {"PLAQUETTE": float(m.w_plaq[0]), "LINK_TRACE": float(m.link[0])}
+    violation = None
+    if rows != NC:  # the mean, which one corrupt link cannot inflate as it would the maximum
+        links = torch.view_as_real(u.permute(0, 2, 3, 4, 5, 1, 6, 7).contiguous()).numpy()
+        violation = float(_unitarity_violation(links.reshape(-1, NC, NC, 2)).mean())
+    for key, value in computed.items():
+        found = _header_value(entries, key, info.path)
+        if found is None:
+            if verify:
+                warnings.warn(f"{_key(info.path, key)}: missing; not verified", FormatWarning,
+                              stacklevel=3)
+            continue
+        stored, text = found
+        terms = math.prod(info.nrow) * (ND if key == "LINK_TRACE" else ND * (ND - 1) // 2)
+        tol = (header_tolerance(text, held, terms, violation) if header_tol is None
+               else float(header_tol))
+        ok = abs(stored - value) <= tol
+        info.header_checks[key] = {"stored": stored, "computed": value, "ok": ok,
+                                   "tolerance": tol}
+        if verify and not ok:
+            how = ("" if header_tol is not None else
+                   f" for {text!r} printed to {_decimals(text)} and {held}-bit data"
+                   + (" stored as two rows" if violation else ""))
+            raise ChecksumError(
+                f"{_key(info.path, key)}: stored {stored!r}, computed {value!r} from the "
+                f"data (difference {abs(stored - value):.3g}, expected <= {tol:.3g}{how}); "
+                f"the header or the binary data are corrupt (header_tol=... accepts more)"
+            )
+
+
+def read_nersc(
+    path: str | os.PathLike[str],
+    *,
+    nrow: Sequence[int] | None = None,
+    reunitarize: bool = False,
+    verify: bool = True,
+    check_unitarity: bool = True,
+    unitarity_tol: float | None = None,
+    header_tol: float | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    chunk_bytes: int = READ_CHUNK_BYTES,
+) -> tuple[torch.Tensor, GaugeInfo]:
+    """Read a NERSC file; returns ``(U[1, 4, Lt, Lz, Ly, Lx, 3, 3], info)``.
+
+    With ``verify`` the header ``CHECKSUM``, ``PLAQUETTE`` and ``LINK_TRACE`` are compared with
+    the data (:class:`ChecksumError` on disagreement; the plaquette and link trace to the
+    precision they are printed with, :func:`header_tolerance`, unless ``header_tol`` is given).
+    A missing ``CHECKSUM`` is an :class:`IntegrityWarning` (nothing else detects a small change
+    of the data), a missing plaquette or link trace a :class:`FormatWarning`.  ``nrow``
+    (optional) must agree with ``DIMENSION_1..4``.  ``U`` is a non-contiguous view of the links
+    in file order (see :func:`~bridge.io.ildg.stream_read_links`).
+    """
+    spath = os.fspath(path)
+    entries, data_off, size = read_nersc_header(spath)
+    dims_t, datatype, rows, fp, file_dtype = _geometry(entries, spath, nrow)
     precision = file_dtype.itemsize * 8
     volume = math.prod(dims_t)  # Python ints: no overflow on absurd headers
     expected = volume * ND * rows * NC * 2 * file_dtype.itemsize
@@ -231,15 +326,7 @@ def read_nersc(
             FormatWarning,
             stacklevel=2,
         )
-    stored_ck: int | None = None
-    if "CHECKSUM" in entries:
-        try:
-            stored_ck = int(entries["CHECKSUM"], 16)
-        except ValueError:
-            raise FormatError(
-                f"{_key(spath, 'CHECKSUM')}: value {entries['CHECKSUM']!r}, "
-                f"expected a hexadecimal number"
-            ) from None
+    stored_ck = _stored_checksum(entries, spath)
     word = np.dtype(file_dtype.byteorder + "u4")
     total = 0
 
@@ -279,8 +366,9 @@ def read_nersc(
         info.checksum = "absent"
         if verify:
             warnings.warn(
-                f"{_where(spath, 'header')}: no CHECKSUM entry; the data cannot be verified",
-                FormatWarning,
+                f"{_where(spath, 'header')}: no CHECKSUM entry; the binary data at byte "
+                f"{data_off} cannot be verified (integrity unknown)",
+                IntegrityWarning,
                 stacklevel=2,
             )
     else:
@@ -292,27 +380,7 @@ def read_nersc(
                 f"{total:08x} over the binary data at byte {data_off} (corrupt data)"
             )
     links.raise_if_bad()
-    # header plaquette and link trace (of the data as stored, before re-unitarisation)
-    m = mesplq(u)
-    computed = {"PLAQUETTE": float(m.w_plaq[0]), "LINK_TRACE": float(m.link[0])}
-    for key, value in computed.items():
-        stored = _float(entries, key, spath)
-        if stored is None:
-            if verify:
-                warnings.warn(
-                    f"{_where(spath, f'header key {key!r}')}: missing; not verified",
-                    FormatWarning,
-                    stacklevel=2,
-                )
-            continue
-        ok = abs(stored - value) <= header_tol
-        info.header_checks[key] = {"stored": stored, "computed": value, "ok": ok}
-        if verify and not ok:
-            raise ChecksumError(
-                f"{_where(spath, f'header key {key!r}')}: stored {stored!r}, computed "
-                f"{value:.10f} from the data (difference {abs(stored - value):.3g}, expected "
-                f"<= {header_tol:g})"
-            )
+    _check_header_values(u, entries, info, rows=rows, header_tol=header_tol, verify=verify)
     if reunitarize:
         flat = u[0].reshape(ND, -1, NC, NC)
         step = max(1, chunk_bytes // (ND * NC * NC * 16))
