@@ -22,7 +22,7 @@ FRAGMENT = "<!-- fragment -->"  # put on the line before a ```python block that 
 def _blocks(lang: str):
     for path in DOCS:
         text = path.read_text()
-        for m in re.finditer(rf"(^.*\n)?```{lang}\n(.*?)```", text, re.S | re.M):
+        for m in re.finditer(rf"(^[^\n]*\n)?```{lang}\n(.*?)```", text, re.S | re.M):
             line = text[: m.start(2)].count("\n")
             yield path, line, m.group(2), FRAGMENT in (m.group(1) or "")
 
