@@ -477,7 +477,8 @@ def test_analytic_proposal_chain_is_exact_and_unfrozen(tmp_path, capsys):
     exact = u1_2d_plaquette(5.0, (8, 8))
     assert abs(mean - exact) < 3 * err, (mean, err, exact)
     q = np.round(obs["topological_charge"][10:])  # [cycles, chains]
-    assert (np.diff(q, axis=0) != 0).mean() > 0.2  # Q tunnels in more than 1 cycle in 5
+    # Q changes in 0.219(11) of the cycles over 12 seeds (HMC alone: almost never)
+    assert (np.diff(q, axis=0) != 0).mean() > 0.15
     summary = json.loads((out / "summary.json").read_text())
     assert 0.05 < summary["acceptance"]["flow"] < 1
     # other groups and dimensions are refused, naming the proposal and the chain

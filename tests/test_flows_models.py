@@ -92,5 +92,5 @@ def test_model_moves_with_nn_module_to():
         assert model.to("cpu") is model
         model.to(torch.float32)
         assert all(p.dtype == torch.float32 for p in model.parameters())
-        model.to(torch.float64)
-        torch.testing.assert_close(model.log_prob(u), lq, atol=1e-5, rtol=0)
+        model.to(torch.float64)  # parameters now rounded to float32: log q moves by ~1e-5
+        torch.testing.assert_close(model.log_prob(u), lq, atol=1e-4, rtol=0)
