@@ -1,9 +1,10 @@
 """qcd-bridge: gauge-equivariant normalizing flows for lattice QCD, coupled exactly to
 Chroma/QUDA workflows.
 
-Importing the package has no side effects (no MPI/QUDA start-up, no argv parsing).  Modules, in
-the direction of data flow: :mod:`bridge.lattice`, :mod:`bridge.groups`, :mod:`bridge.gauge`,
-then fermions/solvers, integrators/HMC, flows, samplers, observables/analysis, io and cli.
+Importing the package has no side effects (no MPI/QUDA start-up, no argv parsing).  Packages, in
+the direction of data flow (docs/architecture.md): base modules (lattice, groups, ...), gauge,
+solvers, fermions, mcmc, flows, observables, analysis, io, chroma, jobs, cli; testing is the
+public exactness kit.
 """
 
 from __future__ import annotations
