@@ -5,6 +5,7 @@ refusal of a foreign one."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,16 +14,31 @@ from bridge.cli import main
 from bridge.flows import make_flow
 from bridge.flows.training import TrainConfig, Trainer
 from bridge.jobs.demo import _fmt
+from bridge.jobs.validate import EXIT_DISAGREE
 
 SMALL = ["--nrow", "4", "4", "--beta", "1.5", "--chains", "2", "--steps", "40", "--therm",
          "5", "--md-steps", "4", "--bootstrap", "20", "--no-progress"]
+
+
+def _validation_holds(rc: int, text: str, out) -> None:
+    """The demo exits 0 when its hybrid-vs-HMC validation passes (alpha = 0.01, Bonferroni over
+    the 2 observables) and EXIT_DISAGREE otherwise.  With 2 chains x 35 measured cycles the
+    Gamma-method error bars are themselves noisy, and correct samplers disagreed at that level
+    in 2 of 63 demo runs of a 21-shift seed sweep (shift 8: plaquette p = 0.0041).  So a FAIL
+    is accepted when no p-value is below 1e-4 (false alarm ~2e-4 per run); a broken sampler
+    (a wrong action, a wrong weight) gives p far below that."""
+    demo = json.loads((out / "demo.json").read_text())
+    p = [float(x) for x in re.findall(r"^validate \S+: .* p = (\S+) ", text, re.M)]
+    assert len(p) == 2, text
+    assert (rc == 0) == (demo["validation"] == "PASS"), text
+    assert rc == 0 or (rc == EXIT_DISAGREE and min(p) > 1e-4), text
 
 
 def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = main(["demo", *SMALL, "--train-seconds", "2", "--train-steps", "3", "--out", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0, text
+    _validation_holds(rc, text, out)
     for f in ("report/report.md", "report/summary.json", "report/hist_plaquette.png",
               "report/hist_topological_charge.png", "report/residuals.png",
               "model/checkpoint.pt", "hybrid/chain.h5", "hmc/chain.h5", "demo.json"):
@@ -33,7 +49,7 @@ def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
     assert f"the report is {out / 'report' / 'report.md'}" in text
     assert "(errors: Gamma method, chains as replicas, after 5 thermalisation cycles" in text
     demo = json.loads((out / "demo.json").read_text())
-    assert demo["validation"] == "PASS" and [r["sampler"] for r in demo["rows"]] == [
+    assert [r["sampler"] for r in demo["rows"]] == [
         "hybrid", "hmc"]
     assert set(demo["rows"][0]["acceptance"]) == {"hmc", "flow"}
     for row in demo["rows"]:
@@ -53,7 +69,8 @@ def test_demo_reuses_an_earlier_demo_directory_with_a_given_model(tmp_path, caps
     # lattice and coupling default to the model's training run
     rc = main(["demo", *SMALL[5:], "--model", str(model), "--out", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0 and f"using the flow in {model}" in text
+    _validation_holds(rc, text, out)
+    assert f"using the flow in {model}" in text
     assert "2D U(1) on 4x4, beta = 1.5" in text
     assert "training" not in text and not (out / "model").exists()
     assert (out / "report" / "report.md").exists()
@@ -88,10 +105,9 @@ def test_demo_with_the_plaquette_flow(tmp_path, capsys):
     rc = main(["demo", *SMALL, "--arch", "plaquette", "--train-seconds", "20",
                "--train-steps", "60", "--out", str(out)])
     text = capsys.readouterr().out
-    assert rc == 0, text
+    _validation_holds(rc, text, out)
     assert "training a small plaquette flow" in text
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["model"]["arch"] == "plaquette" and cfg["train"]["estimator"] == "path"
     demo = json.loads((out / "demo.json").read_text())
-    assert demo["validation"] == "PASS"
     assert demo["rows"][0]["acceptance"]["flow"] > 0.8  # 60 steps suffice at 4x4, beta 1.5

@@ -275,12 +275,17 @@ def test_sampled_angles_follow_the_exact_marginals(nrow):
     with torch.no_grad():
         _, _, theta = f.sample(4000, nrow, generator=_gen(12), return_angles=True)
     theta = theta.flatten(1).numpy()
-    crit = 1.63 / math.sqrt(theta.shape[0]) + 2e-3  # 1% KS level (+ quadrature error)
-    th, cdf = _quad_sum_marginal_cdf(f, v, 1, 4096 if v == 2 else 1024)
+    # KS level 1e-4 per comparison (Kolmogorov: sqrt(-ln(alpha/2)/2) = 2.23; up to 7 comparisons
+    # per flow), plus the quadrature error: at 1024 points the CDF was off by up to 4.7e-3
+    # (against 4096 points), which made sqrt(n) KS reach 2.52 at shift 21; over 30 seed shifts
+    # x 18 comparisons sqrt(n) KS had mean 0.89, sd 0.30 (Kolmogorov: 0.87, 0.26), and the worst
+    # two reached 2.22 with the 4096-point CDF.  A sampler off by a few % fails.
+    crit = 2.23 / math.sqrt(theta.shape[0]) + 3e-3
+    th, cdf = _quad_sum_marginal_cdf(f, v, 1, 4096)
     for p in range(v):
         assert _ks(theta[:, p], th, cdf) < crit, p
     for k in (2, 3) if v >= 4 else ():
-        th, cdf = _quad_sum_marginal_cdf(f, v, k)
+        th, cdf = _quad_sum_marginal_cdf(f, v, k, 4096)
         x = np.remainder(theta[:, :k].sum(1) + math.pi, 2 * math.pi) - math.pi
         assert _ks(x, th, cdf) < crit, k
 
@@ -499,7 +504,9 @@ def test_cli_train_sample_and_chain(tmp_path, capsys):
                    "--eval-samples", "256", "--log-every", "0", "--out", str(out)])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 40 and summary["ess"] > 0.5
+    # ESS on 256 fresh samples after 40 steps, over seed shifts 0-10: mean 0.68, sd 0.12, min
+    # 0.44; the untrained (Haar) prior has var(log w) = beta^2 V/2 = 18, ESS ~ e^-18
+    assert summary["steps"] == 40 and summary["ess"] > 0.25
     assert json.loads((out / "config.json").read_text())["train"]["estimator"] == "path"
     model, meta = load_model(out)
     assert isinstance(model, PlaquetteFlow) and meta["model"]["arch"] == "plaquette"

@@ -126,12 +126,17 @@ def test_degenerate_eigenvalues_give_finite_gradients(group):
         gp, gw = torch.autograd.grad(loss, (params, w0))
         assert bool(torch.isfinite(gp).all()) and bool(torch.isfinite(gw).all())
         assert bool(torch.isfinite(w).all()) and bool(torch.isfinite(lj).all())
-        # degenerate loops stay degenerate (the map respects the cell's edges)
-        ph = torch.exp(1j * eigenphases(mm(w, p).detach()))
-        ph0 = torch.exp(1j * eigenphases(p))
-        gap0 = (ph0[..., 1:] - ph0[..., :-1]).abs() < 1e-7
-        gap1 = (ph[..., 1:] - ph[..., :-1]).abs() < 1e-6
-        assert bool((gap1 | ~gap0).all())
+        # degenerate loops stay degenerate (the map respects the cell's edges).  Counted over
+        # all pairs of eigenvalues, not neighbours in the sorted phases: the map moves phases
+        # across the cut at +-pi, so a degenerate pair need not keep its place in that order
+        # (seed shift 9: phases (-1.4, .7, .7) -> (1.58, 1.58, 3.12)).  Eigenvalues of unitary
+        # (normal) matrices move by at most the perturbation's norm, so ~1e-15 in float64.
+        def coincident(z, tol):
+            d = (z[..., :, None] - z[..., None, :]).abs() < tol
+            return torch.triu(d, diagonal=1).sum((-2, -1))
+        n0 = coincident(torch.exp(1j * eigenphases(p)), 1e-7)
+        n1 = coincident(torch.exp(1j * eigenphases(mm(w, p).detach())), 1e-6)
+        assert bool((n0 > 0).any()) and bool((n1 >= n0).all()), (n0, n1)
 
 
 def test_bad_input():
