@@ -69,10 +69,21 @@ def test_cg_batched_equals_individual_solves(cpu_generator):
     xb, sb = cg.solve(_dense_op(m), b)
     its = sb.iterations_per_system.tolist()
     assert its[0] < its[1] < its[2], its
+    # Finite-precision CG loses orthogonality (~100 iterations for n = 60 at cond 300), which
+    # amplifies the rounding-level differences of the batched matmul into different iteration
+    # counts.  Single minus batched count over 200 seeds: cond 3: always 0; cond 30 (~50 its):
+    # -1..2, sd 0.45; cond 300 (~99 its): -3..4, sd 1.3.  Tolerance 8 % of the count (6 sd at
+    # cond 300); a system not frozen at its own target would be off by 30-80 iterations.
+    # Solutions: both have true relative residual <= tol and lambda_min = 1, so
+    # |x_single - x_batched| <= 2 tol |b_k| (~1.5e-9); measured max 1.2e-10.
+    assert sb.residual <= cg.tol
     for k in range(3):
         xk, sk = cg.solve(_dense_op(m[k : k + 1]), b[k : k + 1])
-        assert abs(sk.iterations - its[k]) <= 1
-        assert torch.allclose(xk[0], xb[k], rtol=0, atol=1e-9)
+        assert sk.residual <= cg.tol
+        assert abs(sk.iterations - its[k]) <= max(1, round(0.08 * sk.iterations)), (
+            sk.iterations, its[k])
+        bound = 2 * cg.tol * float(b[k].norm())
+        assert float((xk[0] - xb[k]).abs().max()) <= bound
     assert sb.iterations == max(its)
 
 

@@ -146,7 +146,10 @@ def test_adaptive_flow_hits_times_and_agrees_with_fixed(cpu_generator):
     assert abs(sum(ada.step_sizes) - times[-1]) < 1e-12
     assert ada.n_steps == len(ada.step_sizes) < fine.n_steps  # the step grew on the smooth field
     assert max(ada.step_sizes) > 0.02
-    assert torch.allclose(ada.energy, fine.energy, rtol=2e-5)
+    # the adaptive path (local error target 1e-5 per step, ~75 steps) against eps = 0.005:
+    # max relative deviation of the six energies over 40 seeds: mean 1.19e-5, sd 0.61e-5,
+    # largest 2.63e-5; 6e-5 is mean + 8 sd
+    assert torch.allclose(ada.energy, fine.energy, rtol=6e-5)
     assert not torch.allclose(ada.energy, fine.energy, rtol=1e-8)  # it is a different path
     # a looser tolerance takes fewer steps; an impossible one raises
     loose = wilson_flow(u, times, eps=0.01, adaptive=True, tol=1e-4)
@@ -203,10 +206,17 @@ def test_flow_float32_follows_input(cpu_generator):
 
 def test_flow_u1_2d_and_su2_3d(cpu_generator):
     u2 = random_gauge(Lattice((6, 6)), "U1", 2, generator=cpu_generator)
-    r = wilson_flow(u2, [0.5, 1.0], eps=0.05)
-    assert r.charge is not None and torch.allclose(r.charge[:, 0], r.charge[:, 1], atol=1e-12)
+    r = wilson_flow(u2, [0.5, 1.0, 2.0, 4.0], eps=0.05)
+    # The geometric charge of a hot start is not yet frozen at t = 0.5-1: it changes when a
+    # plaquette angle passes through pi.  Measured on 100 random 6x6 configurations (50 seeds):
+    # Q(0.5) != Q(1.0) in 16, Q changes after t = 1.0 in 2, after t = 1.5 in 0 (checked at 2,
+    # 3, 4, 6, 10).  From t = 2 on, 86/100 meet the sufficient condition for freezing
+    # sum_p (1 - cos theta_p) = 18 E_plaq < 2 (the flow never raises the action, and a change
+    # needs one plaquette at 1 - cos = 2); the other 14 have |Q| >= 2 and did not change
+    # either.  So compare Q at t = 2 and t = 4.
+    assert r.charge is not None and torch.allclose(r.charge[:, 2], r.charge[:, 3], atol=1e-12)
     assert torch.allclose(r.charge, r.charge.round(), atol=1e-12)
-    assert bool((r.energy_plaquette[:, 1] < r.energy_plaquette[:, 0]).all())
+    assert bool((r.energy_plaquette[:, 1:] < r.energy_plaquette[:, :-1]).all())
     u3 = random_gauge(Lattice((2, 2, 4)), "SU2", 1, generator=cpu_generator)
     r3 = wilson_flow(u3, 0.5, eps=0.05)
     assert r3.charge is None and r3.t2E.shape == (1, 1)
