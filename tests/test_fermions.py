@@ -887,3 +887,19 @@ def test_hop_bilinear_fast_matches_reference(dtype, nrow, batch, nrhs, cpu_gener
     ref = forces.hop_bilinear_directional(op._links, op._geo, x5, y5)
     tol = (1e-13 if dtype == torch.complex128 else 1e-6) * float(ref.abs().max())
     assert float((forces.hop_bilinear(op._links, op._geo, x5, y5) - ref).abs().max()) < tol
+
+
+def test_exact_logdet_is_right_on_several_threads(u_small):
+    """The dense log det agrees with numpy's LAPACK on 2 threads too (torch's batched complex
+    LU went wrong there for matrices of ~200 rows and more)."""
+    import numpy as np
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = exact_logdet(u_small, 0.13, c_sw=1.4)
+    finally:
+        torch.set_num_threads(threads)
+    m = WilsonDirac(u_small, 0.13, c_sw=1.4).dense("D").numpy()
+    want = 2 * np.linalg.slogdet(m)[1]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-11)
