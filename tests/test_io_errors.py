@@ -301,7 +301,8 @@ def test_header_plaquette_mismatch(nersc):
         read_gauge(nersc)
     msg = str(exc.value)
     assert str(nersc) in msg and "header key 'PLAQUETTE'" in msg
-    found = re.search(rf"stored {re.escape(repr(float(wrong)))}, computed (-?[0-9.]+(?:e-?\d+)?) ", msg)
+    found = re.search(rf"stored {re.escape(repr(float(wrong)))}, "
+                      r"computed (-?[0-9.]+(?:e-?\d+)?) ", msg)
     # the data are 32-bit: they reproduce the header to the reader's own tolerance
     tol = header_tolerance(plaq.decode(), 32, 6 * math.prod(NROW))
     assert found and float(found.group(1)) == pytest.approx(float(plaq), abs=tol), msg
