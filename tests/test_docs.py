@@ -92,10 +92,11 @@ def test_command_lines_parse(cmd):
     if any(a in ("-h", "--help") for a in args):
         return
     try:
-        build_parser().parse_args(args)
+        ns = build_parser().parse_args(args)
     except SystemExit as exc:
         pytest.fail(f"{path.name}:{line}: `qcd-bridge {' '.join(args)}` does not parse "
                     f"(exit {exc.code})")
+    assert callable(getattr(ns, "func", None)), f"{path.name}:{line}: no command selected"
 
 
 @pytest.mark.slow
