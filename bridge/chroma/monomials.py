@@ -28,6 +28,7 @@ __all__ = [
     "actions_from_monomials",
     "build_monomial",
     "hamiltonian_action",
+    "gauge_action_for_joint_model",
     "gauge_beta",
 ]
 
@@ -167,3 +168,43 @@ def gauge_beta(inp: HMCInput) -> float:
     """Total Wilson coupling of the Hamiltonian's gauge monomials."""
     return sum(inp.monomials[mid].params["beta"] for mid in inp.hamiltonian
                if inp.monomials[mid].kind == "GAUGE_MONOMIAL")
+
+
+def gauge_action_for_joint_model(inp: HMCInput, kappa: float, c_sw: float,
+                                 boundary: tuple[complex, ...]) -> tuple[Callable[[Any], Any], str]:
+    """The gauge part ``S_g(U)`` of the input's Hamiltonian, for flow steps whose fermion
+    determinant comes from a joint model's pseudofermion estimate; the Hamiltonian must hold
+    exactly one Nf=2 monomial, with the model's ``kappa``, ``c_sw`` and ``boundary`` (a
+    :class:`~bridge.errors.ConfigError` naming file, element and both values otherwise).  No
+    lattice-size limit: nothing dense is computed."""
+    actions = actions_from_monomials(inp, exact=True, max_sites=2**62)
+    gauge = {mid: a for mid, a in actions.items() if isinstance(a, GaugeMonomial)}
+    ferm = {mid: a for mid, a in actions.items() if isinstance(a, ExactTwoFlavorAction)}
+    if len(ferm) != 1:
+        raise ConfigError(
+            f"{inp.source}: the model has a pseudofermion flow for one Nf=2 monomial, the "
+            f"Hamiltonian has {len(ferm)} ({sorted(ferm) or 'none'}); use a gauge flow for pure "
+            f"gauge inputs, one two-flavour monomial otherwise")
+    (mid, f), = ferm.items()
+    where = f"{inp.source}: {inp.monomials[mid].path}"
+    mine = {"kappa": float(kappa), "c_sw": float(c_sw)}
+    theirs = {"kappa": float(f.kappa), "c_sw": float(f.c_sw)}
+    for key in mine:
+        if abs(mine[key] - theirs[key]) > 1e-12:
+            raise ConfigError(f"{where}: {key} = {theirs[key]:g}, but the model's pseudofermion "
+                              f"flow was trained for {key} = {mine[key]:g}")
+    fb = tuple(complex(b) for b in f.boundary)
+    if any(abs(a - b) > 1e-12 for a, b in zip(fb, boundary, strict=True)):
+        raise ConfigError(f"{where}: fermion boundary phases {fb}, but the model's pseudofermion "
+                          f"flow was trained with {tuple(boundary)}")
+
+    def action(u: Any) -> Any:
+        total = None
+        for a in gauge.values():
+            s = a.action(u)
+            total = s if total is None else total + s
+        return total
+
+    desc = "; ".join(_describe(inp, m, a) for m, a in gauge.items())
+    return action, (f"{desc}; {mid}: Nf=2 kappa = {f.kappa}, c_sw = {f.c_sw} (pseudo-marginal "
+                    f"estimate of the joint model)")

@@ -12,7 +12,8 @@ __all__ = ["add_chain_parser"]
 # the settings the options set (bridge.jobs.chain.ChainSettings fields)
 _KEYS = ["model", "group", "nrow", "beta", "schedule", "mixture", "tau", "md_steps",
          "integrator", "flow_batch", "chains", "steps", "therm", "start", "seed", "out",
-         "checkpoint_every", "save_every", "polyakov", "device", "precision"]
+         "checkpoint_every", "save_every", "polyakov", "device", "precision", "kappa", "c_sw",
+         "pf_draws"]
 
 
 def add_chain_parser(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +65,12 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="torch device (default cpu)")
     p.add_argument("--precision", type=int, choices=[32, 64], help="bits per real number "
                    "(default 64)")
+    p.add_argument("--kappa", type=float, help="Nf = 2 Wilson fermions: pseudofermion HMC and, "
+                   "with a joint model, pseudo-marginal flow steps (4D SU(3); default: the "
+                   "model's, or none)")
+    p.add_argument("--c-sw", type=float, help="clover coefficient of the fermions (default 0)")
+    p.add_argument("--pf-draws", type=int, metavar="N", help="pseudofermion draws per proposal "
+                   "in the flow step's determinant estimate (default 16)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--progress", action="store_true", dest="force_progress",
                    help="show progress also when stderr is not a terminal (a line every ~10%%)")

@@ -19,7 +19,9 @@ from .common import GROUP_CHOICES, given
 __all__ = ["add_train_parser", "add_sample_parser"]
 
 _TRAIN_KEYS = ["group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "seed", "out",
-               "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device"]
+               "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device",
+               "kappa", "c_sw", "pf_draws", "stage", "pf_steps", "pf_lr", "mu0", "init",
+               "exact_det_samples", "pool_refresh"]
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +59,27 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-batch", type=int, help="samples per chunk of the final evaluation")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--log-every", type=int, help="steps between progress lines (0: none)")
+    nf2 = p.add_argument_group(
+        "Nf = 2 Wilson fermions (joint model q(U) q(phi|U); 4D SU(3); docs/nf2.md)")
+    nf2.add_argument("--kappa", type=float, help="hopping parameter: train a joint model with a "
+                     "pseudofermion flow (default: pure gauge)")
+    nf2.add_argument("--c-sw", type=float, help="clover coefficient (default 0: Wilson)")
+    nf2.add_argument("--stage", choices=["both", "marginal", "conditional", "joint"],
+                     help="what to train (default both: marginal, then conditional)")
+    nf2.add_argument("--pf-steps", type=int, metavar="N",
+                     help="steps of the conditional stage (default --steps)")
+    nf2.add_argument("--pf-lr", type=float, help="learning rate of the conditional stage "
+                     "(default --lr)")
+    nf2.add_argument("--pf-draws", type=int, metavar="N",
+                     help="pseudofermion draws per gauge field in the evaluation (default 16)")
+    nf2.add_argument("--mu0", type=float, help="regulator K^dag K + mu0 during training "
+                     "(default 1e-5; never in the weights)")
+    nf2.add_argument("--init", metavar="MODEL", help="start from the weights of this checkpoint "
+                     "or run directory (a joint model, or a gauge flow for the marginal)")
+    nf2.add_argument("--exact-det-samples", type=int, metavar="N", help="fields of the "
+                     "evaluation that also get the exact determinant, V <= 256 (default 512)")
+    nf2.add_argument("--pool-refresh", type=int, metavar="N", help="conditional stage: new "
+                     "gauge fields from the frozen marginal every N steps (default 4)")
     p.set_defaults(func=_run_train)
 
 
@@ -77,6 +100,8 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", type=int, choices=[32, 64], default=64,
                    help="bits per real number in the files")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("--pf-draws", type=int, metavar="N", help="joint Nf = 2 models: pseudofermion "
+                   "draws per field in the weight (default: the training's evaluation value)")
     p.set_defaults(func=_run_sample)
 
 
@@ -93,4 +118,5 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     return sample_flow(SampleSettings(
         model=args.model, n=args.n, out=args.out, nrow=args.nrow, beta=args.beta,
-        batch=args.batch, seed=args.seed, precision=args.precision, overwrite=args.overwrite))
+        batch=args.batch, seed=args.seed, precision=args.precision, overwrite=args.overwrite,
+        pf_draws=args.pf_draws))

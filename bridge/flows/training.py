@@ -186,14 +186,20 @@ def read_checkpoint(path: str | os.PathLike, expected: dict[str, Any]) -> dict[s
 class Trainer:
     """Reverse-KL self-training of a :class:`GaugeFlow` (module docstring).
 
-    ``action`` defaults to the Wilson gauge action at ``config.beta``.  ``step()`` runs one
+    ``action`` defaults to the Wilson gauge action at ``config.beta``; ``loss(generator,
+    device) -> (surrogate, log w)`` replaces the reverse KL of ``action`` (the Nf = 2 stages of
+    :mod:`.joint_training`), and ``parameters`` restricts what is optimised (a frozen
+    marginal).  ``step()`` runs one
     optimisation step and returns its metrics; ``train(...)`` loops with an optional time budget
     and periodic atomic checkpoints; :meth:`save` / :meth:`load` write and resume.  Under an
     initialised process group the parameters are broadcast from rank 0 at construction.
     """
 
     def __init__(self, model: GaugeFlow, config: TrainConfig,
-                 action: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 action: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                 loss: Callable[[torch.Generator, torch.device], tuple[torch.Tensor,
+                                                                       torch.Tensor]] | None = None,
+                 parameters: Sequence[torch.nn.Parameter] | None = None) -> None:
         Lattice(config.nrow)
         if len(config.nrow) != model.nd:
             raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {config.nrow}")
@@ -203,7 +209,9 @@ class Trainer:
             _check_path_estimator(model)
         self.model, self.config = model, config
         self.action = action or (lambda u: wilson_action(u, config.beta))
-        self.opt = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
+        self.loss = loss
+        params = list(model.parameters() if parameters is None else parameters)
+        self.opt = torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps,
                                     betas=config.adam_betas)
         self.step_count = 0
         self.history: list[dict[str, float]] = []
@@ -234,10 +242,13 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
-        surrogate, logw = reverse_kl_loss(
-            self.model, self.action, cfg.batch, cfg.nrow, gen=self.batch_generator(n),
-            estimator=cfg.estimator, device=self._device(),
-            baseline=self._global_mean if self.world_size > 1 else None)
+        if self.loss is not None:
+            surrogate, logw = self.loss(self.batch_generator(n), self._device())
+        else:
+            surrogate, logw = reverse_kl_loss(
+                self.model, self.action, cfg.batch, cfg.nrow, gen=self.batch_generator(n),
+                estimator=cfg.estimator, device=self._device(),
+                baseline=self._global_mean if self.world_size > 1 else None)
         logw = ddp.gather(logw, self.world_size, self._device())
         loss = float(-logw.mean())
         if not (math.isfinite(loss) and bool(torch.isfinite(logw).all())):

@@ -80,6 +80,9 @@ class ChainSettings:
     polyakov: bool = False
     device: str = "cpu"
     precision: int = 64
+    kappa: float | None = None
+    c_sw: float = 0.0
+    pf_draws: int = 16
 
     # settings that may change on resume (everything else defines the chain)
     MUTABLE = frozenset({"steps", "checkpoint_every", "save_every", "device", "out", "therm"})
@@ -204,6 +207,8 @@ def _check_settings(s: dict[str, Any]) -> None:
         raise ConfigError(f"precision: expected 32 or 64 bits, got {s['precision']!r}")
     s["precision"] = int(s["precision"])
     s["polyakov"] = bool(s["polyakov"])
+    if s["kappa"] is not None:
+        _check_fermions(s)
     if s["schedule"] is not None and s["mixture"] is not None:
         raise ConfigError(f"--schedule {s['schedule']!r} and --mixture {s['mixture']!r}: "
                           f"give one of them (a fixed order or random choice)")
@@ -212,6 +217,42 @@ def _check_settings(s: dict[str, Any]) -> None:
     if s["integrator"] not in SCHEMES:
         raise ConfigError(f"integrator: expected one of Chroma's names {sorted(SCHEMES)}, "
                           f"got {s['integrator']!r}")
+
+
+def _check_fermions(s: dict[str, Any]) -> None:
+    """Nf = 2 Wilson(-clover) fermions: 4D SU(3), even extents, a valid kappa and pf_draws."""
+    if s["group"] != "su3" or len(s["nrow"]) != 4 or any(n % 2 for n in s["nrow"]):
+        raise ConfigError(f"--kappa {s['kappa']}: Nf = 2 Wilson fermions need a 4D SU(3) lattice "
+                          f"with even extents (--group su3 --nrow L L L T), got --group "
+                          f"{s['group']} --nrow {' '.join(map(str, s['nrow']))}")
+    k = float(s["kappa"])
+    if not (math.isfinite(k) and k > 0):
+        raise ConfigError(f"--kappa: expected a positive hopping parameter, got {s['kappa']!r}")
+    s["kappa"], s["c_sw"] = k, float(s["c_sw"])
+    if isinstance(s["pf_draws"], bool) or int(s["pf_draws"]) < 1:
+        raise ConfigError(f"pf-draws: expected an integer >= 1, got {s['pf_draws']!r}")
+
+
+def _reconcile_kappa(s: ChainSettings, explicit: set[str], model: Any) -> None:
+    """A joint model fixes the chain's fermions: kappa (and c_sw) default to the model's; a
+    gauge-only model cannot weigh fermions (errors name the model and the values)."""
+    mk = getattr(model, "kappa", None)
+    if mk is None:
+        if s.kappa is not None:
+            raise ConfigError(
+                f"--kappa {s.kappa:g}: the model {s.model} is a gauge flow without a "
+                f"pseudofermion flow, so its flow steps cannot weigh the fermion determinant; "
+                f"train a joint model (qcd-bridge train --kappa {s.kappa:g} ...) or run HMC "
+                f"only (--schedule hmc:1)")
+        return
+    c = model.conditional
+    for key, mine in (("kappa", float(mk)), ("c_sw", float(c.c_sw))):
+        if key not in explicit:
+            setattr(s, key, mine)
+        elif not math.isclose(float(getattr(s, key)), mine, rel_tol=0, abs_tol=1e-12):
+            raise ConfigError(f"--{key.replace('_', '-')} {getattr(s, key):g}: the model "
+                              f"{s.model} was trained for {key} = {mine:g}; drop the option "
+                              f"or train a model for this value")
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -285,6 +326,7 @@ def resolve_model(s: ChainSettings, explicit: set[str]) -> Any:
             f"--beta {s.beta:g}: the model {s.model} was trained for beta = "
             f"{mine['beta']:g}; the flow kernel would stay exact but propose from the wrong "
             f"action; drop --beta or train a model for this coupling")
+    _reconcile_kappa(s, explicit, model)
     return model
 
 
@@ -327,8 +369,12 @@ def build_kernel(s: ChainSettings, model: Any) -> tuple[Any, list[str]]:
     names = [n for n in KERNELS if any(m == n for m, _ in plan)]
     kernels: ChainSettings = {}
     if "hmc" in names:
-        integ = Integrator([Level(scheme(s.integrator), int(s.md_steps),
-                                  [GaugeMonomial(beta)])])
+        monomials: list[Any] = [GaugeMonomial(beta)]
+        if s.kappa is not None:  # Chroma's even-odd Nf = 2 monomial, antiperiodic in time
+            from ..fermions.pseudofermion import TwoFlavorEOPrecWilsonMonomial
+
+            monomials.append(TwoFlavorEOPrecWilsonMonomial(float(s.kappa), c_sw=float(s.c_sw)))
+        integ = Integrator([Level(scheme(s.integrator), int(s.md_steps), monomials)])
         kernels["hmc"] = hmc(integ, float(s.tau), name="hmc")
     if "flow" in names:
         if model is None:
@@ -337,8 +383,11 @@ def build_kernel(s: ChainSettings, model: Any) -> tuple[Any, list[str]]:
         def action(u: Any) -> Any:
             return wilson_action(u, beta)
 
+        est = None
+        if s.kappa is not None:  # pseudo-marginal: the multi-draw determinant estimate
+            est = model.estimator(int(s.pf_draws))
         kernels["flow"] = flow_metropolis_kernel(model, action, batch_size=int(s.flow_batch),
-                                                 name="flow")
+                                                 log_weight_estimator=est, name="flow")
     if is_mix:
         return mixture([(kernels[n], p) for n, p in plan]), names
     return compose([(kernels[n], int(c)) for n, c in plan]), names

@@ -12,8 +12,11 @@ A run alternates, for ``cycles`` cycles:
    in Python with the action of the same XML (:func:`bridge.chroma.monomials.hamiltonian_action`
    on the lenient reading of :func:`bridge.chroma.hmc_input.read_hmc_input`: same beta and
    boundary conditions; Nf = 2 fermion monomials through the exact determinant on small
-   lattices, refused beyond ``fermion_max_sites``); the result is written as ILDG and starts
-   the next segment.
+   lattices, refused beyond ``fermion_max_sites``, or, for a joint model with a pseudofermion
+   flow, through its multi-draw estimate with ``pf_draws`` draws on any lattice: a
+   pseudo-marginal step, whose estimate for the segment's configuration is drawn from its exact
+   conditional, :mod:`bridge.flows.joint`); the result is written as ILDG and starts the next
+   segment.
 
 Exactness: the flow step is independence Metropolis targeting ``p(U) ~ exp(-S(U))`` (with the
 fermion determinant where the XML has fermions), the HMC segment leaves the same ``p``
@@ -55,6 +58,7 @@ _KEYS = {
     "hmc_input": None, "model": None, "trajectories": None, "flow_steps": 0, "cycles": None,
     "engine": "auto", "run_dir": "run", "seed": 0, "flow_batch": None, "store": "ensemble.h5",
     "store_configs": True, "hmc_seed": None, "device": "cpu", "fermion_max_sites": 256,
+    "pf_draws": 16,
 }
 _REQUIRED = ("hmc_input", "trajectories", "cycles")
 
@@ -79,6 +83,7 @@ class Workflow:
     hmc_seed: tuple[int, ...] | None = None
     device: str = "cpu"
     fermion_max_sites: int = 256
+    pf_draws: int = 16
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -188,7 +193,8 @@ def workflow_from_dict(data: Any, base: str | os.PathLike[str], source: str = "<
                     store=store if store.is_absolute() else run_dir.resolve() / store,
                     store_configs=d["store_configs"],
                     hmc_seed=tuple(hs) if hs is not None else None, device=d["device"],
-                    fermion_max_sites=fms, raw=dict(data))
+                    fermion_max_sites=fms, pf_draws=_int(d, "pf_draws", source, 1),
+                    raw=dict(data))
 
 
 # -- segment input XML --------------------------------------------------------------------------
@@ -310,7 +316,7 @@ class _Run:
             device=wf.device)
         if self.engine.name == "builtin":  # the built-in engine must understand every element
             read_hmc_input(wf.hmc_input)
-        self.model = self.meta = self.action = None
+        self.model = self.meta = self.action = self.estimator = None
         self.action_desc = "none (plain HMC)"
         if wf.flow_steps > 0:
             from ..chroma.monomials import hamiltonian_action
@@ -321,8 +327,16 @@ class _Run:
             if wf.device != "cpu":  # load_model builds the flow on the CPU
                 self.model.to(wf.device)
             _check_model(self.model, self.meta, wf, self.facts)
-            self.action, self.action_desc = hamiltonian_action(self.facts,
-                                                               max_sites=wf.fermion_max_sites)
+            if getattr(self.model, "kappa", None) is not None:  # joint Nf=2 model
+                from ..chroma.monomials import gauge_action_for_joint_model
+
+                c = self.model.conditional
+                self.action, self.action_desc = gauge_action_for_joint_model(
+                    self.facts, c.kappa, c.c_sw, c.boundary)
+                self.estimator = self.model.estimator(wf.pf_draws)
+            else:
+                self.action, self.action_desc = hamiltonian_action(
+                    self.facts, max_sites=wf.fermion_max_sites)
             import torch
 
             from ..gauge import unit_gauge
@@ -339,6 +353,7 @@ class _Run:
                                      else wf.model) if wf.model and wf.flow_steps else None),
             "trajectories": wf.trajectories, "flow_steps": wf.flow_steps, "seed": wf.seed,
             "flow_batch": wf.flow_batch,
+            "pf_draws": wf.pf_draws if self.estimator is not None else None,
             "hmc_seed": list(wf.hmc_seed) if wf.hmc_seed else None,
         }
         self._line, self._plaq = "", math.nan  # the progress line of the current cycle
@@ -562,7 +577,7 @@ def _flow_block(run: _Run, st: dict[str, Any], store: Any) -> dict[str, Any]:
     u, _ = read_ildg(run.wf.run_dir / st["current_cfg"], nrow=run.facts.nrow)
     u = u.contiguous().to(run.wf.device)
     kernel = flow_metropolis_kernel(run.model, run.action, batch_size=run.wf.flow_batch,
-                                    name="flow")
+                                    log_weight_estimator=run.estimator, name="flow")
     chain_seed = rng_key(run.wf.seed, c)
     state = kernel.init(u, seed=chain_seed, step=0)
     rows = []

@@ -42,8 +42,11 @@ _DEFAULTS: dict[str, Any] = {
     "group": "u1", "nrow": [8, 8], "beta": 2.0, "steps": 1000, "batch": 64, "lr": 1e-3,
     "seed": 0, "out": "flow-run", "time_budget": None, "eval_samples": 4096,
     "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "device": "cpu", "model": {},
-    "train": {},
+    "train": {}, "kappa": None, "c_sw": 0.0, "pf_draws": 16, "stage": "both", "pf_steps": None,
+    "pf_lr": None, "mu0": 1e-5, "init": None, "exact_det_samples": 512, "pool_refresh": 4,
+    "conditional": {},
 }
+_DICTS = ("model", "train", "conditional")
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
                "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid"}
 
@@ -68,14 +71,14 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
             raise ConfigError(f"config {config}: unknown keys {sorted(unknown)}; expected "
                               f"some of {sorted(_DEFAULTS)}")
         s.update(data)
-        for key in ("model", "train"):
+        for key in _DICTS:
             if not isinstance(s[key], dict):
                 raise ConfigError(f"config {config}: {key!r} must be a JSON object of "
                                   f"settings, got {json.dumps(s[key])}")
     for key, v in options.items():
-        if key not in _DEFAULTS or key in ("model", "train"):
+        if key not in _DEFAULTS or key in _DICTS:
             raise ConfigError(f"settings: unknown key {key!r}; expected some of "
-                              f"{sorted(set(_DEFAULTS) - {'model', 'train'})}")
+                              f"{sorted(set(_DEFAULTS) - set(_DICTS))}")
         if v is not None:
             s[key] = v
     if arch is not None:
@@ -98,6 +101,9 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
     for key in ("steps", "eval_samples", "eval_batch"):
         if int(s[key]) < (0 if key == "steps" else 1):
             raise ConfigError(f"{key}: expected a positive integer, got {s[key]}")
+    from .train_nf2 import check_nf2_settings
+
+    check_nf2_settings(s)
     return s
 
 
@@ -129,6 +135,10 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
     """Train the flow of settings ``s`` (:func:`train_settings`), or continue the run in
     ``s["out"]`` (``resume``); rank 0 evaluates, writes ``summary.json`` and prints one line.
     Returns the exit status."""
+    if s.get("kappa") is not None:
+        from .train_nf2 import run_train_nf2
+
+        return run_train_nf2(s, resume=resume)
     import torch
 
     from ..flows import make_flow
@@ -221,6 +231,7 @@ class SampleSettings:
     seed: int = 1
     precision: int = 64
     overwrite: bool = False
+    pf_draws: int | None = None
 
 
 def sample_flow(args: SampleSettings) -> int:
@@ -246,6 +257,12 @@ def sample_flow(args: SampleSettings) -> int:
     if not hdf5 and not ildg_like:
         raise ConfigError(f"--out {out}: ILDG files hold 4D SU(3) fields only, this model is "
                           f"{model.nd}D {model.group.name}; write HDF5 instead (--out FILE.h5)")
+    est = None
+    if getattr(model, "kappa", None) is not None:  # joint Nf = 2: the multi-draw weight
+        est = model.estimator(int(args.pf_draws or meta["train"].get("pf_draws", 16)))
+    elif args.pf_draws is not None:
+        raise ConfigError(f"--pf-draws {args.pf_draws}: the model {args.model} has no "
+                          f"pseudofermion flow (train one with qcd-bridge train --kappa)")
     t0 = time.perf_counter()
     writer = _Writer(out, hdf5, ildg_like, nrow, model, beta, args)
     try:
@@ -253,13 +270,17 @@ def sample_flow(args: SampleSettings) -> int:
         with torch.no_grad():
             for i, start in enumerate(range(0, args.n, args.batch)):
                 m = min(args.batch, args.n - start)
-                u, logq = model.sample(m, nrow, generator=generator(rng_key(args.seed, i)))
+                gen = generator(rng_key(args.seed, i))
+                u, logq = model.sample(m, nrow, generator=gen)
                 act = wilson_action(u, beta)
-                writer.write(u, -act - logq, logq, act)
+                logw = -act - logq if est is None else -act - logq + est(u, gen)
+                writer.write(u, logw, logq, act)
                 done += m
     finally:
         writer.close()
-    print(f"wrote {done} configurations to {out} in {time.perf_counter() - t0:.1f} s",
+    failed = "" if est is None else (f"; {est.failed} with unconverged solves got weight 0"
+                                     f" ({est.n_draws} pseudofermion draws each)")
+    print(f"wrote {done} configurations to {out} in {time.perf_counter() - t0:.1f} s{failed}",
           file=sys.stderr)
     return 0
 
@@ -271,6 +292,9 @@ class _Writer:
                  beta: float, args: SampleSettings) -> None:
         self.out, self.kind, self.n = out, ("store" if su3_4d else "plain") if hdf5 else "ildg", 0
         self.beta, self.args, self.model = beta, args, model
+        self.logw_def = ("-S_g - log q + log W_hat (multi-draw pseudofermion estimate of "
+                         "det(K^dag K))" if getattr(model, "kappa", None) is not None
+                         else "-S - log q")
         self.offset: float | None = None
         self.records: list[dict[str, float]] = []
         from ..io.lime import check_output_path
@@ -344,5 +368,5 @@ class _Writer:
             self.h5.close()
         else:
             Path(self.weights_path).write_text(json.dumps(
-                {"beta": self.beta, "model": str(self.args.model), "log_w": "-S - log q",
+                {"beta": self.beta, "model": str(self.args.model), "log_w": self.logw_def,
                  "configs": self.records}, indent=1) + "\n")

@@ -8,7 +8,12 @@ a proposal with non-finite ``log w`` is rejected, the Metropolis step of a zero-
 
 Pseudo-marginal chains (Andrieu & Roberts, Ann. Stat. 37 (2009) 697; arXiv:2208.03832): with an
 unbiased non-negative estimate ``W_hat`` of a factor of the target attached to the state until the
-next acceptance, the chain on ``(U, W_hat)`` has ``U`` marginal ``p``.  Random streams, the
+next acceptance, the chain on ``(U, W_hat)`` has ``U`` marginal ``p``.  Where another kernel moved
+``U`` (the estimate is unknown), the estimate is redrawn from its conditional under the extended
+target, ``estimator.conditional(U, generator)`` (:class:`bridge.flows.joint.MultiDrawEstimator`:
+one exact heat-bath draw among the N), not from the proposal's distribution, which would bias the
+chain; an estimator without ``conditional`` must be exact (deterministic) for the composition to
+stay exact.  Random streams, the
 proposal buffer in the state and the derivations: docs/sampler.md.
 """
 
@@ -113,7 +118,8 @@ def flow_metropolis_kernel(
                 est[idx] = 0.0
             else:
                 gen = generator(rng_key(state.seed, state.step, tag, 2), u.device)
-                est[idx] = log_weight_estimator(u, gen).detach().to(est.dtype)
+                refresh = getattr(log_weight_estimator, "conditional", log_weight_estimator)
+                est[idx] = refresh(u, gen).detach().to(est.dtype)
             lw = -state.action - lq + est
         return state._replace(log_q=lq, log_w=lw, log_est=est), n
 
