@@ -223,6 +223,25 @@ def test_sample_joint_weights_include_the_estimate(joint, tmp_path, capsys):
     assert (extra - exact).abs().max() < 15, (extra, exact)
 
 
+def test_sample_defaults_to_the_trainings_pf_draws(joint, tmp_path, capsys):
+    out, _ = joint
+    assert main(["sample", str(out), "--n", "2", "--batch", "2", "--out",
+                 str(tmp_path / "d.h5")]) == 0
+    assert "(2 pseudofermion draws each)" in capsys.readouterr().err  # TINY: --pf-draws 2
+    assert main(["sample", str(out), "--n", "2", "--out", str(tmp_path / "e.h5"),
+                 "--pf-draws", "0"]) == 1
+    assert "--pf-draws 0: expected at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "e.h5").exists()
+
+
+def test_train_kappa_resume_needs_a_stage_checkpoint(tmp_path):
+    from bridge.jobs.train import run_train, train_settings
+
+    s = train_settings(None, **_opts(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="--resume: no stage checkpoint"):
+        run_train(s, resume=True)
+
+
 def test_sample_pf_draws_needs_a_joint_model(gauge_only, tmp_path):
     with pytest.raises(ConfigError, match=r"--pf-draws 4: the model .* has no pseudofermion "
                                           r"flow"):
@@ -289,15 +308,21 @@ def test_chain_settings_take_the_models_fermions(joint):
     assert s.kappa == KAPPA
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason=(
-    "bridge/jobs/chain.py: _check_settings runs _check_fermions on the default lattice (u1, 8 8) "
-    "before resolve_model takes group and nrow from the model, so --kappa with a model needs "
-    "--group su3 --nrow ... as well"))
 def test_chain_kappa_with_model_lattice_from_the_model(joint):
+    """--kappa with a joint model: the lattice comes from the model before it is checked."""
     model_dir, _ = joint
     s, explicit = chain_settings(None, model=str(model_dir), kappa=KAPPA)
     resolve_model(s, explicit)
     assert s.kappa == KAPPA and s.nrow == [2, 2, 2, 2]
+    s, explicit = chain_settings(None, model=str(model_dir), kappa=KAPPA + 0.02)
+    with pytest.raises(ConfigError, match=r"kappa 0\.12.*trained for kappa = 0\.1"):
+        resolve_model(s, explicit)
+
+
+def test_chain_pf_draws_needs_a_joint_model():
+    s, explicit = chain_settings(None, group="su3", nrow=[2, 2, 2, 2], kappa=KAPPA, pf_draws=4)
+    with pytest.raises(ConfigError, match="pf-draws 4.*no pseudofermion flow"):
+        resolve_model(s, explicit)
 
 
 def test_chain_refuses_kappas(joint, gauge_only, tmp_path, capsys):
@@ -318,7 +343,7 @@ def test_chain_refuses_kappas(joint, gauge_only, tmp_path, capsys):
                  dict(group="su3", nrow=[2, 2, 2, 3])):
         with pytest.raises(ConfigError, match=r"--kappa 0\.1: Nf = 2 Wilson fermions need a 4D "
                                               r"SU\(3\) lattice"):
-            chain_settings(None, kappa=KAPPA, **opts)
+            resolve_model(*chain_settings(None, kappa=KAPPA, **opts))
     with pytest.raises(ConfigError, match=r"--kappa: expected a positive hopping parameter"):
         chain_settings(None, kappa=-0.1, group="su3", nrow=[2, 2, 2, 2])
     # the command line: exit status 1, the message on stderr, nothing run

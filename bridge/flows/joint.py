@@ -115,7 +115,8 @@ def pf_log_weights(flow: PseudofermionFlow, u: torch.Tensor, n_draws: int,
     b = u.shape[0]
     nq = n_draws - exact_draws
     with torch.no_grad():
-        op, coeffs = flow.setup(u)
+        setup = flow.setup(u)
+        op = setup.op
         shape = (b, n_draws, *op.eo_shape()[1:])
         logw = torch.empty(b, n_draws, dtype=torch.float64, device=u.device)
         ok = torch.ones(b, n_draws, dtype=torch.bool, device=u.device)
@@ -125,12 +126,12 @@ def pf_log_weights(flow: PseudofermionFlow, u: torch.Tensor, n_draws: int,
             eta = gaussian_noise((b, exact_draws, *shape[2:]), generator=gen, dtype=u.dtype,
                                  device=u.device)
             phi = schur5(op, eta, dagger=True)
-            chi, ld_rev = flow.reverse(phi, u, (op, coeffs))
+            chi, ld_rev = flow.reverse(phi, u, setup)
             logw[:, :exact_draws] = (_norm2(chi) - _norm2(eta) - ld_rev[:, None]) + const
         if nq:
             chi = gaussian_noise((b, nq, *shape[2:]), generator=gen, dtype=u.dtype,
                                  device=u.device)
-            phi, ld = flow(chi, u, (op, coeffs))
+            phi, ld = flow(chi, u, setup)
             solver = solver or CG(tol=1e-10, max_iter=2000, raise_on_failure=False)
             x, stats = solver.solve(normal_operator(op, b, nq),
                                     phi.reshape(b * nq, *shape[2:]))

@@ -220,11 +220,8 @@ def _check_settings(s: dict[str, Any]) -> None:
 
 
 def _check_fermions(s: dict[str, Any]) -> None:
-    """Nf = 2 Wilson(-clover) fermions: 4D SU(3), even extents, a valid kappa and pf_draws."""
-    if s["group"] != "su3" or len(s["nrow"]) != 4 or any(n % 2 for n in s["nrow"]):
-        raise ConfigError(f"--kappa {s['kappa']}: Nf = 2 Wilson fermions need a 4D SU(3) lattice "
-                          f"with even extents (--group su3 --nrow L L L T), got --group "
-                          f"{s['group']} --nrow {' '.join(map(str, s['nrow']))}")
+    """Nf = 2 Wilson(-clover) fermions: a valid kappa and pf_draws (the lattice is checked by
+    :func:`_check_fermion_lattice` once a model has filled it in)."""
     k = float(s["kappa"])
     if not (math.isfinite(k) and k > 0):
         raise ConfigError(f"--kappa: expected a positive hopping parameter, got {s['kappa']!r}")
@@ -233,17 +230,31 @@ def _check_fermions(s: dict[str, Any]) -> None:
         raise ConfigError(f"pf-draws: expected an integer >= 1, got {s['pf_draws']!r}")
 
 
+def _check_fermion_lattice(s: ChainSettings) -> None:
+    if s.kappa is not None and (s.group != "su3" or len(s.nrow) != 4
+                                or any(n % 2 for n in s.nrow)):
+        raise ConfigError(f"--kappa {s.kappa}: Nf = 2 Wilson fermions need a 4D SU(3) lattice "
+                          f"with even extents (--group su3 --nrow L L L T), got --group "
+                          f"{s.group} --nrow {' '.join(map(str, s.nrow))}")
+
+
 def _reconcile_kappa(s: ChainSettings, explicit: set[str], model: Any) -> None:
     """A joint model fixes the chain's fermions: kappa (and c_sw) default to the model's; a
     gauge-only model cannot weigh fermions (errors name the model and the values)."""
     mk = getattr(model, "kappa", None)
+    if mk is None and "pf_draws" in explicit:
+        raise ConfigError(f"--pf-draws {s.pf_draws}: pseudofermion draws weigh the proposals of "
+                          f"a joint model (qcd-bridge train --kappa); "
+                          f"{'the model ' + str(s.model) + ' has' if s.model else 'the chain has'}"
+                          f" no pseudofermion flow")
     if mk is None:
-        if s.kappa is not None:
+        if s.kappa is not None and model is not None:
             raise ConfigError(
                 f"--kappa {s.kappa:g}: the model {s.model} is a gauge flow without a "
                 f"pseudofermion flow, so its flow steps cannot weigh the fermion determinant; "
                 f"train a joint model (qcd-bridge train --kappa {s.kappa:g} ...) or run HMC "
                 f"only (--schedule hmc:1)")
+        _check_fermion_lattice(s)
         return
     c = model.conditional
     for key, mine in (("kappa", float(mk)), ("c_sw", float(c.c_sw))):
@@ -253,6 +264,7 @@ def _reconcile_kappa(s: ChainSettings, explicit: set[str], model: Any) -> None:
             raise ConfigError(f"--{key.replace('_', '-')} {getattr(s, key):g}: the model "
                               f"{s.model} was trained for {key} = {mine:g}; drop the option "
                               f"or train a model for this value")
+    _check_fermion_lattice(s)
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -292,9 +304,12 @@ def resolve_model(s: ChainSettings, explicit: set[str]) -> Any:
                 f"the flow kernel needs --model (a `qcd-bridge train` run directory or "
                 f"checkpoint); without one only hmc is allowed (got "
                 f"{s.mixture or s.schedule!r})")
+        _reconcile_kappa(s, explicit, None)
         return None
     if s.model == ANALYTIC:
-        return _analytic_proposal(s, explicit)
+        proposal = _analytic_proposal(s, explicit)
+        _reconcile_kappa(s, explicit, proposal)
+        return proposal
     from ..flows.checkpoints import load_model
 
     model, meta = load_model(s.model)

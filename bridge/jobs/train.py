@@ -259,7 +259,12 @@ def sample_flow(args: SampleSettings) -> int:
                           f"{model.nd}D {model.group.name}; write HDF5 instead (--out FILE.h5)")
     est = None
     if getattr(model, "kappa", None) is not None:  # joint Nf = 2: the multi-draw weight
-        est = model.estimator(int(args.pf_draws or meta["train"].get("pf_draws", 16)))
+        trained = meta["train"].get("extra", {}).get("pf_draws", 16)
+        draws = int(trained if args.pf_draws is None else args.pf_draws)
+        if draws < 1:
+            raise ConfigError(f"--pf-draws {args.pf_draws}: expected at least 1 pseudofermion "
+                              f"draw per field")
+        est = model.estimator(draws)
     elif args.pf_draws is not None:
         raise ConfigError(f"--pf-draws {args.pf_draws}: the model {args.model} has no "
                           f"pseudofermion flow (train one with qcd-bridge train --kappa)")

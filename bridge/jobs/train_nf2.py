@@ -107,6 +107,9 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
         out.mkdir(parents=True, exist_ok=True)
     stages = ["marginal", "conditional"] if s["stage"] == "both" else [s["stage"]]
     files = [out / f"stage-{st}.pt" for st in stages]
+    if resume and not any(f.exists() for f in files):
+        raise ConfigError(f"--resume: no stage checkpoint ({', '.join(f.name for f in files)}) "
+                          f"in {out} to resume from")
     if not resume and any(f.exists() for f in files):
         raise ConfigError(f"out: {next(f for f in files if f.exists())} exists; pass --resume "
                           f"to continue it or choose another --out")
@@ -129,6 +132,8 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
         extra = dict(s["train"])
         extra.setdefault("total_steps", target)
         extra.setdefault("clip_value", 0.1)
+        extra.setdefault("extra", {}).update(kappa=float(s["kappa"]), pf_draws=int(s["pf_draws"]),
+                                             stage=st)
         cfg = TrainConfig(nrow=nrow, beta=beta, batch=batch, lr=float(
             s["lr"] if st != "conditional" or s["pf_lr"] is None else s["pf_lr"]),
             seed=int(s["seed"]) + 1000 * stages.index(st), **extra)

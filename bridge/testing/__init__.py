@@ -19,11 +19,14 @@ from .checks import (
     directional_derivative,
 )
 from .flow_checks import (
+    assert_conditional_flow,
+    assert_conditional_flow_covariant,
     assert_flow_density,
     assert_gauge_equivariant,
     assert_invertible,
     assert_logdet_matches_autograd,
     autograd_logdet,
+    field_autograd_logdet,
 )
 
 __all__ = [
@@ -38,5 +41,8 @@ __all__ = [
     "assert_gauge_equivariant",
     "assert_flow_density",
     "autograd_logdet",
+    "field_autograd_logdet",
+    "assert_conditional_flow",
+    "assert_conditional_flow_covariant",
     "algebra_basis",
 ]
