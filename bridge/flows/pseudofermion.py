@@ -64,6 +64,7 @@ _N_COEFF = 1 + 2 * len(SPIN_DIRECTIONS) + 2  # s, complex a_g, complex rho
 _AXES = ("t", "z", "y")
 _B0 = 1 + 2 * len(SPIN_DIRECTIONS)  # channels of Re rho, Im rho
 _AXIS_DIRECTION = (3, 2, 1)  # compact axis 0, 1, 2 = t, z, y = direction 3, 2, 1
+_FIRST_ORDER_LAYERS = 14  # the sublattice layers of pf_mask_cycle() (the default n_layers)
 
 
 @dataclass(frozen=True)
@@ -191,17 +192,20 @@ class PseudofermionCoupling(nn.Module):
     """One linear coupling layer (module docstring): ``forward(x, coeff, eo)`` and ``reverse``
     return the field and ``log |det|`` per configuration (real coordinates)."""
 
-    def __init__(self, mask: PFMask, channels: int, *, kappa: float | None = None,
-                 dtype: torch.dtype = torch.float64) -> None:
+    def __init__(self, mask: PFMask, channels: int, *, unit: float = 1.0,
+                 first_order: bool = False, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.mask = mask
         self.head = nn.Linear(channels, _N_COEFF, dtype=dtype)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        beta = torch.zeros(2, 4, 4, dtype=dtype)  # Re, Im of beta_{mu nu}
-        if kappa is not None:  # the first-order initialisation (module docstring)
+        # parameters in units of kappa^2, the size of the hopping terms (so that one optimiser
+        # step changes every coefficient by a similar fraction of its natural size)
+        self.unit = unit
+        beta = torch.zeros(2, 4, 4, dtype=dtype)  # Re, Im of beta_{mu nu} / unit
+        if first_order:  # the first-order initialisation (module docstring)
             for mu, nu in first_order_paths(mask):
-                beta[0, mu, nu] = -kappa**2
+                beta[0, mu, nu] = -1.0
         self.beta = nn.Parameter(beta)
         if mask.kind == "spin":
             g = gamma_matrices(dtype=torch.complex128)
@@ -227,8 +231,9 @@ class PseudofermionCoupling(nn.Module):
                 1, -1, 1, 1, 1, 1)
         ce, co = eo.split(full)
         n = len(SPIN_DIRECTIONS)
-        a = torch.complex(co[:, 1:1 + n], co[:, 1 + n:1 + 2 * n])
-        return {"s": co[:, 0], "a": a, "rho": torch.complex(ce[:, _B0], ce[:, _B0 + 1])}
+        a = torch.complex(co[:, 1:1 + n], co[:, 1 + n:1 + 2 * n]) * self.unit
+        return {"s": co[:, 0] * self.unit, "a": a,
+                "rho": torch.complex(ce[:, _B0], ce[:, _B0 + 1])}
 
     def _active(self, v: torch.Tensor, active: bool, eo: EvenOdd) -> torch.Tensor:
         if self.mask.kind == "spin":
@@ -245,7 +250,7 @@ class PseudofermionCoupling(nn.Module):
                    ) -> torch.Tensor:
         """``P_a T(f)`` for the frozen part ``f``."""
         eo = tr.eo
-        beta = torch.complex(self.beta[0], self.beta[1]).to(f.dtype)
+        beta = torch.complex(self.beta[0], self.beta[1]).to(f.dtype) * self.unit
         mid = tr.first(f, beta)  # [B, N, nu, t, z, y, x/2, 4, Nc]
         mid = mid * (1 + c["rho"].to(f.dtype))[:, None, None, ..., None, None]
         out = self._active(tr.second(mid), True, eo)
@@ -290,11 +295,13 @@ class PseudofermionFlow(nn.Module):
     through :func:`pf_mask_cycle`; the fermion action's ``kappa``, ``c_sw`` and ``boundary``
     define the operator whose heat bath it models (module docstring).  ``first_order_init``
     (default True): start at the heat bath to first order in ``kappa^2`` (needs the 14
-    sublattice layers of a full cycle), otherwise at ``phi = chi / (2 kappa)``.
+    sublattice layers that open the cycle), otherwise at ``phi = chi / (2 kappa)``;
+    ``n_layers`` (default 14) beyond 14 adds the spin-projector layers (identity at start).
+    Coefficients are learned in units of ``kappa^2``.
 
     ``context_hidden`` (default ``(8,)``) and ``context_channels`` (8) shape the shared context
     trunk (:class:`~.layers.ContextNet`, tanh output); ``context_hidden=None``: constant
-    coefficients per layer.  Every layer starts as the identity, the scale at ``1/(2 kappa)``.
+    coefficients per layer.  The scale starts at ``1/(2 kappa)``.
     """
 
     def __init__(self, kappa: float, *, nc: int = 3, c_sw: float = 0.0,
@@ -304,7 +311,7 @@ class PseudofermionFlow(nn.Module):
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         cycle = pf_mask_cycle()
-        n = len(cycle) if n_layers is None else int(n_layers)
+        n = _FIRST_ORDER_LAYERS if n_layers is None else int(n_layers)
         if n < 0:
             raise ConfigError(f"n_layers: expected a number of layers >= 0, got {n_layers!r}")
         self.kappa, self.c_sw, self.nc = _check_kappa(kappa), _check_c_sw(c_sw), int(nc)
@@ -316,10 +323,9 @@ class PseudofermionFlow(nn.Module):
                                     separable=True, init_gain=init_gain, dtype=dtype)
         self.log_scale = nn.Parameter(torch.tensor(-math.log(2 * self.kappa),
                                                    dtype=dtype))
-        init = self.kappa if first_order_init else None
-        self.layers = nn.ModuleList(PseudofermionCoupling(cycle[i % len(cycle)], max(chans, 1),
-                                                          kappa=init, dtype=dtype)
-                                    for i in range(n))
+        self.layers = nn.ModuleList(PseudofermionCoupling(
+            cycle[i % len(cycle)], max(chans, 1), unit=self.kappa**2,
+            first_order=bool(first_order_init), dtype=dtype) for i in range(n))
         self.config: dict[str, Any] = {
             "kappa": self.kappa, "nc": self.nc, "c_sw": self.c_sw,
             "boundary": [[b.real, b.imag] for b in self.boundary], "n_layers": n,
