@@ -144,6 +144,25 @@ def test_train_kappa_resume_continues_each_stage(joint, tmp_path):
     assert summary["steps"] == {"marginal": 5, "conditional": 6}
 
 
+def test_train_kappa_resume_is_bit_for_bit(tmp_path):
+    """2 + 4 conditional steps in one run equal 2 steps, then a resume to 4 (the gauge-field
+    pool of the conditional stage has its own stream)."""
+    rc, straight = _train(tmp_path, "a", "--steps", "2", "--pf-steps", "4", "--pool-refresh",
+                          "3")
+    assert rc == 0
+    rc, split = _train(tmp_path, "b", "--steps", "2", "--pf-steps", "2", "--pool-refresh", "3")
+    assert rc == 0
+    rc, split = _train(tmp_path, "b", "--steps", "2", "--pf-steps", "4", "--pool-refresh", "3",
+                       "--resume")
+    assert rc == 0
+    a = torch.load(straight / "stage-conditional.pt", weights_only=False)
+    b = torch.load(split / "stage-conditional.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
 def _opts(out, **kw):
     base = dict(group="su3", nrow=[2, 2, 2, 2], beta=1.0, kappa=KAPPA, batch=4,
                 eval_samples=16, eval_batch=8, pf_draws=2, log_every=0, out=str(out))

@@ -9,7 +9,8 @@ Each stage is a ``loss(generator, device) -> (surrogate, log w)`` for
 ``-S_g - log q(U)`` (marginal stage: the determinant is left out, so the live ESS is that of the
 gauge part only) and the one-draw joint weight ``-S_g - log q(U) + log W_1`` (conditional and
 joint stages).  Fresh gauge fields are drawn every ``refresh`` steps of the conditional stage
-(a pool of exact samples of the frozen marginal; ``refresh = 1``: every step).
+(a pool of exact samples of the frozen marginal; ``refresh = 1``: every step), pool ``k`` from
+the stream ``rng_key(seed, k, 0x9001)``, so that a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from ..errors import ConfigError
 from ..fermions.pseudofermion import gaussian_noise
 from ..gauge import wilson_action
+from ..rng import generator, rng_key
 from ..solvers import CG
 from .joint import JointFlow, _norm2, logdet_surrogate, normal_operator
 from .models import make_flow
@@ -30,6 +32,7 @@ from .pseudofermion import PseudofermionFlow
 __all__ = ["STAGES", "make_joint_flow", "MarginalLoss", "ConditionalLoss", "stage_parameters"]
 
 STAGES = ("marginal", "conditional", "joint")
+_POOL_STREAM = 0x9001
 
 
 def make_joint_flow(kappa: float, *, c_sw: float = 0.0, boundary: Sequence[complex] = (1, 1, 1, -1),
@@ -84,12 +87,15 @@ class ConditionalLoss:
     :func:`~.joint.logdet_surrogate`)."""
 
     def __init__(self, model: JointFlow, beta: float, batch: int, nrow: Sequence[int], *,
-                 mu0: float = 1e-5, refresh: int = 1, stage: str = "conditional") -> None:
+                 mu0: float = 1e-5, refresh: int = 1, stage: str = "conditional",
+                 seed: int = 0) -> None:
         self.model, self.beta, self.batch, self.nrow = model, float(beta), int(batch), nrow
         self.mu0, self.refresh, self.stage = float(mu0), max(int(refresh), 1), stage
+        self.seed = int(seed)
         self.solver = CG(tol=1e-8, max_iter=5000)
         self._pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._calls = 0
+        self._pool_index = -1
+        self.calls = 0  # steps taken (set it to the trainer's step count after a resume)
 
     def _gauge(self, gen: torch.Generator, device: torch.device
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,17 +103,20 @@ class ConditionalLoss:
             u, logq = self.model.marginal.sample(self.batch, self.nrow, generator=gen,
                                                  device=device)
             return u, logq, wilson_action(u, self.beta)
-        if self._pool is None or self._calls % self.refresh == 0:
+        k = self.calls // self.refresh  # pool k from its own stream: a resumed run is the same
+        if self._pool is None or self._pool_index != k:
             with torch.no_grad():
-                u, logq = self.model.marginal.sample(self.batch, self.nrow, generator=gen,
+                pgen = generator(rng_key(self.seed, k, _POOL_STREAM), device)
+                u, logq = self.model.marginal.sample(self.batch, self.nrow, generator=pgen,
                                                      device=device)
                 self._pool = (u, logq, wilson_action(u, self.beta))
+                self._pool_index = k
         return self._pool
 
     def __call__(self, gen: torch.Generator, device: torch.device
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         u, logq, s_g = self._gauge(gen, device)
-        self._calls += 1
+        self.calls += 1
         flow = self.model.conditional
         ud = u.detach()
         setup = flow.setup(ud)

@@ -128,7 +128,7 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
             loss: Any = MarginalLoss(model, beta, batch, nrow, mu0=float(s["mu0"]))
         else:
             loss = ConditionalLoss(model, beta, batch, nrow, mu0=float(s["mu0"]), stage=st,
-                                   refresh=int(s["pool_refresh"]))
+                                   refresh=int(s["pool_refresh"]), seed=int(s["seed"]))
         extra = dict(s["train"])
         extra.setdefault("total_steps", target)
         extra.setdefault("clip_value", 0.1)
@@ -140,6 +140,8 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
         trainer = Trainer(model, cfg, loss=loss, parameters=stage_parameters(model, st))
         if resume and ck.exists():
             trainer.load(ck)
+            if isinstance(loss, ConditionalLoss):
+                loss.calls = trainer.step_count
 
         def progress(info: dict[str, float], st: str = st, target: int = target) -> None:
             n = int(info["step"]) + 1
