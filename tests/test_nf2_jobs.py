@@ -439,3 +439,32 @@ def test_gauge_action_for_joint_model(tmp_path):
                           strict=False)
     with pytest.raises(ConfigError, match=r"the Hamiltonian has 0"):
         gauge_action_for_joint_model(pure, 0.1, 0.0, (1, 1, 1, -1))
+
+
+def test_train_kappa_data_parallel_two_ranks(tmp_path):
+    """`qcd-bridge train --kappa` under two gloo ranks (as torchrun starts them): both stages
+    run with the data-parallel trainer (world size 2 in the checkpoints and the summary), and
+    rank 0 alone evaluates and reports."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bridge.cli", "train", str(_config(tmp_path)), *TINY,
+           "--steps", "2", "--pf-steps", "2", "--out", str(out)]
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == {"marginal": 2, "conditional": 2}
+    ck = torch.load(out / "stage-conditional.pt", weights_only=False)
+    assert ck["world_size"] == 2 and ck["step"] == 2
+    assert "trained" in logs[0] and "trained" not in logs[1]  # rank 0 reports
