@@ -153,15 +153,20 @@ def hamiltonian_action(inp: HMCInput, *, max_sites: int = 256
     """The action ``S(U)`` of the input's Hamiltonian (the sum of
     :func:`actions_from_monomials` ``(exact=True)``) and its one-line description."""
     actions = actions_from_monomials(inp, exact=True, max_sites=max_sites)
+    return _summed(list(actions.values())), "; ".join(_describe(inp, mid, a)
+                                                      for mid, a in actions.items())
 
+
+def _summed(actions: list[Any]) -> Callable[[Any], Any]:
+    """``U -> sum_a a.action(U)``."""
     def action(u: Any) -> Any:
         total = None
-        for a in actions.values():
+        for a in actions:
             s = a.action(u)
             total = s if total is None else total + s
         return total
 
-    return action, "; ".join(_describe(inp, mid, a) for mid, a in actions.items())
+    return action
 
 
 def gauge_beta(inp: HMCInput) -> float:
@@ -198,13 +203,7 @@ def gauge_action_for_joint_model(inp: HMCInput, kappa: float, c_sw: float,
         raise ConfigError(f"{where}: fermion boundary phases {fb}, but the model's pseudofermion "
                           f"flow was trained with {tuple(boundary)}")
 
-    def action(u: Any) -> Any:
-        total = None
-        for a in gauge.values():
-            s = a.action(u)
-            total = s if total is None else total + s
-        return total
-
     desc = "; ".join(_describe(inp, m, a) for m, a in gauge.items())
-    return action, (f"{desc}; {mid}: Nf=2 kappa = {f.kappa}, c_sw = {f.c_sw} (pseudo-marginal "
-                    f"estimate of the joint model)")
+    return _summed(list(gauge.values())), (f"{desc}; {mid}: Nf=2 kappa = {f.kappa}, c_sw = "
+                                           f"{f.c_sw} (pseudo-marginal estimate of the joint "
+                                           f"model)")

@@ -26,12 +26,14 @@ matrix per layer times a complex site field on the even sites).  Masks: the spin
 ``K^dag = (1 - kappa^2 H_oe H_eo)^dag / (2 kappa)`` and every two-hop path changes exactly one of
 these parities or is ``+-2 mu``, the coefficients ``b_{mu nu} = -kappa^2`` on the paths each
 sublattice pair owns (:func:`first_order_paths`; in ``beta``, with ``rho = 0``) make the initial
-flow equal the heat bath ``phi = K^dag chi`` to first order in ``kappa^2``; training learns the
-rest.  The Jacobian is triangular, so
+flow equal the heat bath ``phi = K^dag chi`` to first order in ``kappa^2`` (Wilson fermions; with
+clover the initialisation leaves out ``A``); training learns the rest.  The Jacobian is
+triangular, so
 ``log |det| = 2 n_a sum_x s(x)`` (real coordinates; ``n_a`` complex components per active site).
 The coefficients ``s, a, rho`` come from a context network on the plaquette traces (Re and Im of
 ``Tr P_{mu nu}``, all planes; shared trunk, one linear head per layer): gauge invariant, so each
-layer is covariant, ``f(Omega chi | U^Omega) = Omega f(chi | U)``; translation equivariant, so a
+layer is covariant, ``f(Omega chi | U^Omega) = Omega f(chi | U)``; translation equivariant (by
+two sites; the ``x_mu // 2`` masks tile periodically when the extents are multiples of 4), so a
 model applies to every lattice with even extents.  The map is linear in ``chi`` at fixed ``U``
 (the exact conditional is Gaussian: ``phi = K^dag eta``), so ``log |det|`` depends on ``U`` only.
 """
@@ -189,8 +191,8 @@ def _site(c: torch.Tensor) -> torch.Tensor:
 
 
 class PseudofermionCoupling(nn.Module):
-    """One linear coupling layer (module docstring): ``forward(x, coeff, eo)`` and ``reverse``
-    return the field and ``log |det|`` per configuration (real coordinates)."""
+    """One linear coupling layer (module docstring): ``forward(x, coeff, transports)`` and
+    ``reverse`` return the field and ``log |det|`` per configuration (real coordinates)."""
 
     def __init__(self, mask: PFMask, channels: int, *, unit: float = 1.0,
                  first_order: bool = False, dtype: torch.dtype = torch.float64) -> None:
