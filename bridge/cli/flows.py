@@ -35,9 +35,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                    help="lattice extents, 2 or 4 of them (default 8 8)")
     p.add_argument("--beta", type=float, help="Wilson gauge coupling (default 2.0)")
     p.add_argument("--arch", choices=["coupling", "residual", "plaquette"],
-                   help="flow architecture: spectral coupling layers (default), residual "
-                        "staple layers, or the constrained plaquette flow of 2D U(1) "
-                        "(docs/flows.md)")
+                   help="flow architecture: spectral coupling layers (default; with --kappa "
+                        "residual), residual staple layers, or the constrained plaquette flow "
+                        "of 2D U(1) (docs/flows.md)")
     p.add_argument("--layers", type=int, metavar="N",
                    help="number of layers (default: two mask cycles for coupling, one for "
                         "residual)")
