@@ -21,7 +21,8 @@ __all__ = ["add_train_parser", "add_sample_parser"]
 _TRAIN_KEYS = ["group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "seed", "out",
                "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device",
                "kappa", "c_sw", "pf_draws", "stage", "pf_steps", "pf_lr", "mu0", "init",
-               "exact_det_samples", "pool_refresh"]
+               "exact_det_samples", "pool_refresh", "beta0", "blocks", "update", "therm",
+               "pool_sweeps", "n_hb", "n_or"]
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,10 +35,11 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nrow", nargs="+", type=int, metavar="L",
                    help="lattice extents, 2 or 4 of them (default 8 8)")
     p.add_argument("--beta", type=float, help="Wilson gauge coupling (default 2.0)")
-    p.add_argument("--arch", choices=["coupling", "residual", "plaquette"],
+    p.add_argument("--arch", choices=["coupling", "residual", "plaquette", "snf"],
                    help="flow architecture: spectral coupling layers (default; with --kappa "
-                        "residual), residual staple layers, or the constrained plaquette flow "
-                        "of 2D U(1) (docs/flows.md)")
+                        "residual), residual staple layers, the constrained plaquette flow "
+                        "of 2D U(1) (docs/flows.md), or a stochastic normalizing flow "
+                        "beta0 -> beta (docs/nonequilibrium.md)")
     p.add_argument("--layers", type=int, metavar="N",
                    help="number of layers (default: two mask cycles for coupling, one for "
                         "residual)")
@@ -80,6 +82,21 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                      "evaluation that also get the exact determinant, V <= 256 (default 512)")
     nf2.add_argument("--pool-refresh", type=int, metavar="N", help="conditional stage: new "
                      "gauge fields from the frozen marginal every N steps (default 4)")
+    snf = p.add_argument_group(
+        "stochastic normalizing flow (--arch snf: a non-equilibrium protocol beta0 -> beta with "
+        "one residual staple layer per block; docs/nonequilibrium.md)")
+    snf.add_argument("--beta0", type=float, help="coupling of the prior samples (required)")
+    snf.add_argument("--blocks", type=int, metavar="N", help="protocol blocks (default 4)")
+    snf.add_argument("--update", choices=["heatbath", "hmc"], help="MC update of every block "
+                     "(default heatbath for su2/su3, hmc for u1)")
+    snf.add_argument("--n-hb", type=int, metavar="N", help="heatbath sweeps per block "
+                     "(default 1)")
+    snf.add_argument("--n-or", type=int, metavar="N", help="overrelaxation sweeps per block "
+                     "(default 1)")
+    snf.add_argument("--therm", type=int, metavar="K", help="thermalisation updates of the "
+                     "prior chains at beta0 (default 50)")
+    snf.add_argument("--pool-sweeps", type=int, metavar="K", help="updates of the prior chains "
+                     "between training steps and evaluation chunks (default 1)")
     p.set_defaults(func=_run_train)
 
 

@@ -39,12 +39,18 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
 def flow_from_config(config: dict[str, Any]) -> Any:
     """The (untrained) model a checkpoint's ``meta["model"]`` describes: a gauge flow of
-    :func:`~.models.make_flow`, or a joint Nf = 2 model (``arch = "joint"``)."""
+    :func:`~.models.make_flow`, a joint Nf = 2 model (``arch = "joint"``) or a stochastic
+    normalizing flow (``arch = "snf"``, :class:`~.snf.SNFModel`)."""
     import torch
 
     from .models import make_flow
 
     mc = dict(config)
+    if mc.get("arch") == "snf":
+        from .snf import SNFModel
+
+        mc.pop("arch")
+        return SNFModel(**mc)
     if mc.get("arch") == "joint":
         from .joint import JointFlow
         from .pseudofermion import PseudofermionFlow

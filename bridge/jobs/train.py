@@ -45,6 +45,9 @@ _DEFAULTS: dict[str, Any] = {
     "train": {}, "kappa": None, "c_sw": 0.0, "pf_draws": 16, "stage": "both", "pf_steps": None,
     "pf_lr": None, "mu0": 1e-5, "init": None, "exact_det_samples": 512, "pool_refresh": 4,
     "conditional": {},
+    # --arch snf (bridge.jobs.train_snf; None: not given, its defaults then apply)
+    "beta0": None, "blocks": None, "update": None, "therm": None, "pool_sweeps": None,
+    "n_hb": None, "n_or": None, "n_traj": None, "md_steps": None, "tau": None,
 }
 _DICTS = ("model", "train", "conditional")
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
@@ -58,6 +61,7 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
     """Defaults, then the JSON file ``config``, then ``options`` (keys of the file; None values
     are ignored) and ``arch``/``layers``/``estimator`` (into ``model`` and ``train``)."""
     s = json.loads(json.dumps(_DEFAULTS))
+    given_keys: set[str] = set()
     if config:
         try:
             data = json.loads(Path(config).read_text())
@@ -71,6 +75,7 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
             raise ConfigError(f"config {config}: unknown keys {sorted(unknown)}; expected "
                               f"some of {sorted(_DEFAULTS)}")
         s.update(data)
+        given_keys |= set(data)
         for key in _DICTS:
             if not isinstance(s[key], dict):
                 raise ConfigError(f"config {config}: {key!r} must be a JSON object of "
@@ -81,6 +86,7 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
                               f"{sorted(set(_DEFAULTS) - set(_DICTS))}")
         if v is not None:
             s[key] = v
+            given_keys.add(key)
     if arch is not None:
         s["model"]["arch"] = arch
     if layers is not None:
@@ -94,6 +100,10 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
     s["nrow"] = [int(n) for n in s["nrow"]]
     if len(s["nrow"]) not in (2, 4):
         raise ConfigError(f"nrow: expected 2 or 4 extents, got {s['nrow']}")
+    from .train_snf import check_snf_settings, snf_defaults
+
+    snf_defaults(s, given_keys)
+    check_snf_settings(s)
     bad = set(s["model"]) - _MODEL_KEYS
     if bad:
         raise ConfigError(f"model: unknown keys {sorted(bad)}; expected some of "
@@ -139,6 +149,10 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
         from .train_nf2 import run_train_nf2
 
         return run_train_nf2(s, resume=resume)
+    if s["model"].get("arch") == "snf":
+        from .train_snf import run_train_snf
+
+        return run_train_snf(s, resume=resume)
     import torch
 
     from ..flows import make_flow

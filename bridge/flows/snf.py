@@ -1,0 +1,227 @@
+"""Stochastic normalizing flows (SNF) for lattice gauge theory: a non-equilibrium protocol
+(:mod:`bridge.mcmc.nonequilibrium`) from ``beta0`` to ``beta`` whose blocks each carry one
+learnable :class:`~.residual.ResidualStapleLayer`, trained by the mean work (Caselle, Cellini,
+Nada & Panero, arXiv:2201.08862; Bulgarelli, Cellini & Nada, arXiv:2412.00200).
+
+Loss.  With ``x_0 ~ p0 = exp(-S_{beta0}) / Z0``, ``E_F[W] = KL(P_F || P_R) + log(Z / Z0)``
+(module docstring of :mod:`bridge.mcmc.nonequilibrium`), so the mean work is the SNF loss up to
+the constant ``log Z/Z0``; it is bounded below by ``-log(Z / Z0)`` (Jensen), with equality only
+for a protocol whose work does not fluctuate.  :class:`SNFLoss` returns ``(mean W, -W)`` for
+:class:`~.training.Trainer`: the surrogate's gradient is the block-local gradient of
+:func:`~bridge.mcmc.nonequilibrium.run_protocol` (the MC updates held fixed) and ``log w = -W``
+are the Jarzynski log-weights, so the trainer's live ``loss`` is the mean work and its ``ess``
+the Jarzynski ESS.
+
+Prior samples.  ``x_0`` must be equilibrium samples of ``p0``: :class:`PriorPool` holds
+``size`` independent Markov chains at ``beta0`` (the protocol's own update, heatbath +
+overrelaxation or HMC, at ``beta = beta0``), thermalised by ``therm`` updates from the unit
+field, and advanced by ``sweeps`` updates before every draw.  Draw ``n`` is the pool after
+``n + 1`` advances; advance ``n`` uses the stream ``rng_key(seed, _POOL_STREAM, n)`` only, so
+the pool after ``n`` draws is a function of ``(seed, n)``: a resumed run rebuilds it
+(:meth:`PriorPool.state_dict` snapshots shorten the replay) and continues bit for bit.  Between
+draws the chains are correlated (``sweeps`` updates apart), which the loss tolerates; the
+evaluation (:func:`bridge.jobs.train_snf.evaluate_snf`) reads the chains the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..gauge import unit_gauge
+from ..groups import get_group
+from ..lattice import Lattice
+from ..mcmc.nonequilibrium import UPDATES, Protocol, run_protocol
+from ..rng import rng_key
+from .residual import ResidualStapleLayer, staple_mask_cycle
+
+__all__ = ["SNFModel", "PriorPool", "SNFLoss"]
+
+_POOL_STREAM = 0x5F0
+_RUN_STREAM = 0x5F1
+
+# the Protocol fields an SNFModel records (besides beta0, beta, n_blocks, update)
+_UPDATE_KEYS = ("n_hb", "n_or", "tau", "md_steps", "integrator", "n_traj")
+
+
+class SNFModel(nn.Module):
+    """A stochastic normalizing flow: one :class:`~.residual.ResidualStapleLayer` per block of
+    the protocol ``beta0 -> beta`` in ``n_blocks`` blocks, the masks cycling through
+    :func:`~.residual.staple_mask_cycle` (``nd``); at initialisation every layer is the
+    identity, so the untrained model is the layer-free protocol.
+
+    ``update`` and ``n_hb``, ``n_or`` (heatbath, SU(2)/SU(3)) or ``tau``, ``md_steps``,
+    ``integrator``, ``n_traj`` (HMC) are the Monte Carlo updates of every block
+    (:class:`~bridge.mcmc.nonequilibrium.Protocol`); ``kappa`` the layers' Lipschitz bound.
+    ``.config`` (``"arch": "snf"``) rebuilds the model
+    (:func:`~.checkpoints.flow_from_config`)."""
+
+    def __init__(self, group: str = "SU3", nd: int = 4, *, beta0: float, beta: float,
+                 n_blocks: int, update: str = "heatbath", n_hb: int = 1, n_or: int = 1,
+                 tau: float = 1.0, md_steps: int = 10, integrator: str = "LCM_STS_LEAPFROG",
+                 n_traj: int = 1, kappa: float = 0.9,
+                 dtype: torch.dtype | str = torch.float64) -> None:
+        super().__init__()
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype.split(".")[-1])
+        self.group = get_group(group)
+        self.nd = int(nd)
+        if update == "heatbath" and self.group.nc not in (2, 3):
+            raise ConfigError(f"update: 'heatbath' needs SU(2) or SU(3), got the group "
+                              f"{self.group.name}; use update 'hmc'")
+        if update not in UPDATES:
+            raise ConfigError(f"update: expected one of {UPDATES}, got {update!r}")
+        # validates every protocol setting (ConfigError naming the value)
+        settings = dict(beta0=beta0, beta=beta, n_blocks=n_blocks, update=update, n_hb=n_hb,
+                        n_or=n_or, tau=tau, md_steps=md_steps, integrator=integrator,
+                        n_traj=n_traj)
+        pr = Protocol(**settings)
+        masks = staple_mask_cycle(self.nd)
+        self.blocks = nn.ModuleList(
+            ResidualStapleLayer(self.group, self.nd, masks[k % len(masks)], kappa=kappa,
+                                dtype=dtype) for k in range(pr.n_blocks))
+        self.config: dict[str, Any] = {
+            "arch": "snf", "group": self.group.name, "nd": self.nd, "beta0": pr.beta0,
+            "beta": pr.beta, "n_blocks": pr.n_blocks, "update": pr.update,
+            **{k: getattr(pr, k) for k in _UPDATE_KEYS}, "kappa": float(kappa),
+            "dtype": str(dtype)}
+        self._settings = {**settings, **{k: getattr(pr, k) for k in settings}}
+
+    def protocol(self, layers: bool = True) -> Protocol:
+        """The :class:`~bridge.mcmc.nonequilibrium.Protocol` with this model's layers
+        (``layers=False``: the same protocol without layers)."""
+        return Protocol(**self._settings, layers=tuple(self.blocks) if layers else None)
+
+    def prior_protocol(self) -> Protocol:
+        """One equilibrium update at ``beta0`` (the protocol's update, no layers, zero work):
+        what :class:`PriorPool` runs."""
+        return Protocol(**{**self._settings, "beta": self.beta0, "n_blocks": 1})
+
+    @property
+    def beta0(self) -> float:
+        return float(self.config["beta0"])
+
+    @property
+    def beta(self) -> float:
+        return float(self.config["beta"])
+
+    def forward(self, u0: torch.Tensor, *, seed: int, index: int = 0):
+        """:func:`~bridge.mcmc.nonequilibrium.run_protocol` of :meth:`protocol` from ``u0``."""
+        return run_protocol(u0, self.protocol(), seed=seed, index=index)
+
+
+class PriorPool:
+    """``size`` independent chains at ``model.beta0`` on the lattice ``nrow`` (module docstring):
+    :meth:`draw` ``(n)`` returns the pool after ``n + 1`` advances of ``sweeps`` updates each
+    (``[size, Nd, *nrow, N, N]``, no autograd), thermalised by ``therm`` updates first.  Asking
+    for an earlier draw than the last one replays from the start (or from a snapshot loaded with
+    :meth:`load_state_dict`)."""
+
+    def __init__(self, model: SNFModel, nrow: Sequence[int], size: int, *, seed: int = 0,
+                 therm: int = 50, sweeps: int = 1, device: torch.device | str | None = None
+                 ) -> None:
+        self.lattice = Lattice(tuple(int(n) for n in nrow))
+        if self.lattice.nd != model.nd:
+            raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {list(nrow)}")
+        for name, v, lo in (("size", size, 1), ("therm", therm, 0), ("sweeps", sweeps, 1)):
+            if isinstance(v, bool) or int(v) != v or int(v) < lo:
+                raise ConfigError(f"{name}: expected an integer >= {lo}, got {v!r}")
+        self.model, self.size, self.seed = model, int(size), int(seed)
+        self.therm, self.sweeps = int(therm), int(sweeps)
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._u: torch.Tensor | None = None
+        self._done = 0  # advances applied to self._u
+        self._snapshot: tuple[int, torch.Tensor] | None = None
+        self.replayed = 0  # advances recomputed by replays (a diagnostic)
+
+    def _update(self, u: torch.Tensor, index: int) -> torch.Tensor:
+        out, _, _ = run_protocol(u, self.model.prior_protocol(),
+                                 seed=rng_key(self.seed, _POOL_STREAM), index=index)
+        return out
+
+    def _start(self) -> None:
+        with torch.no_grad():
+            u = unit_gauge(self.lattice, self.model.group, self.size).to(self.device)
+            for j in range(self.therm):
+                u = self._update(u, 2**40 + j)  # thermalisation indices apart from the draws
+        self._u, self._done = u, 0
+
+    def _advance(self) -> None:
+        with torch.no_grad():
+            for j in range(self.sweeps):
+                self._u = self._update(self._u, self._done * self.sweeps + j)
+        self._done += 1
+
+    def draw(self, n: int) -> torch.Tensor:
+        """The prior configurations of draw ``n`` (step ``n`` of training)."""
+        n = int(n)
+        if n < 0:
+            raise ConfigError(f"draw: expected an index >= 0, got {n}")
+        if self._u is None or self._done > n + 1:
+            if self._snapshot is not None and self._snapshot[0] <= n + 1:
+                self._done, self._u = self._snapshot[0], self._snapshot[1].to(self.device)
+            else:
+                self._start()
+            self.replayed += max(n - self._done, 0)  # the advance of draw n is no replay
+        while self._done < n + 1:
+            self._advance()
+        return self._u
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot: the settings, the number of advances and the configurations."""
+        return {"seed": self.seed, "therm": self.therm, "sweeps": self.sweeps,
+                "size": self.size, "nrow": list(self.lattice.nrow),
+                "model": dict(self.model.config), "done": self._done,
+                "u": None if self._u is None else self._u.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Use a snapshot of the same pool settings as the start of later replays;
+        :class:`ConfigError` if its settings differ."""
+        mine = self.state_dict()
+        for key in ("seed", "therm", "sweeps", "size", "nrow", "model"):
+            if state.get(key) != mine[key]:
+                raise ConfigError(f"prior pool snapshot: {key} is {state.get(key)!r}, this "
+                                  f"pool has {mine[key]!r}")
+        if state.get("u") is not None:
+            self._snapshot = (int(state["done"]), state["u"])
+            self._u = None
+
+
+class SNFLoss:
+    """The SNF training loss for :class:`~.training.Trainer` (module docstring): call ``n``
+    (``self.calls``; set it to the trainer's step count after a resume) runs the protocol of
+    ``model`` from ``prior_source.draw(n)`` (a :class:`PriorPool`; ``batch`` its first
+    configurations) and returns ``(mean W, -W detached)``.  The protocol's random numbers come
+    from the trainer's generator of the step (one 62-bit seed drawn from it).  ``nrow`` is
+    checked against the pool's lattice.  ``last_x0``, ``last_seed``, ``last_index`` and
+    ``last_work`` keep the last call's ``run_protocol`` inputs and works."""
+
+    def __init__(self, model: SNFModel, prior_source: PriorPool, batch: int,
+                 nrow: Sequence[int]) -> None:
+        if list(nrow) != list(prior_source.lattice.nrow):
+            raise ConfigError(f"nrow: the prior pool is on {list(prior_source.lattice.nrow)}, "
+                              f"got {list(nrow)}")
+        if not 1 <= int(batch) <= prior_source.size:
+            raise ConfigError(f"batch: expected 1 <= batch <= the pool size "
+                              f"{prior_source.size}, got {batch}")
+        self.model, self.pool, self.batch, self.nrow = model, prior_source, int(batch), nrow
+        self.calls = 0
+        self.last_x0: torch.Tensor | None = None
+        self.last_seed: int | None = None
+        self.last_index = -1
+        self.last_work: torch.Tensor | None = None
+
+    def __call__(self, gen: torch.Generator, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        x0 = self.pool.draw(self.calls)[: self.batch].to(device)
+        seed = rng_key(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)),
+                       _RUN_STREAM)
+        _, work, _ = run_protocol(x0, self.model.protocol(), seed=seed, index=self.calls)
+        self.last_x0, self.last_seed, self.last_index = x0, seed, self.calls
+        self.calls += 1
+        self.last_work = work.detach()
+        return work.mean(), -work.detach()

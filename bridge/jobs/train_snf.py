@@ -1,0 +1,229 @@
+"""``qcd-bridge train --arch snf --beta0 B0 --beta B --blocks N``: training of a stochastic
+normalizing flow (:mod:`bridge.flows.snf`: one residual staple layer per block of the
+non-equilibrium protocol ``beta0 -> beta``) by the mean work, and its evaluation.
+
+Prior samples come from a :class:`~bridge.flows.snf.PriorPool` of ``batch`` independent chains
+at ``beta0`` (``therm`` thermalisation updates, ``pool_sweeps`` updates between steps).  The run
+writes ``OUT/checkpoint.pt`` (the trainer's, atomically), ``OUT/prior-pool.pt`` (a snapshot of
+the pool after the last finished run, which a ``--resume`` replays from instead of from the
+start), ``OUT/config.json`` and ``OUT/summary.json``: on ``eval_samples`` fresh protocol runs
+(a second pool of ``eval_batch`` chains, read every ``pool_sweeps`` updates) with the trained
+layers ``ess``, ``mean_work``, ``log_z_ratio`` and ``log_z_ratio_err`` (Jarzynski), and the same
+numbers of the layer-free protocol on the same prior configurations (``ess_no_layers``,
+``mean_work_no_layers``, ...), ``seconds_per_run`` of each, ``steps``, ``seconds``.  Non-finite
+numbers (an error bar with ESS 0) are written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["check_snf_settings", "snf_defaults", "run_train_snf", "evaluate_snf", "SNF_KEYS"]
+
+# settings keys of the SNF run (None: not given); the defaults of snf_defaults
+SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm": 50,
+                            "pool_sweeps": 1, "n_hb": 1, "n_or": 1, "n_traj": 1,
+                            "md_steps": 10, "tau": 1.0}
+# settings whose general default differs for an SNF run (applied when not given)
+_SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32, "lr": 0.02}
+_SNF_MODEL_KEYS = {"arch", "kappa"}
+
+
+def snf_defaults(s: dict[str, Any], given: set[str]) -> None:
+    """Fill the SNF settings of ``s`` in place: its own keys, and the general ones whose SNF
+    default differs, where not in ``given``."""
+    if s["model"].get("arch") != "snf":
+        return
+    for key, v in SNF_KEYS.items():
+        if s.get(key) is None and key != "beta0":
+            s[key] = v
+    if s.get("update") is None:
+        s["update"] = "heatbath" if s["group"] in ("su2", "su3") else "hmc"
+    for key, v in _SNF_OVERRIDES.items():
+        if key not in given:
+            s[key] = v
+
+
+def check_snf_settings(s: dict[str, Any]) -> None:
+    """Refuse SNF settings that cannot work, naming the option and the value."""
+    snf = s["model"].get("arch") == "snf"
+    if not snf:
+        given = [k for k in SNF_KEYS if s.get(k) is not None]
+        if given:
+            opt = given[0].replace("_", "-")
+            raise ConfigError(f"--{opt} {s[given[0]]}: protocol settings need --arch snf "
+                              f"(a stochastic normalizing flow)")
+        return
+    if s.get("kappa") is not None:
+        raise ConfigError(f"--kappa {s['kappa']}: --arch snf is pure gauge (no fermions)")
+    if s.get("beta0") is None:
+        raise ConfigError("--arch snf: needs --beta0 (the coupling of the prior samples)")
+    for key in ("beta0", "beta", "tau"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"--{key.replace('_', '-')} {v!r}: expected a finite number")
+    if s["update"] not in ("heatbath", "hmc"):
+        raise ConfigError(f"--update {s['update']}: expected 'heatbath' or 'hmc'")
+    if s["update"] == "heatbath" and s["group"] not in ("su2", "su3"):
+        raise ConfigError(f"--update heatbath: the heatbath needs --group su2 or su3, got "
+                          f"--group {s['group']}; use --update hmc")
+    if s["update"] == "heatbath" and min(s["beta0"], s["beta"]) < 0:
+        raise ConfigError(f"--beta0 {s['beta0']} --beta {s['beta']}: the heatbath needs "
+                          f"couplings >= 0")
+    if s["update"] == "heatbath" and any(n % 2 for n in s["nrow"]):
+        raise ConfigError(f"--nrow {' '.join(map(str, s['nrow']))}: the heatbath and the staple "
+                          f"layers need even extents")
+    for key, lo in (("blocks", 1), ("therm", 0), ("pool_sweeps", 1), ("n_hb", 0), ("n_or", 0),
+                    ("n_traj", 0), ("md_steps", 1)):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"--{key.replace('_', '-')} {v!r}: expected an integer >= {lo}")
+    bad = set(s["model"]) - _SNF_MODEL_KEYS
+    if bad:
+        raise ConfigError(f"model: {sorted(bad)} do not apply to --arch snf (one residual "
+                          f"staple layer per block; settable: kappa)")
+    if s["train"].get("estimator", "reparam") != "reparam":
+        raise ConfigError(f"--estimator {s['train']['estimator']}: --arch snf trains by the "
+                          f"work gradient ('reparam') only")
+
+
+def _build(s: dict[str, Any]) -> Any:
+    from ..flows.checkpoints import GROUPS
+    from ..flows.snf import SNFModel
+
+    return SNFModel(GROUPS[s["group"]], len(s["nrow"]), beta0=float(s["beta0"]),
+                    beta=float(s["beta"]), n_blocks=int(s["blocks"]), update=s["update"],
+                    n_hb=int(s["n_hb"]), n_or=int(s["n_or"]), tau=float(s["tau"]),
+                    md_steps=int(s["md_steps"]), n_traj=int(s["n_traj"]),
+                    **{k: v for k, v in s["model"].items() if k != "arch"})
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def evaluate_snf(model: Any, nrow: list[int], n: int, chunk: int, *, seed: int, therm: int,
+                 sweeps: int, layers: bool = True, no_layers: bool = True) -> dict[str, Any]:
+    """Jarzynski statistics of ``n`` protocol runs of ``model`` with (``layers``) and without
+    (``no_layers``) its layers, from the same prior configurations: a pool of ``chunk`` chains
+    at ``beta0`` (``therm`` thermalisation updates), read every ``sweeps`` updates."""
+    import torch
+
+    from ..flows.snf import PriorPool
+    from ..mcmc.nonequilibrium import jarzynski, run_protocol
+    from ..rng import rng_key
+
+    pool = PriorPool(model, nrow, chunk, seed=rng_key(seed, 0xE7A1), therm=therm, sweeps=sweeps)
+    kinds = [k for k, on in (("", layers), ("_no_layers", no_layers)) if on]
+    works: dict[str, list] = {k: [] for k in kinds}
+    secs = dict.fromkeys(kinds, 0.0)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i, start in enumerate(range(0, n, chunk)):
+            x0 = pool.draw(i)[: min(chunk, n - start)]
+            for k in kinds:
+                t = time.perf_counter()
+                _, w, _ = run_protocol(x0, model.protocol(layers=(k == "")),
+                                       seed=rng_key(seed, 0xE7A2), index=i)
+                secs[k] += time.perf_counter() - t
+                works[k].append(w)
+    out: dict[str, Any] = {"eval_samples": int(n), "eval_seconds": time.perf_counter() - t0}
+    for k in kinds:
+        w = torch.cat(works[k])
+        jz = jarzynski(w)
+        out.update({f"ess{k}": jz.ess, f"mean_work{k}": float(w.mean()),
+                    f"work_std{k}": float(w.std()) if w.numel() > 1 else 0.0,
+                    f"log_z_ratio{k}": _finite(jz.log_ratio),
+                    f"log_z_ratio_err{k}": _finite(jz.log_ratio_err),
+                    f"seconds_per_run{k}": secs[k] / n})
+    return out
+
+
+def _pool_snapshot(path: Path, pool: Any) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(pool.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
+    """Train and evaluate the SNF of settings ``s`` (module docstring); the exit status."""
+    import torch
+
+    from ..flows.snf import PriorPool, SNFLoss
+    from ..flows.training import TrainConfig, Trainer
+
+    check_snf_settings(s)
+    if s["device"] != "cpu":
+        raise ConfigError(f"--device {s['device']}: --arch snf runs on the CPU only")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--arch snf: data-parallel training (torchrun) is not supported")
+    out = Path(s["out"])
+    ck, pool_file = out / "checkpoint.pt", out / "prior-pool.pt"
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and not ck.exists():
+        raise ConfigError(f"--resume: no checkpoint {ck} to resume from")
+    if not resume and ck.exists():
+        raise ConfigError(f"out: {ck} exists; pass --resume to continue it or choose another "
+                          f"--out")
+    torch.manual_seed(int(s["seed"]))
+    model = _build(s)
+    nrow, batch, steps = s["nrow"], int(s["batch"]), int(s["steps"])
+    extra = dict(s["train"])
+    extra.setdefault("total_steps", steps)
+    cfg = TrainConfig(nrow=nrow, beta=float(s["beta"]), batch=batch, lr=float(s["lr"]),
+                      seed=int(s["seed"]), **extra)
+    pool = PriorPool(model, nrow, batch, seed=int(s["seed"]), therm=int(s["therm"]),
+                     sweeps=int(s["pool_sweeps"]))
+    loss = SNFLoss(model, pool, batch, nrow)
+    trainer = Trainer(model, cfg, loss=loss)
+    if resume:
+        trainer.load(ck)
+        loss.calls = trainer.step_count
+        if pool_file.exists():
+            pool.load_state_dict(torch.load(pool_file, map_location="cpu", weights_only=False))
+    (out / "config.json").write_text(json.dumps(s, indent=2) + "\n")
+    remaining = max(steps - trainer.step_count, 0)
+    log_every = int(s["log_every"])
+
+    def progress(info: dict[str, float]) -> None:
+        n = int(info["step"]) + 1
+        if log_every and (n % log_every == 0 or n == steps):
+            print(f"step {n:6d}/{steps}  mean work {info['loss']:+.4f}  "
+                  f"var {info['loss_var']:.3g}  ess {info['ess']:.3f}  "
+                  f"{info['seconds']:.3f} s/step", flush=True)
+
+    t0 = time.perf_counter()
+    hist = trainer.train(remaining, time_budget=s["time_budget"], checkpoint=ck,
+                         checkpoint_every=int(s["checkpoint_every"]), callback=progress)
+    seconds = time.perf_counter() - t0
+    if trainer.step_count:
+        pool.draw(trainer.step_count - 1)  # no-op after training; a replay after a bare resume
+        _pool_snapshot(pool_file, pool)
+    ev = evaluate_snf(model, nrow, int(s["eval_samples"]), int(s["eval_batch"]),
+                      seed=int(s["seed"]), therm=int(s["therm"]), sweeps=int(s["pool_sweeps"]))
+    last = trainer.history[-1] if trainer.history else {}
+    summary = {**ev, "steps": trainer.step_count, "steps_this_run": len(hist),
+               "seconds": seconds, "live_mean_work": last.get("loss"),
+               "live_ess": last.get("ess"), "group": s["group"], "nrow": nrow,
+               "beta0": float(s["beta0"]), "beta": float(s["beta"]),
+               "blocks": int(s["blocks"]), "update": s["update"], "batch": batch,
+               "pool_replayed": pool.replayed, "checkpoint": str(ck),
+               "stopped_by_time_budget": len(hist) < remaining}
+    path = out / "summary.json"
+    tmp = path.with_name(".summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    print(f"trained {summary['steps']} steps ({len(hist)} this run) in {seconds:.1f} s; on "
+          f"{ev['eval_samples']} protocol runs: ESS {ev['ess']:.4f} (no layers "
+          f"{ev['ess_no_layers']:.4f}), mean work {ev['mean_work']:.4f} (no layers "
+          f"{ev['mean_work_no_layers']:.4f}); wrote {path}")
+    return 0

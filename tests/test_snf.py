@@ -1,0 +1,201 @@
+"""Stochastic normalizing flows (bridge.flows.snf, bridge.jobs.train_snf): the loss, training,
+checkpoint/resume, the CLI and its errors, on 2^4 SU(3), beta0 0.5 -> 1.0."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bridge.cli import main as cli_main
+from bridge.errors import ConfigError
+from bridge.flows.checkpoints import flow_from_config, load_model
+from bridge.flows.snf import PriorPool, SNFLoss, SNFModel
+from bridge.flows.training import TrainConfig, Trainer
+from bridge.gauge import wilson_action
+from bridge.jobs.train import train_settings
+from bridge.mcmc.nonequilibrium import run_protocol
+from bridge.rng import generator
+
+NROW = (2, 2, 2, 2)
+
+
+def _model() -> SNFModel:
+    return SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, update="heatbath", n_hb=1,
+                    n_or=1)
+
+
+def _trainer(model: SNFModel, batch: int = 16, lr: float = 0.05, seed: int = 0):
+    pool = PriorPool(model, NROW, batch, seed=seed, therm=3)
+    loss = SNFLoss(model, pool, batch, NROW)
+    cfg = TrainConfig(nrow=NROW, beta=1.0, batch=batch, lr=lr, seed=seed)
+    return Trainer(model, cfg, loss=loss), loss
+
+
+def test_model_config_and_protocol():
+    m = _model()
+    assert m.config["arch"] == "snf" and m.nd == 4 and m.group.nc == 3
+    pr = m.protocol()
+    assert pr.n_blocks == 2 and pr.update == "heatbath" and pr.layers == tuple(m.blocks)
+    assert [b.mask for b in m.blocks] == [b.mask for b in m.blocks[:2]]
+    assert (m.blocks[0].mask.mu, m.blocks[0].mask.parity) == (0, 0)
+    assert (m.blocks[1].mask.mu, m.blocks[1].mask.parity) == (0, 1)
+    assert m.protocol(layers=False).layers is None
+    m2 = flow_from_config(json.loads(json.dumps(m.config)))
+    assert isinstance(m2, SNFModel) and m2.config == m.config
+
+
+def test_loss_gradient_is_autograd_of_mean_work():
+    m = _model()
+    with torch.no_grad():
+        for b in m.blocks:
+            b.raw.uniform_(-0.5, 0.5)
+    _, loss = _trainer(m, batch=6)
+    sur, logw = loss(generator(5), torch.device("cpu"))
+    g1 = torch.autograd.grad(sur, list(m.parameters()))
+    assert torch.equal(logw, -loss.last_work)
+    _, w, _ = run_protocol(loss.last_x0, m.protocol(), seed=loss.last_seed,
+                           index=loss.last_index)
+    assert torch.equal(w.detach(), loss.last_work)
+    g2 = torch.autograd.grad(w.mean(), list(m.parameters()))
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b) and float(a.abs().max()) > 0
+
+
+def test_pool_deterministic_and_replays():
+    m = _model()
+    a = PriorPool(m, NROW, 4, seed=3, therm=2, sweeps=2)
+    x2 = a.draw(2).clone()
+    x0 = a.draw(0).clone()  # earlier draw: replay from the start
+    b = PriorPool(m, NROW, 4, seed=3, therm=2, sweeps=2)
+    assert torch.equal(b.draw(0), x0) and torch.equal(b.draw(2), x2)
+    c = PriorPool(m, NROW, 4, seed=3, therm=2, sweeps=2)
+    c.load_state_dict(b.state_dict())  # snapshot after 3 advances
+    assert torch.equal(c.draw(2), x2) and c.replayed == 0
+    assert torch.equal(c.draw(3), b.draw(3))
+    with pytest.raises(ConfigError, match="seed"):
+        PriorPool(m, NROW, 4, seed=4, therm=2, sweeps=2).load_state_dict(b.state_dict())
+
+
+def test_training_reduces_mean_work():
+    """The first block's work ``W_1 = beta_1 s(f_1(x_0)) - beta_0 s(x_0) - log J_1(x_0)`` is a
+    deterministic function of the prior sample ``x_0`` (no MC update before it), and with the
+    configuration detached between blocks only layer 1 changes it: training minimises
+    ``E_{p0}[W_1]`` directly.  On the same 1024 prior configurations before and after 16 steps
+    the paired mean difference is negative (about 3 standard errors; the later
+    blocks' works are not compared: the heatbath decorrelates paired runs)."""
+    m = _model()
+    trainer, _ = _trainer(m, batch=16, lr=0.08)
+    x0 = PriorPool(m, NROW, 1024, seed=9, therm=3).draw(0)
+
+    def w1() -> torch.Tensor:  # the first block's work (the protocol's formula)
+        with torch.no_grad():
+            y, logdet = m.blocks[0](x0)
+            return 0.75 * wilson_action(y, 1.0) - 0.5 * wilson_action(x0, 1.0) - logdet
+
+    before = w1()
+    trainer.train(16)
+    d = w1() - before
+    mean, err = float(d.mean()), float(d.std()) / math.sqrt(d.numel())
+    assert mean < 0, (mean, err)  # measured -0.054 +- 0.018: a 3-sigma sign
+    # deterministic: one small step against the loss gradient on fixed prior configurations
+    # and fixed protocol streams lowers their first-block mean work
+    m2 = _model()
+    _, loss = _trainer(m2, batch=64)
+    sur, _ = loss(generator(4), torch.device("cpu"))
+    sur.backward()
+    x, b = loss.last_x0, m2.blocks[0]
+
+    def f() -> float:
+        with torch.no_grad():
+            y, logdet = b(x)
+            return float((0.75 * wilson_action(y, 1.0) - 0.5 * wilson_action(x, 1.0)
+                          - logdet).mean())
+
+    f0 = f()
+    with torch.no_grad():
+        b.raw -= 0.05 * b.raw.grad / b.raw.grad.norm()
+    assert f() < f0
+
+
+def test_checkpoint_resume_bit_for_bit(tmp_path):
+    ck = tmp_path / "ck.pt"
+    torch.manual_seed(0)
+    ref_t, _ = _trainer(_model())
+    ref_t.train(4)
+    torch.manual_seed(0)
+    t1, _ = _trainer(_model())
+    t1.train(2, checkpoint=ck)
+    t2, loss2 = _trainer(_model())
+    t2.load(ck)
+    loss2.calls = t2.step_count
+    t2.train(2)
+    assert [h["loss"] for h in t1.history + t2.history[2:]] == [h["loss"] for h in
+                                                                 ref_t.history]
+    for a, b in zip(ref_t.model.parameters(), t2.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    model, meta = load_model(ck)
+    assert isinstance(model, SNFModel) and meta["model"]["arch"] == "snf"
+
+
+CLI = ["train", "--arch", "snf", "--group", "su3", "--nrow", "2", "2", "2", "2", "--beta0",
+       "0.5", "--beta", "1.0", "--blocks", "2", "--therm", "3", "--batch", "8",
+       "--eval-samples", "32", "--eval-batch", "16", "--log-every", "0"]
+
+
+def test_cli_end_to_end_and_resume(tmp_path):
+    out = tmp_path / "run"
+    assert cli_main([*CLI, "--steps", "3", "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("ess", "mean_work", "log_z_ratio", "log_z_ratio_err", "steps", "seconds",
+                "ess_no_layers", "mean_work_no_layers", "seconds_per_run"):
+        assert key in s and s[key] is not None and math.isfinite(s[key]), key
+    assert s["steps"] == 3 and s["eval_samples"] == 32 and 0 < s["ess"] <= 1
+    assert (out / "checkpoint.pt").exists() and (out / "prior-pool.pt").exists()
+    assert json.loads((out / "config.json").read_text())["beta0"] == 0.5
+    assert cli_main([*CLI, "--steps", "5", "--out", str(out), "--resume"]) == 0
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["steps"] == 5 and s2["steps_this_run"] == 2 and s2["pool_replayed"] == 0
+    # the same 5 steps in one go: the same parameters bit for bit
+    one = tmp_path / "one"
+    assert cli_main([*CLI, "--steps", "5", "--out", str(one)]) == 0
+    a, b = load_model(out)[0], load_model(one)[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"beta0": 1.0}, r"--beta0 1.0: protocol settings need --arch snf"),
+    ({"blocks": 3}, r"--blocks 3: .*--arch snf"),
+    ({"arch": "snf", "group": "u1", "nrow": [4, 4], "beta0": 1.0, "update": "heatbath"},
+     r"--update heatbath: .*--group u1"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2]}, r"--arch snf: needs --beta0"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": 1.0, "blocks": 0},
+     r"--blocks 0: expected an integer >= 1"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": -1.0},
+     r"--beta0 -1.0 --beta 2.0: the heatbath needs couplings >= 0"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 3], "beta0": 1.0},
+     r"--nrow 2 2 2 3: .*even"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": 1.0, "layers": 3},
+     r"model: \['n_layers'\] do not apply to --arch snf"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": 1.0, "kappa": 0.1},
+     r"--kappa 0.1: --arch snf is pure gauge"),
+])
+def test_settings_errors(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        train_settings(**opts)
+
+
+def test_settings_defaults_and_model_errors():
+    s = train_settings(arch="snf", group="su3", nrow=[2, 2, 2, 2], beta0=1.0)
+    assert (s["blocks"], s["update"], s["eval_samples"], s["n_hb"]) == (4, "heatbath", 1024, 1)
+    assert train_settings(arch="snf", group="u1", nrow=[4, 4], beta0=1.0)["update"] == "hmc"
+    assert train_settings(arch="snf", group="su3", nrow=[2, 2, 2, 2], beta0=1.0,
+                          eval_samples=64)["eval_samples"] == 64
+    with pytest.raises(ConfigError, match="update: 'heatbath' needs SU"):
+        SNFModel("U1", 2, beta0=1.0, beta=2.0, n_blocks=2, update="heatbath")
+    with pytest.raises(ConfigError, match="n_blocks"):
+        SNFModel("SU3", 4, beta0=1.0, beta=2.0, n_blocks=0)
+    with pytest.raises(ConfigError, match="batch"):
+        SNFLoss(_model(), PriorPool(_model(), NROW, 4, therm=0), 8, NROW)
