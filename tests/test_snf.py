@@ -79,29 +79,12 @@ def test_pool_deterministic_and_replays():
         PriorPool(m, NROW, 4, seed=4, therm=2, sweeps=2).load_state_dict(b.state_dict())
 
 
-def test_training_reduces_mean_work():
+def test_a_step_against_the_loss_gradient_reduces_the_work():
     """The first block's work ``W_1 = beta_1 s(f_1(x_0)) - beta_0 s(x_0) - log J_1(x_0)`` is a
     deterministic function of the prior sample ``x_0`` (no MC update before it), and with the
-    configuration detached between blocks only layer 1 changes it: training minimises
-    ``E_{p0}[W_1]`` directly.  On the same 1024 prior configurations before and after 16 steps
-    the paired mean difference is negative (about 3 standard errors; the later
-    blocks' works are not compared: the heatbath decorrelates paired runs)."""
-    m = _model()
-    trainer, _ = _trainer(m, batch=16, lr=0.08)
-    x0 = PriorPool(m, NROW, 1024, seed=9, therm=3).draw(0)
-
-    def w1() -> torch.Tensor:  # the first block's work (the protocol's formula)
-        with torch.no_grad():
-            y, logdet = m.blocks[0](x0)
-            return 0.75 * wilson_action(y, 1.0) - 0.5 * wilson_action(x0, 1.0) - logdet
-
-    before = w1()
-    trainer.train(16)
-    d = w1() - before
-    mean, err = float(d.mean()), float(d.std()) / math.sqrt(d.numel())
-    assert mean < 0, (mean, err)  # measured -0.054 +- 0.018: a 3-sigma sign
-    # deterministic: one small step against the loss gradient on fixed prior configurations
-    # and fixed protocol streams lowers their first-block mean work
+    configuration detached between blocks only layer 1 changes it, so a small step against the
+    SNF loss's gradient must lower it on the same configurations (a deterministic check; a
+    statistical "training lowers the mean work" assertion would depend on the training seed)."""
     m2 = _model()
     _, loss = _trainer(m2, batch=64)
     sur, _ = loss(generator(4), torch.device("cpu"))
