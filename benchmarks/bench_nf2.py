@@ -18,7 +18,11 @@
     effective sample against Chroma HMC's cost per independent configuration (Chroma Release,
     26.0 ms per trajectory, ../shared/reference/chroma/README.md; tau_int from the same file).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_nf2.py train demo [--out benchmarks/results/nf2.json]
+(c) ``hmc``: the built-in pseudofermion HMC at Chroma's parameters (its plaquette agrees with
+    Chroma's) as the reference for the pion correlator and Q, which Chroma's reference holds for
+    five configurations only; ``qcd-bridge validate`` of the flow ensemble against it.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_nf2.py train demo hmc [--out FILE.json]
 
 Results are merged into the JSON file (one key per part).
 """
@@ -107,7 +111,8 @@ def train(args: argparse.Namespace) -> dict:
 
 def _run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    print("  $", " ".join(cmd), flush=True)
+    shown = cmd if len(cmd) < 24 else [*cmd[:8], f"... ({len(cmd) - 12} more)", *cmd[-4:]]
+    print("  $", " ".join(shown), flush=True)
     subprocess.run(cmd, check=False)
     return time.perf_counter() - t0
 
@@ -189,9 +194,53 @@ def demo(args: argparse.Namespace) -> dict:
     return out
 
 
+def hmc(args: argparse.Namespace) -> dict:
+    """The built-in pseudofermion HMC at Chroma's parameters (even-odd Wilson, tau 0.5, 5
+    LCM_STS_LEAPFROG steps; its plaquette agrees with Chroma's), for the observables Chroma's
+    reference does not hold per configuration: pion correlator and Q after Wilson flow; then
+    ``qcd-bridge validate`` of the flow ensemble against it on those."""
+    work = Path(args.work)
+    qb = [sys.executable, "-m", "bridge.cli"]
+    chain = work / "hmc"
+    t0 = time.perf_counter()
+    chains = 4
+    if not (chain / "summary.json").exists():
+        _run(qb + ["chain", "--group", "su3", "--nrow", *map(str, NROW), "--beta", str(BETA),
+                   "--kappa", str(KAPPA), "--tau", "0.5", "--md-steps", "5", "--chains",
+                   str(chains), "--steps", str(args.hmc_steps), "--therm", "50",
+                   "--save-every", "4", "--out", str(chain), "--no-progress"])
+    t_hmc = time.perf_counter() - t0
+    stores, n_files, t_meas = [], 0, 0.0
+    for c in range(chains):  # one store (replica) per chain: trajectory numbers are per chain
+        files = sorted(chain.glob(f"cfg/chain{c}_cfg_*.lime"),
+                       key=lambda f: int(f.stem.rsplit("_", 1)[1]))
+        files = [f for f in files if int(f.stem.rsplit("_", 1)[1]) > 50]
+        store = work / f"hmc.c{c}.h5"
+        if store.exists():
+            store.unlink()
+        t_meas += _run(qb + ["measure", *map(str, files), "-o", str(store), "-O", "pion",
+                             "--kappa", str(KAPPA), "--quiet"])
+        t_meas += _run(qb + ["measure", *map(str, files[:args.n_flow // chains]), "-o",
+                             str(store), "-O", "topological_charge", "--flow-time", "4",
+                             "--quiet"])
+        stores.append(str(store))
+        n_files += len(files)
+    rc = subprocess.run(qb + ["validate", str(work / "flow.h5"), ",".join(stores),
+                              "--observables",
+                              *[f"pion[kappa={KAPPA}][{t}]" for t in range(NROW[3])],
+                              "--out", args.report + "-pion", "--overwrite", "--quiet"],
+                        check=False).returncode
+    rq = subprocess.run(qb + ["validate", str(work / "flow_q.h5"), ",".join(stores),
+                              "--observables", "topological_charge[flow_time=4]", "--out",
+                              args.report + "-q", "--overwrite", "--quiet"],
+                        check=False).returncode
+    return {"hmc_seconds": t_hmc, "configs": n_files, "measure_seconds": t_meas,
+            "validate_pion_exit": rc, "validate_q_exit": rq}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("parts", nargs="+", choices=["train", "demo"])
+    p.add_argument("parts", nargs="+", choices=["train", "demo", "hmc"])
     p.add_argument("--marginal-budget", type=float, default=1200.0)
     p.add_argument("--conditional-budget", type=float, default=600.0)
     p.add_argument("--eval-every", type=float, default=300.0)
@@ -206,6 +255,8 @@ def main() -> None:
     p.add_argument("--model-dir", default="nf2-model")
     p.add_argument("--n", type=int, default=2048)
     p.add_argument("--n-flow", type=int, default=128)
+    p.add_argument("--hmc-steps", type=int, default=450, help="HMC cycles (4 chains) of the "
+                   "pion/Q reference (every 4th saved after 50)")
     p.add_argument("--work", default="nf2-demo")
     p.add_argument("--report", default="nf2-demo/report")
     p.add_argument("--chroma", default="../shared/reference/chroma/nf2_b1.0_k0.1_4x4")
@@ -217,7 +268,7 @@ def main() -> None:
                                         date=time.strftime("%Y-%m-%d"))
     for part in args.parts:
         print(f"== {part}", flush=True)
-        data[part] = train(args) if part == "train" else demo(args)
+        data[part] = {"train": train, "demo": demo, "hmc": hmc}[part](args)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1, default=float))
     print(f"wrote {path}")
