@@ -178,7 +178,9 @@ def test_model_mismatch_is_refused_naming_both(tmp_path, model_dir, capsys):
                              "has SU(2) links (2x2)"),
         (["--nrow", "4", "4", "4", "4"], "--model {m}: flow: the model is 2-dimensional (U(1)), "
                                          "the chain's lattice Lattice(4x4x4x4) is 4-dimensional"),
-        (["--nrow", "8", "8"], "--nrow 8 8: the model {m} was trained on the lattice 4 4"),
+        # another lattice is accepted when the masks tile it (tests/test_transfer.py)
+        (["--nrow", "6", "6"], "--nrow 6 6: --model {m}: flow: layer 0 of the model (U(1), "
+                               "Nd = 2) cannot act on the chain's lattice"),
         (["--beta", "2.5"], "--beta 2.5: the model {m} was trained for beta = 1"),
     ]
     for extra, msg in cases:

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class ChainSettings:
     kappa: float | None = None
     c_sw: float = 0.0
     pf_draws: int = 16
+    model_nrow: list[int] | None = None  # the model's training lattice when it differs
 
     # settings that may change on resume (everything else defines the chain)
     MUTABLE = frozenset({"steps", "checkpoint_every", "save_every", "device", "out", "therm"})
@@ -331,11 +333,8 @@ def resolve_model(s: ChainSettings, explicit: set[str]) -> Any:
         raise ConfigError(f"--model {s.model}: the model is for {model.group.name} in "
                           f"{model.nd}D, the chain for {GROUPS[s.group]} on "
                           f"{Lattice(s.nrow)}")
-    if s.nrow != mine["nrow"]:
-        raise ConfigError(
-            f"--nrow {' '.join(map(str, s.nrow))}: the model {s.model} was trained on the "
-            f"lattice {' '.join(map(str, mine['nrow']))}; run the chain on the model's lattice "
-            f"(drop --nrow) or train a model for this one")
+    if s.nrow != mine["nrow"]:  # a local model travels (bridge.jobs.transfer)
+        _transfer(model, s, mine["nrow"])
     if not math.isclose(s.beta, mine["beta"], rel_tol=0, abs_tol=1e-12):
         raise ConfigError(
             f"--beta {s.beta:g}: the model {s.model} was trained for beta = "
@@ -355,6 +354,14 @@ def _analytic_proposal(s: ChainSettings, explicit: set[str]) -> Any:
     from ..flows.analytic import U1PlaquetteProposal
 
     return U1PlaquetteProposal(float(s.beta))
+
+
+def _transfer(model: Any, s: ChainSettings, trained: list[int]) -> None:
+    from .transfer import check_transfer, transfer_notice
+
+    check_transfer(model, s.nrow, f"--nrow {' '.join(map(str, s.nrow))}: --model {s.model}")
+    print(transfer_notice(s.model, trained, s.nrow), file=sys.stderr)
+    s.model_nrow = list(trained)
 
 
 def _probe_field(s: ChainSettings) -> Any:
@@ -581,7 +588,7 @@ def _global_summary(s: ChainSettings, ctx: _Context, parts: list[dict[str, Any]]
                for k in ctx.knames}
     summary = summarize(obs_all, acc_all, s)
     summary.update(world_size=ctx.world, chains_per_rank=s.chains, kernels=ctx.knames,
-                   seconds=seconds,
+                   seconds=seconds, model_nrow=s.model_nrow,
                    files=[str(_paths(Path(s.out), r, ctx.world)[0]) for r in range(ctx.world)])
     return summary
 

@@ -277,9 +277,10 @@ def _check_model(model: Any, meta: Mapping[str, Any], wf: Workflow, facts: HMCIn
                           f"input is 4D SU(3)")
     train = meta.get("train", {})
     mrow = tuple(int(x) for x in train.get("nrow", ()))
-    if mrow != facts.nrow:
-        raise ConfigError(f"{where}: the flow was trained on nrow {' '.join(map(str, mrow))}, "
-                          f"the XML has nrow {' '.join(map(str, facts.nrow))}")
+    if mrow != facts.nrow:  # a local model travels (bridge.jobs.transfer)
+        from .transfer import check_transfer
+
+        check_transfer(model, facts.nrow, where)
     beta = gauge_beta(facts)
     mbeta = float(train.get("beta", math.nan))
     if not abs(mbeta - beta) <= 1e-12 * max(1.0, abs(beta)):
@@ -317,7 +318,7 @@ class _Run:
         if self.engine.name == "builtin":  # the built-in engine must understand every element
             read_hmc_input(wf.hmc_input)
         self.model = self.meta = self.action = self.estimator = None
-        self.action_desc = "none (plain HMC)"
+        self.action_desc, self.transfer = "none (plain HMC)", None
         if wf.flow_steps > 0:
             from ..chroma.monomials import hamiltonian_action
             from ..flows.checkpoints import load_model
@@ -327,6 +328,12 @@ class _Run:
             if wf.device != "cpu":  # load_model builds the flow on the CPU
                 self.model.to(wf.device)
             _check_model(self.model, self.meta, wf, self.facts)
+            mrow = [int(n) for n in self.meta.get("train", {}).get("nrow", ())]
+            if mrow != list(self.facts.nrow):
+                from .transfer import transfer_notice
+
+                self.transfer = transfer_notice(wf.model, mrow, self.facts.nrow)
+                log(self.transfer)
             if getattr(self.model, "kappa", None) is not None:  # joint Nf=2 model
                 from ..chroma.monomials import gauge_action_for_joint_model
 
@@ -400,6 +407,7 @@ class _Run:
             "hmc_input": str(self.wf.hmc_input),
             "hmc_input_xml": self.wf.hmc_input.read_text(errors="replace"),
             "fingerprint": self.fingerprint, "flow_action": self.action_desc,
+            "model_transfer": self.transfer,
             "seeds": {"workflow_seed": self.wf.seed, "hmc_seed_first_segment":
                       list(self.wf.hmc_seed or self.facts.seed),
                       "flow_chain_seed": "rng_key(seed, cycle)"},

@@ -260,8 +260,10 @@ def sample_flow(args: SampleSettings) -> int:
     model, meta = load_model(args.model)
     nrow = [int(n) for n in (args.nrow or meta["train"]["nrow"])]
     beta = float(meta["train"]["beta"] if args.beta is None else args.beta)
-    if len(nrow) != model.nd:
-        raise ConfigError(f"nrow: the model is {model.nd}-dimensional, got {nrow}")
+    if nrow != [int(n) for n in meta["train"]["nrow"]]:  # a local model travels
+        from .transfer import check_transfer
+
+        check_transfer(model, nrow, f"--nrow {' '.join(map(str, nrow))}: --model {args.model}")
     if args.n < 1 or args.batch < 1:
         raise ConfigError(f"--n and --batch: expected positive integers, got {args.n}, "
                           f"{args.batch}")
