@@ -121,3 +121,21 @@ def test_run_accepts_a_transferred_su3_model(tmp_path):
     with pytest.raises(ConfigError, match=r"layer \d+ of the model \(SU\(3\), Nd = 4\) cannot "
                                           r"act on .*6x6x6x6"):
         run_workflow(write_workflow(tmp_path), log=None)
+
+
+def test_joint_nf2_model_transfers_to_even_lattices_only():
+    """A joint Nf=2 model (residual marginal + pseudofermion flow) built for 2^4 acts on
+    4x2x2x4: its marginal log q is exact there and its determinant estimate is finite; odd
+    extents are refused before any work."""
+    from bridge.flows.joint_training import make_joint_flow
+
+    model = make_joint_flow(0.1)
+    check_transfer(model, [4, 2, 2, 4], "test")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        u, logq = model.sample(2, [4, 2, 2, 4], generator=gen)
+        assert torch.allclose(model.log_prob(u), logq, atol=1e-9)
+        est = model.estimator(2)(u, gen)
+    assert bool(torch.isfinite(est).all())
+    with pytest.raises(ConfigError, match="test: "):
+        check_transfer(model, [2, 2, 2, 3], "test")
