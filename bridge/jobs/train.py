@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..flows.checkpoints import GROUPS as _GROUPS
 
-__all__ = ["train_settings", "run_train", "SampleSettings", "sample_flow"]
+__all__ = ["train_settings", "run_train", "SampleSettings", "sample_flow", "step_logger"]
 
 _DEFAULTS: dict[str, Any] = {
     "group": "u1", "nrow": [8, 8], "beta": 2.0, "steps": 1000, "batch": 64, "lr": 1e-3,
@@ -118,6 +118,21 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
 
 
 # -- train ------------------------------------------------------------------------------------
+def step_logger(total: int, log_every: int, *, rank: int = 0, prefix: str = "",
+                fields: tuple[tuple[str, str, str], ...] = ()) -> Any:
+    """The progress line of every training job: on rank 0, every ``log_every`` steps and at
+    step ``total``, ``[prefix]step n/total  label value ...  s/step``; ``fields`` are
+    ``(label, key of the step's info, format)``."""
+    def log(info: dict[str, float]) -> None:
+        n = int(info["step"]) + 1
+        if rank == 0 and log_every and (n % log_every == 0 or n == total):
+            vals = "  ".join(f"{label} {info[key]:{fmt}}" for label, key, fmt in fields)
+            print(f"{prefix}step {n:6d}/{total}  {vals}  {info['seconds']:.3f} s/step",
+                  flush=True)
+
+    return log
+
+
 def _evaluate(model: Any, nrow: list[int], beta: float, n: int, chunk: int,
               seed: int, step: int) -> dict[str, float]:
     """ESS and independence-Metropolis acceptance on ``n`` fresh samples drawn in chunks."""
@@ -187,12 +202,9 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
     remaining = max(int(s["steps"]) - trainer.step_count, 0)
     log_every = int(s["log_every"])
 
-    def progress(info: dict[str, float]) -> None:
-        n = int(info["step"]) + 1
-        if rank == 0 and log_every and (n % log_every == 0 or n == int(s["steps"])):
-            print(f"step {n:6d}/{s['steps']}  loss {info['loss']:+.4f}  "
-                  f"ess {info['ess']:.3f}  acc {info['acceptance']:.3f}  "
-                  f"{info['seconds']:.3f} s/step", flush=True)
+    progress = step_logger(int(s["steps"]), log_every, rank=rank,
+                           fields=(("loss", "loss", "+.4f"), ("ess", "ess", ".3f"),
+                                   ("acc", "acceptance", ".3f")))
 
     t0 = time.perf_counter()
     hist = trainer.train(remaining, time_budget=s["time_budget"], checkpoint=ck,

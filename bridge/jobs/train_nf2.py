@@ -97,6 +97,7 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
     from ..flows.distributed import init_distributed, rank_device
     from ..flows.joint_training import ConditionalLoss, MarginalLoss, stage_parameters
     from ..flows.training import TrainConfig, Trainer
+    from .train import step_logger
 
     check_nf2_settings(s)
     cuda = rank_device(s["device"]).type == "cuda"
@@ -143,12 +144,9 @@ def run_train_nf2(s: dict[str, Any], *, resume: bool = False) -> int:
             if isinstance(loss, ConditionalLoss):
                 loss.calls = trainer.step_count
 
-        def progress(info: dict[str, float], st: str = st, target: int = target) -> None:
-            n = int(info["step"]) + 1
-            if rank == 0 and log_every and (n % log_every == 0 or n == target):
-                print(f"[{st}] step {n:6d}/{target}  loss {info['loss']:+.4f}  "
-                      f"var {info['loss_var']:.3g}  ess {info['ess']:.3f}  "
-                      f"{info['seconds']:.3f} s/step", flush=True)
+        progress = step_logger(target, log_every, rank=rank, prefix=f"[{st}] ",
+                               fields=(("loss", "loss", "+.4f"), ("var", "loss_var", ".3g"),
+                                       ("ess", "ess", ".3f")))
 
         trainer.train(max(target - trainer.step_count, 0), time_budget=s["time_budget"],
                       checkpoint=ck, checkpoint_every=int(s["checkpoint_every"]),

@@ -160,6 +160,7 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
 
     from ..flows.snf import PriorPool, SNFLoss
     from ..flows.training import TrainConfig, Trainer
+    from .train import step_logger
 
     check_snf_settings(s)
     if s["device"] != "cpu":
@@ -194,12 +195,9 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
     remaining = max(steps - trainer.step_count, 0)
     log_every = int(s["log_every"])
 
-    def progress(info: dict[str, float]) -> None:
-        n = int(info["step"]) + 1
-        if log_every and (n % log_every == 0 or n == steps):
-            print(f"step {n:6d}/{steps}  mean work {info['loss']:+.4f}  "
-                  f"var {info['loss_var']:.3g}  ess {info['ess']:.3f}  "
-                  f"{info['seconds']:.3f} s/step", flush=True)
+    progress = step_logger(steps, log_every,
+                           fields=(("mean work", "loss", "+.4f"), ("var", "loss_var", ".3g"),
+                                   ("ess", "ess", ".3f")))
 
     t0 = time.perf_counter()
     hist = trainer.train(remaining, time_budget=s["time_budget"], checkpoint=ck,
