@@ -36,7 +36,8 @@ from typing import Any
 from ..errors import ConfigError
 from ..flows.checkpoints import GROUPS as _GROUPS
 
-__all__ = ["train_settings", "run_train", "SampleSettings", "sample_flow", "step_logger"]
+__all__ = ["train_settings", "run_train", "SampleSettings", "sample_flow", "step_logger",
+           "check_resume"]
 
 _DEFAULTS: dict[str, Any] = {
     "group": "u1", "nrow": [8, 8], "beta": 2.0, "steps": 1000, "batch": 64, "lr": 1e-3,
@@ -118,6 +119,15 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
 
 
 # -- train ------------------------------------------------------------------------------------
+def check_resume(ck: Path, resume: bool) -> None:
+    """``--resume`` needs the checkpoint ``ck``; without it an existing one is not overwritten."""
+    if resume and not ck.exists():
+        raise ConfigError(f"--resume: no checkpoint {ck} to resume from")
+    if not resume and ck.exists():
+        raise ConfigError(f"out: {ck} exists; pass --resume to continue it or choose another "
+                          f"--out")
+
+
 def step_logger(total: int, log_every: int, *, rank: int = 0, prefix: str = "",
                 fields: tuple[tuple[str, str, str], ...] = ()) -> Any:
     """The progress line of every training job: on rank 0, every ``log_every`` steps and at
@@ -183,11 +193,7 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
     ck = out / "checkpoint.pt"
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    if resume and not ck.exists():
-        raise ConfigError(f"--resume: no checkpoint {ck} to resume from")
-    if not resume and ck.exists():
-        raise ConfigError(f"out: {ck} exists; pass --resume to continue it or choose another "
-                          f"--out")
+    check_resume(ck, resume)
     torch.manual_seed(int(s["seed"]))
     model = make_flow(_GROUPS[s["group"]], len(s["nrow"]), **s["model"]).to(dev)
     extra = dict(s["train"])

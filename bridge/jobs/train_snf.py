@@ -160,7 +160,7 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
 
     from ..flows.snf import PriorPool, SNFLoss
     from ..flows.training import TrainConfig, Trainer
-    from .train import step_logger
+    from .train import check_resume, step_logger
 
     check_snf_settings(s)
     if s["device"] != "cpu":
@@ -170,11 +170,7 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
     out = Path(s["out"])
     ck, pool_file = out / "checkpoint.pt", out / "prior-pool.pt"
     out.mkdir(parents=True, exist_ok=True)
-    if resume and not ck.exists():
-        raise ConfigError(f"--resume: no checkpoint {ck} to resume from")
-    if not resume and ck.exists():
-        raise ConfigError(f"out: {ck} exists; pass --resume to continue it or choose another "
-                          f"--out")
+    check_resume(ck, resume)
     torch.manual_seed(int(s["seed"]))
     model = _build(s)
     nrow, batch, steps = s["nrow"], int(s["batch"]), int(s["steps"])
