@@ -139,8 +139,8 @@ def pf_log_weights(flow: PseudofermionFlow, u: torch.Tensor, n_draws: int,
             x = x.view(b, nq, *shape[2:])
             s_pf = (phi.conj() * x).real.flatten(2).sum(2)
             logw[:, exact_draws:] = (-s_pf + _norm2(chi) + ld[:, None]) + const
-            tol2 = float(getattr(solver, "tol", 1e-10))
-            ok[:, exact_draws:] = (stats.residuals.view(b, nq) <= max(10 * tol2, 1e-6))
+            tol = float(getattr(solver, "tol", 1e-10))
+            ok[:, exact_draws:] = (stats.residuals.view(b, nq) <= max(10 * tol, 1e-6))
         ok &= torch.isfinite(logw)
     return logw, ok, iters
 

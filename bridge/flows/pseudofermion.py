@@ -215,8 +215,9 @@ class PseudofermionCoupling(nn.Module):
             sign = 1.0 if mask.parity == 0 else -1.0
             p = 0.5 * (torch.eye(4, dtype=torch.complex128) + sign * gs[SPIN_DIRECTIONS.index(
                 mask.index)])
-            self.register_buffer("proj", p, persistent=False)
             q = torch.eye(4, dtype=torch.complex128) - p
+            self.register_buffer("proj", p, persistent=False)
+            self.register_buffer("proj_frozen", q, persistent=False)
             self.register_buffer("onsite", torch.stack([p @ gm @ q for gm in gs]),
                                  persistent=False)
 
@@ -237,51 +238,44 @@ class PseudofermionCoupling(nn.Module):
         return {"s": co[:, 0] * self.unit, "a": a,
                 "rho": torch.complex(ce[:, _B0], ce[:, _B0 + 1])}
 
-    def _active(self, v: torch.Tensor, active: bool, eo: EvenOdd) -> torch.Tensor:
+    def _active(self, v: torch.Tensor, active: bool) -> torch.Tensor:
         if self.mask.kind == "spin":
-            p = self.proj.to(v.dtype) if active else (torch.eye(4, dtype=v.dtype) -
-                                                      self.proj.to(v.dtype))
-            return torch.einsum("st,...tc->...sc", p, v)
-        m = self._site_mask(v, eo)
+            p = self.proj if active else self.proj_frozen
+            return torch.einsum("st,...tc->...sc", p.to(v.dtype), v)
+        m = self.mask.coordinate_mask(v.shape[2:6], v.device)
         return v * (m if active else ~m)
-
-    def _site_mask(self, v: torch.Tensor, eo: EvenOdd) -> torch.Tensor:
-        return self.mask.coordinate_mask(v.shape[2:6], v.device)
 
     def _transport(self, f: torch.Tensor, c: dict[str, torch.Tensor], tr: Transports
                    ) -> torch.Tensor:
         """``P_a T(f)`` for the frozen part ``f``."""
-        eo = tr.eo
         beta = torch.complex(self.beta[0], self.beta[1]).to(f.dtype) * self.unit
         mid = tr.first(f, beta)  # [B, N, nu, t, z, y, x/2, 4, Nc]
         mid = mid * (1 + c["rho"].to(f.dtype))[:, None, None, ..., None, None]
-        out = self._active(tr.second(mid), True, eo)
+        out = self._active(tr.second(mid), True)
         if self.mask.kind == "spin":
             onsite = torch.einsum("bg...,gst->b...st", c["a"].to(f.dtype), self.onsite.to(f.dtype))
             out = out + torch.einsum("b...st,bn...tc->bn...sc", onsite, f)
         return out
 
-    def _logdet(self, s: torch.Tensor, eo: EvenOdd, nc: int, like: torch.Tensor) -> torch.Tensor:
+    def _logdet(self, s: torch.Tensor, nc: int, like: torch.Tensor) -> torch.Tensor:
         if self.mask.kind == "spin":
             return (2 * 2 * nc) * s.flatten(1).sum(1)
-        m = self._site_mask(like, eo)[:, 0, ..., 0, 0]
+        m = self.mask.coordinate_mask(like.shape[2:6], like.device)[:, 0, ..., 0, 0]
         return (2 * 4 * nc) * (s * m).flatten(1).sum(1)
 
     def forward(self, x: torch.Tensor, c: dict[str, torch.Tensor], tr: Transports
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        eo = tr.eo
-        f = self._active(x, False, eo)
+        f = self._active(x, False)
         es = _site(c["s"].exp()).to(x.dtype)
-        y = f + es * self._active(x, True, eo) + self._transport(f, c, tr)
-        return y, self._logdet(c["s"], eo, x.shape[-1], x)
+        y = f + es * self._active(x, True) + self._transport(f, c, tr)
+        return y, self._logdet(c["s"], x.shape[-1], x)
 
     def reverse(self, y: torch.Tensor, c: dict[str, torch.Tensor], tr: Transports
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        eo = tr.eo
-        f = self._active(y, False, eo)
+        f = self._active(y, False)
         ems = _site((-c["s"]).exp()).to(y.dtype)
-        x = f + ems * (self._active(y, True, eo) - self._transport(f, c, tr))
-        return x, -self._logdet(c["s"], eo, y.shape[-1], y)
+        x = f + ems * (self._active(y, True) - self._transport(f, c, tr))
+        return x, -self._logdet(c["s"], y.shape[-1], y)
 
 
 class FlowSetup(NamedTuple):
