@@ -139,3 +139,88 @@ def test_joint_nf2_model_transfers_to_even_lattices_only():
     assert bool(torch.isfinite(est).all())
     with pytest.raises(ConfigError, match="test: "):
         check_transfer(model, [2, 2, 2, 3], "test")
+
+
+# -- fine-tuning: qcd-bridge train --init-from ------------------------------------------------
+def _train(args, out):
+    return main(["train", *args, "--out", str(out), "--eval-samples", "16", "--eval-batch", "16",
+                 "--log-every", "0"])
+
+
+def test_fine_tuning_starts_from_the_source_parameters(model_dir, tmp_path, capsys):
+    """Step 0 of a fine-tuning run on 16x16 at another beta has exactly the reverse-KL loss of
+    the transferred source model on the same batch (rng_key(seed, 0)); the summary records the
+    source and, after a second fine-tuning, the whole history."""
+    from bridge.flows.checkpoints import load_model
+    from bridge.gauge import wilson_action
+    from bridge.rng import rng_key
+
+    out = tmp_path / "ft"
+    assert _train(["--init-from", str(model_dir), "--nrow", "16", "16", "--beta", "1.5",
+                   "--steps", "2", "--batch", "8", "--seed", "3"], out) == 0
+    assert (f"fine-tuning {model_dir} (trained on 8x8 at beta 1 for 3 steps) on 16x16 at beta "
+            f"1.5") in capsys.readouterr().out
+    source, _ = load_model(model_dir)
+    with torch.no_grad():
+        u, logq = source.sample(8, [16, 16], generator=generator(rng_key(3, 0)))
+        loss0 = float((logq + wilson_action(u, 1.5)).mean())
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["history"][0]["loss"] == pytest.approx(loss0, rel=1e-12, abs=1e-9)
+    # the second step moved away from the source (the optimiser acted)
+    tuned, meta = load_model(out)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
+                                                     source.state_dict().values(), strict=True))
+    assert meta["model"] == load_model(model_dir)[1]["model"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["nrow"] == [16, 16] and summary["beta"] == 1.5 and summary["steps"] == 2
+    assert summary["init_from"] == {"model": str(model_dir), "group": "U(1)", "nrow": [8, 8],
+                                    "beta": BETA, "steps": 3, "arch": "coupling",
+                                    "init_from": None}
+    out2 = tmp_path / "ft2"
+    assert _train(["--init-from", str(out), "--beta", "2.0", "--nrow", "8", "8", "--steps", "1",
+                   "--batch", "4"], out2) == 0
+    hist = json.loads((out2 / "summary.json").read_text())["history"]
+    assert [(h["model"], h["nrow"], h["beta"], h["steps"]) for h in hist] == [
+        (str(out), [16, 16], 1.5, 2), (str(model_dir), [8, 8], BETA, 3)]
+    # resuming the fine-tuning continues it (the source is not loaded over the checkpoint)
+    assert _train(["--init-from", str(model_dir), "--nrow", "16", "16", "--beta", "1.5",
+                   "--steps", "3", "--batch", "8", "--seed", "3", "--resume"], out) == 0
+    state3 = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state3["step"] == 3 and state3["history"][:2] == state["history"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--nrow", "9", "9"], "--init-from {m}: flow: layer 0 of the model (U(1), Nd = 2) cannot "
+                           "act on the chain's lattice Lattice(9x9): lattice: extent L_1 = 9 of "
+                           "Lattice(9x9) is not a multiple of the mask period 4"),
+    (["--nrow", "8", "8", "8", "8"], "--init-from {m}: the model is 2-dimensional (U(1)), the "
+                                     "lattice 8x8x8x8 is 4-dimensional"),
+    (["--group", "su2"], "--init-from {m}: the model is for U(1), this run for SU(2) "
+                         "(--group su2); give the model's group"),
+    (["--layers", "2"], "--init-from {m}: the architecture comes from the model, whose n_layers "
+                        "is 4, not 2; drop that setting"),
+    (["--group", "su3", "--nrow", "2", "2", "2", "2", "--kappa", "0.1"],
+     "--init-from {m}: fine-tuning takes gauge-only flows; with --kappa (a joint Nf = 2 model) "
+     "start from a checkpoint with --init instead"),
+    (["--arch", "snf", "--beta0", "0.5"], "--init-from {m}: fine-tuning takes gauge-only flows; "
+                                          "--arch snf trains a stochastic normalizing flow"),
+])
+def test_fine_tuning_refusals(model_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert _train(["--init-from", str(model_dir), "--steps", "1", *args], out) == 1
+    err = capsys.readouterr().err
+    assert message.format(m=model_dir) in err, err
+    assert not out.exists()  # refused before any work
+
+
+def test_fine_tuning_refuses_a_joint_model(tmp_path, capsys):
+    from bridge.flows.joint_training import make_joint_flow
+
+    src = tmp_path / "joint"
+    Trainer(make_joint_flow(0.1), TrainConfig(nrow=[2, 2, 2, 2], beta=1.0, batch=2)).save(
+        src / "checkpoint.pt")
+    assert _train(["--init-from", str(src), "--group", "su3", "--nrow", "2", "2", "2", "2"],
+                  tmp_path / "never") == 1
+    assert (f"--init-from {src}: the model is a joint Nf = 2 model; fine-tuning takes gauge-only "
+            f"flows (coupling, residual, plaquette)") in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

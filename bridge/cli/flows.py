@@ -6,6 +6,7 @@ with ``_`` for ``-``, plus ``"model": {...}`` and ``"train": {...}``), overridde
 given.  ``--steps`` counts the steps done before a ``--resume``.  The run writes
 ``OUT/checkpoint.pt``, ``OUT/config.json`` and ``OUT/summary.json`` (ESS and acceptance on
 fresh samples after training).  Under ``torchrun`` the run is data parallel.
+``--init-from MODEL`` fine-tunes a gauge flow trained on another lattice or coupling.
 
 ``sample MODEL --n N --out FILE``: ``FILE.h5`` (HDF5) or an ILDG prefix (4D SU(3) only).
 """
@@ -22,7 +23,7 @@ _TRAIN_KEYS = ["group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "
                "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device",
                "kappa", "c_sw", "pf_draws", "stage", "pf_steps", "pf_lr", "mu0", "init",
                "exact_det_samples", "pool_refresh", "beta0", "blocks", "update", "therm",
-               "pool_sweeps", "n_hb", "n_or"]
+               "pool_sweeps", "n_hb", "n_or", "init_from"]
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +55,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed of the model and the sample streams")
     p.add_argument("--out", help="output directory (default flow-run)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="fine-tune: start from the parameters of this gauge flow (checkpoint or "
+                        "run directory), trained on another lattice or coupling; the "
+                        "architecture is the model's, summary.json records the history")
     p.add_argument("--device", help="torch device of the model and the samples (default cpu; "
                    "'cuda' under torchrun: one GPU per rank, cuda:LOCAL_RANK, nccl)")
     p.add_argument("--eval-samples", type=int, help="fresh samples for the final ESS (>= 4096 "

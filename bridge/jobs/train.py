@@ -13,6 +13,13 @@ samples drawn in chunks of ``eval_batch``, plus ``steps``, ``seconds`` and the l
 statistics.  Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data parallel
 (:func:`bridge.flows.distributed.init_distributed`); rank 0 prints, evaluates and writes.
 
+Fine-tuning (``init_from``: a checkpoint or run directory of a gauge flow): the model and its
+parameters come from that run, used on this run's lattice and coupling (the checks of
+:func:`bridge.jobs.transfer.check_transfer`; a model of another group, dimension or one that
+is not local is refused before any work); the optimiser starts afresh.  The source (its path,
+lattice, coupling, steps and its own source) is recorded in the checkpoint's training metadata
+and as ``init_from`` and ``history`` in ``summary.json``.
+
 Sampling: the model is a checkpoint or a run directory.  ``FILE.h5``: a 4D SU(3) model goes into
 an :class:`~bridge.io.hdf5.EnsembleStore` (``weight`` = ``exp(log w - c)`` with ``c`` recorded,
 the exact ``log_w``, ``log_q`` and ``action`` in each configuration's ``params``); other
@@ -45,7 +52,7 @@ _DEFAULTS: dict[str, Any] = {
     "eval_batch": 256, "checkpoint_every": 100, "log_every": 10, "device": "cpu", "model": {},
     "train": {}, "kappa": None, "c_sw": 0.0, "pf_draws": 16, "stage": "both", "pf_steps": None,
     "pf_lr": None, "mu0": 1e-5, "init": None, "exact_det_samples": 512, "pool_refresh": 4,
-    "conditional": {},
+    "conditional": {}, "init_from": None,
     # --arch snf (bridge.jobs.train_snf; None: not given, its defaults then apply)
     "beta0": None, "blocks": None, "update": None, "therm": None, "pool_sweeps": None,
     "n_hb": None, "n_or": None, "n_traj": None, "md_steps": None, "tau": None,
@@ -170,6 +177,11 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
     """Train the flow of settings ``s`` (:func:`train_settings`), or continue the run in
     ``s["out"]`` (``resume``); rank 0 evaluates, writes ``summary.json`` and prints one line.
     Returns the exit status."""
+    source = None
+    if s.get("init_from"):
+        from .transfer import fine_tune_source
+
+        source = fine_tune_source(s)
     if s.get("kappa") is not None:
         from .train_nf2 import run_train_nf2
 
@@ -195,11 +207,20 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
         out.mkdir(parents=True, exist_ok=True)
     check_resume(ck, resume)
     torch.manual_seed(int(s["seed"]))
-    model = make_flow(_GROUPS[s["group"]], len(s["nrow"]), **s["model"]).to(dev)
+    if source is None:
+        model = make_flow(_GROUPS[s["group"]], len(s["nrow"]), **s["model"]).to(dev)
+    else:
+        model = source[0].to(dev).train()
     extra = dict(s["train"])
     extra.setdefault("total_steps", int(s["steps"]))
     cfg = TrainConfig(nrow=s["nrow"], beta=float(s["beta"]), batch=int(s["batch"]),
                       lr=float(s["lr"]), seed=int(s["seed"]), **extra)
+    if source is not None:
+        cfg.extra = {**cfg.extra, "init_from": source[1]}
+        if rank == 0 and not resume:
+            from .transfer import fine_tune_notice
+
+            print(fine_tune_notice(source[1], s), flush=True)
     trainer = Trainer(model, cfg)
     if resume:
         trainer.load(ck)
@@ -239,6 +260,10 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
         "beta": float(s["beta"]), "batch": int(s["batch"]), "world_size": world,
         "checkpoint": str(ck), "stopped_by_time_budget": len(hist) < remaining,
     }
+    if source is not None:
+        from .transfer import history_of
+
+        summary["init_from"], summary["history"] = source[1], history_of(source[1])
     tmp = summary_path.with_name(".summary.json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(tmp, summary_path)

@@ -10,16 +10,22 @@ exact ``log q``, of every lattice its masks tile.  :func:`check_transfer` decide
 for a mask with a period of 2, another dimension, ...) and adds the even extents the even-odd
 operator of a joint model needs; a model marked ``transferable = False`` is refused with its
 ``transfer_reason``.
+
+Fine-tuning (``qcd-bridge train --init-from MODEL``) starts from such a model on another lattice
+or coupling: :func:`fine_tune_source` loads and checks it before any work and describes it for
+the run's history.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["check_transfer", "transfer_notice"]
+__all__ = ["check_transfer", "transfer_notice", "fine_tune_source", "fine_tune_notice",
+           "history_of"]
 
 
 def _fmt(nrow: Sequence[int]) -> str:
@@ -59,3 +65,66 @@ def transfer_notice(model_path: Any, trained: Sequence[int], nrow: Sequence[int]
     """The one line saying that a model is used on another lattice than its training lattice."""
     return (f"note: the model {model_path} was trained on {_fmt(trained)}; using it on "
             f"{_fmt(nrow)} (a local flow: log q stays exact there, the acceptance may differ)")
+
+
+def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The model of ``s["init_from"]`` (training settings of :mod:`bridge.jobs.train`) and its
+    record ``{model, group, nrow, beta, steps, arch, init_from}``, after the checks: a gauge-only
+    flow (not a joint Nf = 2 model or a stochastic normalizing flow, and no ``kappa`` or
+    ``--arch snf`` in this run), the run's group, no architecture settings that differ from the
+    model's, and :func:`check_transfer` on the run's lattice.  Raises :class:`ConfigError`."""
+    import torch
+
+    from ..flows.checkpoints import GROUPS, load_model
+    from ..groups import get_group
+
+    path = str(s["init_from"])
+    where = f"--init-from {path}"
+    if s.get("kappa") is not None:
+        raise ConfigError(f"{where}: fine-tuning takes gauge-only flows; with --kappa (a joint "
+                          f"Nf = 2 model) start from a checkpoint with --init instead")
+    if s.get("model", {}).get("arch") == "snf":
+        raise ConfigError(f"{where}: fine-tuning takes gauge-only flows; --arch snf trains a "
+                          f"stochastic normalizing flow, which does not start from a model")
+    model, meta = load_model(path)
+    arch = meta.get("model", {}).get("arch")
+    if arch in ("joint", "snf"):
+        kind = "a joint Nf = 2 model" if arch == "joint" else "a stochastic normalizing flow"
+        raise ConfigError(f"{where}: the model is {kind}; fine-tuning takes gauge-only flows "
+                          f"(coupling, residual, plaquette)")
+    want = get_group(GROUPS[s["group"]]).name
+    if model.group.name != want:
+        raise ConfigError(f"{where}: the model is for {model.group.name}, this run for {want} "
+                          f"(--group {s['group']}); give the model's group")
+    for key, value in s.get("model", {}).items():
+        if meta["model"].get(key, value) != value and not (
+                isinstance(value, list) and list(meta["model"].get(key)) == value):
+            raise ConfigError(f"{where}: the architecture comes from the model, whose {key} is "
+                              f"{meta['model'].get(key)!r}, not {value!r}; drop that setting")
+    check_transfer(model, s["nrow"], where)
+    p = Path(path)
+    state = torch.load(p / "checkpoint.pt" if p.is_dir() else p, map_location="cpu",
+                       weights_only=False)
+    train = meta.get("train", {})
+    record = {"model": path, "group": model.group.name, "nrow": list(train.get("nrow", [])),
+              "beta": train.get("beta"), "steps": int(state.get("step", 0)),
+              "arch": meta["model"].get("arch", "coupling"),
+              "init_from": train.get("extra", {}).get("init_from")}
+    return model, record
+
+
+def history_of(record: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The chain of sources of a fine-tuned model, nearest first (each without its own
+    ``init_from``)."""
+    out = []
+    while record:
+        out.append({k: v for k, v in record.items() if k != "init_from"})
+        record = record.get("init_from")
+    return out
+
+
+def fine_tune_notice(record: dict[str, Any], s: dict[str, Any]) -> str:
+    """The line saying what a fine-tuning run starts from."""
+    return (f"fine-tuning {record['model']} (trained on {_fmt(record['nrow'])} at beta "
+            f"{record['beta']:g} for {record['steps']} steps) on {_fmt(s['nrow'])} at beta "
+            f"{float(s['beta']):g}")
