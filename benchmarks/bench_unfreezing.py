@@ -85,11 +85,11 @@ from bridge.exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 from bridge.flows import U1PlaquetteProposal, make_flow
 from bridge.flows.training import TrainConfig, Trainer
 from bridge.gauge import plaquette_traces, unit_gauge, wilson_action
+from bridge.jobs.scaling import analyse_charge as analyse_q
+from bridge.jobs.scaling import make_hmc, tune_hmc
 from bridge.lattice import Lattice
 from bridge.mcmc.compose import compose, run_chain
 from bridge.mcmc.flow_mh import flow_metropolis_kernel
-from bridge.mcmc.hmc import hmc
-from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
 from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.observables import flowed_topological_charge
@@ -97,7 +97,6 @@ from bridge.observables.field_strength import geometric_charge_u1
 from bridge.rng import generator, rng_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 U1_ARCH = {"n_layers": 16, "k": 8, "hidden": (8, 8)}
 # --u1-arch plaquette: the constrained plaquette flow, trained with the path-gradient estimator
 U1_PLAQUETTE = {"arch": "plaquette"}
@@ -118,11 +117,6 @@ def chi_t_infinite(beta: float) -> float:
 
 
 # -- samplers ---------------------------------------------------------------------------------
-def make_hmc(beta: float, n_steps: int, name: str = "hmc"):
-    integ = Integrator([Level(scheme("LCM_STS_MIN_NORM_2"), int(n_steps), [GaugeMonomial(beta)])])
-    return hmc(integ, 1.0, name=name)
-
-
 class Rec(NamedTuple):
     """What the benchmark keeps of a step's :class:`~bridge.mcmc.base.StepInfo` (keeping the
     records themselves, with their HMC details, costs gigabytes over long runs)."""
@@ -139,25 +133,6 @@ def _slim(infos) -> list[Rec]:
 def _acc(recs: list[Rec], kernel: str) -> float | None:
     a = [r.acc for r in recs if r.kernel == kernel]
     return float(np.mean(a)) if a else None
-
-
-def tune_hmc(u: torch.Tensor, beta: float, *, target: float = 0.8, trajs: int = 20,
-             seed: int = 0, ladder=NSTEP_LADDER) -> dict:
-    """Smallest number of MD steps of the ladder (tau = 1) whose acceptance over ``trajs``
-    trajectories of all chains is >= ``target``; the runs thermalise ``u`` (returned)."""
-    t0 = time.perf_counter()
-    tried = []
-    for i, n in enumerate(ladder):
-        k = make_hmc(beta, n)
-        state = k.init(u, seed=rng_key(seed, 7, i))
-        state, infos, _ = run_chain(k, state, trajs)
-        acc = _acc(_slim(infos), "hmc")
-        tried.append({"n_steps": n, "acceptance": acc})
-        u = state.U
-        if acc >= target:
-            break
-    return {"n_steps": n, "acceptance": acc, "tried": tried, "U": u,
-            "seconds": time.perf_counter() - t0}
 
 
 def run_timed(kernel, state, seconds: float, measure, min_steps: int = 20,
@@ -189,51 +164,6 @@ def run_timed(kernel, state, seconds: float, measure, min_steps: int = 20,
 
 
 # -- analysis ---------------------------------------------------------------------------------
-def analyse_q(q: np.ndarray, volume: int, chi_ref: float | None, *, resolve_factor: float = 50.0,
-              min_tunnel: int = 2) -> dict:
-    """tau_int (Gamma method), chi_t and the tunnelling cross-check of ``q`` [steps, chains]."""
-    n, chains = q.shape
-    changes = int((np.diff(q, axis=0) != 0).sum())
-    per_chain = (np.diff(q, axis=0) != 0).sum(0)
-    out: dict[str, Any] = {"n_per_chain": int(n), "chains": int(chains), "q_changes": changes,
-                           "q_changes_min_chain": int(per_chain.min()),
-                           "q_mean": float(q.mean()), "q2_mean": float((q * q).mean())}
-    reps = [q[:, c].astype(float) for c in range(chains)]
-    tau = tau_err = None
-    if float(np.var(q)) > 0:
-        try:
-            g = gamma(reps)
-            tau, tau_err = g.tau_int, g.tau_int_error
-        except Exception as exc:  # noqa: BLE001 - degenerate series: report, do not fail
-            out["gamma_error"] = str(exc)
-    if tau is not None and not math.isfinite(tau):
-        tau = None
-    resolved = (tau is not None and n >= resolve_factor * tau
-                and int(per_chain.min()) >= min_tunnel)
-    out.update({"tau_int": tau, "tau_int_error": tau_err, "resolved": bool(resolved)})
-    try:
-        g2 = gamma([r * r / volume for r in reps])
-        out["chi_t"], out["chi_t_error"] = g2.value, g2.error
-        out["chi_t_tau_int"] = g2.tau_int
-    except Exception as exc:  # noqa: BLE001
-        out["chi_t"], out["chi_t_error"] = float((q * q).mean() / volume), None
-        out["chi_t_gamma_error"] = str(exc)
-    # tunnelling cross-check (model: Ornstein-Uhlenbeck Q with unit jumps at rate r per step)
-    chi = chi_ref if chi_ref is not None else out["chi_t"]
-    steps = max((n - 1) * chains, 1)
-    if changes > 0:
-        out["tau_tunnel"], out["tau_tunnel_is_bound"] = 2 * volume * chi * steps / changes, False
-    else:
-        out["tau_tunnel"], out["tau_tunnel_is_bound"] = 2 * volume * chi * steps / 3.0, True
-    # the tau_int used for the cost: the Gamma value, a lower bound when unresolved; without a
-    # Gamma value (Q never changed) the tunnelling bound
-    if tau is not None:
-        out["tau_used"], out["tau_used_kind"] = tau, ("gamma" if resolved else "gamma_lower")
-    else:
-        out["tau_used"], out["tau_used_kind"] = out["tau_tunnel"], "tunnel_lower"
-    return out
-
-
 def _gamma_mean(x: np.ndarray) -> tuple[float, float | None]:
     try:
         g = gamma([x[:, c].astype(float) for c in range(x.shape[1])])

@@ -31,6 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("chain", "add_chain_parser"),
     ("chroma", "add_chroma_xml_parser"),
     ("demo", "add_demo_parser"),
+    ("scaling", "add_scaling_parser"),
 ]
 
 

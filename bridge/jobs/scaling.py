@@ -1,0 +1,495 @@
+"""``qcd-bridge scaling``: how model quality, training cost and sampling cost of a flow family grow
+with the volume, in the manner of Abbott et al., arXiv:2211.07541 (secs. III-V: ESS of a fixed
+model against V, training to a target ESS from scratch and from a transferred start, cost per
+effective sample, autocorrelations of the hybrid chain against HMC).
+
+For each coupling ``beta`` of the grid a *fixed model* of the family is trained on
+``train_L x train_L`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`).  Then
+for each ``L`` of the grid (2D U(1), ``V = L^2``):
+
+* **transferred model**: ESS and independence-Metropolis acceptance of the fixed model on
+  ``L x L`` (:func:`bridge.jobs.transfer.check_transfer`; ``eval_samples`` fresh samples), the
+  seconds per sample and the *cost per effective sample* ``t_sample / ESS``;
+* **training to the target ESS**: steps and seconds until the mean batch ESS of the last
+  ``window`` steps reaches ``target_ess``, from scratch and from the transferred fixed model (0
+  steps where its ESS already reaches the target), at most ``target_max_steps`` steps or
+  ``target_max_seconds``; not reached is a lower bound; the ESS on fresh samples at the end is
+  recorded beside it;
+* **chains**: ``chains`` hybrid chains (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed
+  model's proposals) and ``hmc_chains`` HMC chains (Omelyan 2MN, tau 1, the MD steps tuned to
+  acceptance >= 0.8), both started from the same thermalised HMC state; ``tau_int`` of the
+  geometric charge ``Q`` and of the plaquette from the Gamma method
+  (:func:`bridge.analysis.stats.gamma`, pyerrors, chains as replicas) in cycles (HMC:
+  trajectories), with the lower bounds of :func:`analyse_charge` where ``Q`` barely moves; the
+  cost per independent sample ``(seconds per step per chain) x 2 tau_int`` (the kernels' time,
+  measurements excluded).
+
+Fits: ``cost = a V^z`` by least squares in log-log (:func:`fit_power_law`) for every cost (and for
+``-log ESS``, which a local model makes linear in ``V``), per beta.  Output: ``OUT/scaling.json``
+and the figures of :mod:`bridge.jobs.scaling_plots` (``OUT/scaling_*.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["ScalingSettings", "run_scaling", "fit_power_law", "analyse_charge", "make_hmc",
+           "tune_hmc", "NSTEP_LADDER"]
+
+NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
+# the families: make_flow arguments, TrainConfig fields, learning rate
+FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {
+    "plaquette": ({"arch": "plaquette"}, {"estimator": "path", "adam_eps": 1e-8}, 0.03),
+    "coupling": ({"n_layers": 8, "k": 8, "hidden": [8, 8]}, {}, 3e-3),
+}
+
+
+@dataclass
+class ScalingSettings:
+    """The options of ``qcd-bridge scaling`` (module docstring; defaults as on the command
+    line)."""
+
+    family: str = "plaquette"
+    L: list[int] = field(default_factory=lambda: [8, 16, 32])
+    betas: list[float] = field(default_factory=lambda: [6.0])
+    train_L: int = 8
+    train_steps: int = 300
+    batch: int = 64
+    lr: float | None = None
+    target_ess: float = 0.5
+    window: int = 10
+    target_max_steps: int = 300
+    target_max_seconds: float = 60.0
+    eval_samples: int = 256
+    chains: int = 4
+    cycles: int = 300
+    flow_per_cycle: int = 1
+    flow_batch: int = 16
+    hmc_chains: int = 4
+    hmc_trajectories: int = 2000
+    therm: int = 20
+    seed: int = 0
+    out: str = "scaling"
+
+
+def check_settings(s: ScalingSettings) -> None:
+    """Refuse settings that cannot run, naming the option and the value."""
+    if s.family not in FAMILIES:
+        raise ConfigError(f"--family {s.family!r}: expected one of {sorted(FAMILIES)}")
+    if not s.L or any(int(n) < 2 for n in s.L) or int(s.train_L) < 2:
+        raise ConfigError(f"--L {s.L} / --train-L {s.train_L}: expected extents >= 2")
+    if not s.betas or any(not (b > 0 and math.isfinite(b)) for b in s.betas):
+        raise ConfigError(f"--betas {s.betas}: expected positive couplings")
+    if not 0 < s.target_ess <= 1:
+        raise ConfigError(f"--target-ess {s.target_ess}: expected a number in (0, 1]")
+    for name in ("train_steps", "batch", "window", "target_max_steps", "eval_samples", "chains",
+                 "flow_per_cycle", "flow_batch", "hmc_chains"):
+        if int(getattr(s, name)) < (2 if name == "batch" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(s, name)}: expected a "
+                              f"positive integer{' >= 2' if name == 'batch' else ''}")
+    for name, n in (("cycles", s.cycles), ("hmc_trajectories", s.hmc_trajectories)):
+        if int(n) <= int(s.therm) + 4:
+            raise ConfigError(f"--{name.replace('_', '-')} {n}: expected more than --therm "
+                              f"{s.therm} + 4")
+
+
+# -- HMC and the analysis of Q ----------------------------------------------------------------
+def make_hmc(beta: float, n_steps: int, name: str = "hmc") -> Any:
+    """HMC for the Wilson action: Omelyan 2MN (``LCM_STS_MIN_NORM_2``), tau 1."""
+    from ..mcmc.hmc import hmc
+    from ..mcmc.integrators import Integrator, Level, scheme
+    from ..mcmc.monomials import GaugeMonomial
+
+    integ = Integrator([Level(scheme("LCM_STS_MIN_NORM_2"), int(n_steps), [GaugeMonomial(beta)])])
+    return hmc(integ, 1.0, name=name)
+
+
+def tune_hmc(u: Any, beta: float, *, target: float = 0.8, trajs: int = 20, seed: int = 0,
+             ladder: tuple[int, ...] = NSTEP_LADDER) -> dict[str, Any]:
+    """Smallest number of MD steps of the ladder (tau = 1) whose acceptance over ``trajs``
+    trajectories of all chains is >= ``target``; the runs thermalise ``u`` (returned as
+    ``"U"``)."""
+    from ..mcmc.compose import run_chain
+    from ..rng import rng_key
+
+    t0 = time.perf_counter()
+    tried = []
+    n, acc = ladder[0], 0.0
+    for i, n in enumerate(ladder):
+        k = make_hmc(beta, n)
+        state, infos, _ = run_chain(k, k.init(u, seed=rng_key(seed, 7, i)), trajs)
+        acc = sum(float(x.accepted.double().mean()) for x in infos) / max(len(infos), 1)
+        tried.append({"n_steps": n, "acceptance": acc})
+        u = state.U
+        if acc >= target:
+            break
+    return {"n_steps": n, "acceptance": acc, "tried": tried, "U": u,
+            "seconds": time.perf_counter() - t0}
+
+
+def analyse_charge(q: Any, volume: int, chi_ref: float | None, *, resolve_factor: float = 50.0,
+                   min_tunnel: int = 2) -> dict[str, Any]:
+    """``tau_int`` (Gamma method, chains as replicas), ``chi_t = <Q^2>/V`` and a tunnelling
+    cross-check of the charges ``q`` [steps, chains].
+
+    ``tau_int`` is *resolved* when every chain is ``resolve_factor`` tau_int long and changed
+    ``Q`` at least ``min_tunnel`` times; otherwise it is a lower bound (a short chain
+    underestimates it).  Independent of the window, ``tau_tunnel = 2 V chi_t / r`` with ``r``
+    the observed rate of changes of ``Q`` per step (an Ornstein-Uhlenbeck model with unit
+    jumps); without any change, ``r < 3 / (steps x chains)`` (95 %) bounds it from below.
+    ``tau_used`` is the Gamma value (``tau_used_kind`` ``gamma``, or ``gamma_lower`` when
+    unresolved) or, with no Gamma value, the tunnelling bound (``tunnel_lower``)."""
+    import numpy as np
+
+    from ..analysis.stats import gamma
+
+    q = np.asarray(q, dtype=float)
+    n, chains = q.shape
+    per_chain = (np.diff(q, axis=0) != 0).sum(0)
+    changes = int(per_chain.sum())
+    out: dict[str, Any] = {"n_per_chain": int(n), "chains": int(chains), "q_changes": changes,
+                           "q_changes_min_chain": int(per_chain.min()),
+                           "q_mean": float(q.mean()), "q2_mean": float((q * q).mean())}
+    reps = [q[:, c] for c in range(chains)]
+    tau = tau_err = None
+    if float(np.var(q)) > 0:
+        try:
+            g = gamma(reps)
+            tau, tau_err = g.tau_int, g.tau_int_error
+        except Exception as exc:  # noqa: BLE001 - degenerate series: report, do not fail
+            out["gamma_error"] = str(exc)
+    if tau is not None and not math.isfinite(tau):
+        tau = None
+    resolved = (tau is not None and n >= resolve_factor * tau
+                and int(per_chain.min()) >= min_tunnel)
+    out.update({"tau_int": tau, "tau_int_error": tau_err, "resolved": bool(resolved)})
+    try:
+        g2 = gamma([r * r / volume for r in reps])
+        out["chi_t"], out["chi_t_error"], out["chi_t_tau_int"] = g2.value, g2.error, g2.tau_int
+    except Exception as exc:  # noqa: BLE001
+        out["chi_t"], out["chi_t_error"] = float((q * q).mean() / volume), None
+        out["chi_t_gamma_error"] = str(exc)
+    chi = chi_ref if chi_ref is not None else out["chi_t"]
+    steps = max((n - 1) * chains, 1)
+    bound = changes == 0
+    out["tau_tunnel"] = 2 * volume * chi * steps / (3.0 if bound else changes)
+    out["tau_tunnel_is_bound"] = bound
+    if tau is not None:
+        out["tau_used"], out["tau_used_kind"] = tau, ("gamma" if resolved else "gamma_lower")
+    else:
+        out["tau_used"], out["tau_used_kind"] = out["tau_tunnel"], "tunnel_lower"
+    return out
+
+
+def _gamma_tau(x: Any) -> dict[str, Any]:
+    """Mean, error and tau_int of ``x`` [steps, chains] (Gamma method); Nones if degenerate."""
+    import numpy as np
+
+    from ..analysis.stats import gamma
+
+    try:
+        g = gamma([np.asarray(x[:, c], dtype=float) for c in range(x.shape[1])])
+        return {"mean": g.value, "error": g.error, "tau_int": g.tau_int,
+                "tau_int_error": g.tau_int_error}
+    except Exception:  # noqa: BLE001 - a constant or too short series has no tau_int
+        return {"mean": float(np.mean(x)), "error": None, "tau_int": None,
+                "tau_int_error": None}
+
+
+# -- fits -------------------------------------------------------------------------------------
+def fit_power_law(x: Any, y: Any) -> dict[str, Any] | None:
+    """``y = a x^z`` by least squares of ``log y`` on ``log x``: ``{"z", "z_error", "a",
+    "points"}`` (the error from the residuals, None with two points); None with fewer than two
+    positive points."""
+    import numpy as np
+
+    pts = [(float(a), float(b)) for a, b in zip(x, y, strict=True)
+           if a is not None and b is not None and a > 0 and b > 0 and math.isfinite(b)]
+    if len({p[0] for p in pts}) < 2:
+        return None
+    lx, ly = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    design = np.stack([lx, np.ones_like(lx)], 1)
+    coef, *_ = np.linalg.lstsq(design, ly, rcond=None)
+    err = None
+    if len(pts) > 2:
+        resid = ly - design @ coef
+        cov = np.linalg.inv(design.T @ design) * float(resid @ resid) / (len(pts) - 2)
+        err = float(math.sqrt(cov[0, 0]))
+    return {"z": float(coef[0]), "z_error": err, "a": float(math.exp(coef[1])),
+            "points": len(pts)}
+
+
+FIT_KEYS = {  # name: (value, the flag saying it is a lower bound or None)
+    "cost_per_effective_sample": ("transfer.cost_per_effective_sample", None),
+    "minus_log_ess": ("transfer.minus_log_ess", None),
+    "train_seconds_scratch": ("train_scratch.seconds", "train_scratch.is_lower_bound"),
+    "train_seconds_transfer": ("train_transfer.seconds", "train_transfer.is_lower_bound"),
+    "hybrid_cost_per_independent_q": ("hybrid.cost_per_independent_q", "hybrid.is_lower_bound"),
+    "hmc_cost_per_independent_q": ("hmc.cost_per_independent_q", "hmc.is_lower_bound"),
+    "hybrid_cost_per_independent_plaquette": ("hybrid.cost_per_independent_plaquette", None),
+    "hmc_cost_per_independent_plaquette": ("hmc.cost_per_independent_plaquette", None),
+}
+
+
+def _get(point: dict[str, Any], path: str) -> Any:
+    part, key = path.split(".")
+    return point.get(part, {}).get(key)
+
+
+def fits(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per beta, the exponent of every cost of :data:`FIT_KEYS` against ``V``; a fit over values
+    that include lower bounds (unreached targets, unresolved tau_int) says so."""
+    out: dict[str, Any] = {}
+    for beta in sorted({p["beta"] for p in points}):
+        pts = sorted((p for p in points if p["beta"] == beta), key=lambda p: p["volume"])
+        per: dict[str, Any] = {}
+        for name, (path, flag) in FIT_KEYS.items():
+            f = fit_power_law([p["volume"] for p in pts], [_get(p, path) for p in pts])
+            if f is not None:
+                f["includes_lower_bounds"] = bool(flag) and any(
+                    _get(p, flag) for p in pts if (_get(p, path) or 0) > 0)
+            per[name] = f
+        out[f"{beta:g}"] = per
+    return out
+
+
+# -- flows ------------------------------------------------------------------------------------
+def _evaluate(model: Any, nrow: list[int], beta: float, n: int, seed: int,
+              chunk: int = 64) -> dict[str, Any]:
+    """ESS, IMH acceptance and seconds per sample of ``n`` fresh samples."""
+    import torch
+
+    from ..gauge import wilson_action
+    from ..mcmc.reweighting import ess, imh_acceptance
+    from ..rng import generator, rng_key
+
+    lws = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i, start in enumerate(range(0, n, chunk)):
+            u, lq = model.sample(min(chunk, n - start), nrow,
+                                 generator=generator(rng_key(seed, 21, i)))
+            lws.append(-wilson_action(u, beta) - lq)
+    sec = (time.perf_counter() - t0) / n
+    lw = torch.cat(lws)
+    e = ess(lw)
+    return {"ess": e, "acceptance": imh_acceptance(lw, generator(rng_key(seed, 22))),
+            "seconds_per_sample": sec, "cost_per_effective_sample": sec / e if e > 0 else None,
+            "minus_log_ess": -math.log(e) if e > 0 else None, "eval_samples": n}
+
+
+def _trainer(model: Any, s: ScalingSettings, nrow: list[int], beta: float, seed: int) -> Any:
+    from ..flows.training import TrainConfig, Trainer
+
+    _, train_kw, lr = FAMILIES[s.family]
+    return Trainer(model, TrainConfig(nrow=nrow, beta=beta, batch=int(s.batch),
+                                      lr=float(s.lr or lr), seed=seed, **train_kw))
+
+
+def _new_model(s: ScalingSettings, seed: int) -> Any:
+    import torch
+
+    from ..flows import make_flow
+
+    torch.manual_seed(seed)
+    return make_flow("U1", 2, **FAMILIES[s.family][0])
+
+
+def train_fixed(s: ScalingSettings, beta: float) -> tuple[Any, dict[str, Any]]:
+    """The fixed model of ``beta``: ``train_steps`` steps on ``train_L x train_L``."""
+    model = _new_model(s, s.seed)
+    tr = _trainer(model, s, [s.train_L] * 2, beta, s.seed)
+    t0 = time.perf_counter()
+    tr.train(int(s.train_steps))
+    return model, {"nrow": [s.train_L] * 2, "steps": tr.step_count,
+                   "seconds": time.perf_counter() - t0}
+
+
+def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: int,
+                    start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Steps and seconds of training ``model`` on ``L x L`` until the mean batch ESS of the last
+    ``window`` steps reaches the target (module docstring); ``start``: the model's evaluation
+    before training (a transferred start that already reaches the target takes 0 steps)."""
+    if start is not None and start["ess"] >= s.target_ess:
+        return {"steps": 0, "seconds": 0.0, "reached": True, "is_lower_bound": False,
+                "ess_fresh": start["ess"], "note": "the transferred model reaches the target"}
+    tr = _trainer(model, s, [L, L], beta, seed)
+    t0, hist, reached = time.perf_counter(), [], False
+    while tr.step_count < int(s.target_max_steps):
+        if time.perf_counter() - t0 > float(s.target_max_seconds):
+            break
+        hist.append(tr.step()["ess"])
+        if len(hist) >= int(s.window) and sum(hist[-s.window:]) / s.window >= s.target_ess:
+            reached = True
+            break
+    seconds = time.perf_counter() - t0
+    fresh = _evaluate(model, [L, L], beta, int(s.eval_samples), seed + 1)
+    return {"steps": tr.step_count, "seconds": seconds, "reached": reached,
+            "is_lower_bound": not reached, "ess_fresh": fresh["ess"],
+            "acceptance_fresh": fresh["acceptance"],
+            "batch_ess_window": sum(hist[-s.window:]) / max(len(hist[-s.window:]), 1)}
+
+
+# -- chains -----------------------------------------------------------------------------------
+def _measure(u: Any) -> Any:
+    """Per chain: the geometric charge (rounded) and the mean plaquette ``<cos theta>``."""
+    import torch
+
+    from ..gauge import plaquette_traces
+    from ..observables.field_strength import geometric_charge_u1
+
+    q = torch.round(geometric_charge_u1(u))
+    p = plaquette_traces(u).real.flatten(1).mean(1)
+    return torch.stack([q, p], 1).detach().cpu()
+
+
+def _timed_chain(kernel: Any, u: Any, n: int, seed: int) -> tuple[Any, dict[str, float], float]:
+    """``n`` steps of ``kernel`` from ``u``: observables [n, chains, 2] (numpy), acceptance per
+    kernel and the seconds spent in the kernel's steps (measurements excluded)."""
+    import torch
+
+    from ..mcmc.compose import run_chain
+
+    state = kernel.init(u, seed=seed)
+    obs, acc, sec = [], {}, 0.0
+    for _ in range(int(n)):
+        t = time.perf_counter()
+        state, infos, _ = run_chain(kernel, state, 1)
+        sec += time.perf_counter() - t
+        for info in infos:
+            acc.setdefault(info.kernel, []).append(float(info.accepted.double().mean()))
+        obs.append(_measure(state.U))
+    return (torch.stack(obs).numpy(), {k: sum(v) / len(v) for k, v in acc.items()}, sec)
+
+
+def _chain_row(obs: Any, acc: dict[str, float], sec: float, s: ScalingSettings, L: int,
+               beta: float) -> dict[str, Any]:
+    from ..exact import u1_2d_topological_susceptibility
+
+    n, chains = obs.shape[:2]
+    x = obs[int(s.therm):]
+    q = analyse_charge(x[..., 0], L * L, u1_2d_topological_susceptibility(beta, (L, L)))
+    plaq = _gamma_tau(x[..., 1])
+    per = sec / n / chains
+    return {"steps": int(n), "chains": int(chains), "seconds": sec,
+            "seconds_per_step_per_chain": per, "acceptance": acc, "q": q, "plaquette": plaq,
+            "tau_int_q": q["tau_used"], "tau_int_q_kind": q["tau_used_kind"],
+            "tau_int_plaquette": plaq["tau_int"],
+            "cost_per_independent_q": per * 2 * q["tau_used"],
+            "cost_per_independent_plaquette": (per * 2 * plaq["tau_int"]
+                                               if plaq["tau_int"] else None),
+            "is_lower_bound": q["tau_used_kind"] != "gamma"}
+
+
+def chains_at(model: Any, s: ScalingSettings, L: int, beta: float, seed: int
+              ) -> dict[str, dict[str, Any]]:
+    """Hybrid and HMC chains on ``L x L`` from one thermalised, tuned HMC start."""
+    import torch
+
+    from ..gauge import unit_gauge
+    from ..lattice import Lattice
+    from ..mcmc.compose import compose
+    from ..mcmc.flow_mh import flow_metropolis_kernel
+    from ..mcmc.monomials import GaugeMonomial
+    from ..rng import rng_key
+
+    width = max(int(s.chains), int(s.hmc_chains))
+    u0 = unit_gauge(Lattice([L, L]), "U1", width, dtype=torch.float64)
+    tune = tune_hmc(u0, beta, seed=seed)
+    md = int(tune["n_steps"])
+    fk = flow_metropolis_kernel(model, GaugeMonomial(beta).action, batch_size=int(s.flow_batch))
+    hybrid = compose([(make_hmc(beta, md), 1), (fk, int(s.flow_per_cycle))])
+    out = {}
+    for name, kernel, n, c in (("hybrid", hybrid, s.cycles, s.chains),
+                               ("hmc", make_hmc(beta, md), s.hmc_trajectories, s.hmc_chains)):
+        obs, acc, sec = _timed_chain(kernel, tune["U"][:int(c)], int(n), rng_key(seed, 31,
+                                                                                len(out)))
+        out[name] = {**_chain_row(obs, acc, sec, s, L, beta), "md_steps": md,
+                     "tune_acceptance": tune["acceptance"]}
+    return out
+
+
+# -- the study --------------------------------------------------------------------------------
+def _line(p: dict[str, Any]) -> str:
+    def f(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
+
+    def bound(part: dict[str, Any], key: str, spec: str) -> str:
+        return (">" if part.get("is_lower_bound") else "") + f(part.get(key), spec)
+
+    t, h, m = p["transfer"], p["hybrid"], p["hmc"]
+    return (f"{p['L']:4d} {p['beta']:5g} {t['ess']:6.3f} {t['acceptance']:6.3f} "
+            f"{f(t['cost_per_effective_sample'], '9.3g')} "
+            f"{bound(p['train_scratch'], 'seconds', '.3g'):>8} "
+            f"{bound(p['train_transfer'], 'seconds', '.3g'):>8} "
+            f"{bound(h, 'tau_int_q', '.3g'):>9} {bound(m, 'tau_int_q', '.3g'):>9} "
+            f"{f(h['tau_int_plaquette'], '.3g'):>7} {f(m['tau_int_plaquette'], '.3g'):>7} "
+            f"{bound(h, 'cost_per_independent_q', '.3g'):>9} "
+            f"{bound(m, 'cost_per_independent_q', '.3g'):>9}")
+
+
+HEADER = (f"{'L':>4} {'beta':>5} {'ESS':>6} {'acc':>6} {'s/eff':>9} {'tr.scr':>8} "
+          f"{'tr.xfer':>8} {'tauQ hyb':>9} {'tauQ hmc':>9} {'tauP h':>7} {'tauP m':>7} "
+          f"{'s/Q hyb':>9} {'s/Q hmc':>9}")
+
+
+def run_scaling(s: ScalingSettings) -> dict[str, Any]:
+    """The study of the module docstring; writes ``OUT/scaling.json`` and the figures and
+    returns the result."""
+    import copy
+
+    from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
+    from .scaling_plots import plot_scaling
+    from .transfer import check_transfer
+
+    check_settings(s)
+    s.L = sorted(int(n) for n in s.L)
+    probe = _new_model(s, s.seed)
+    for L in [s.train_L, *s.L]:  # refuse an impossible lattice before any work
+        check_transfer(probe, [L, L], f"--L {L}")
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    points, fixed_info = [], {}
+    print(HEADER, flush=True)
+    for bi, beta in enumerate(s.betas):
+        fixed, fixed_info[f"{beta:g}"] = train_fixed(s, float(beta))
+        for li, L in enumerate(s.L):
+            seed = int(s.seed) + 100 * (bi * len(s.L) + li) + 1
+            tr = _evaluate(fixed, [L, L], float(beta), int(s.eval_samples), seed)
+            scratch = train_to_target(_new_model(s, seed), s, L, float(beta), seed + 2)
+            transfer = train_to_target(copy.deepcopy(fixed), s, L, float(beta), seed + 3,
+                                       start=tr)
+            p = {"L": L, "volume": L * L, "beta": float(beta), "transfer": tr,
+                 "train_scratch": scratch, "train_transfer": transfer,
+                 **chains_at(fixed, s, L, float(beta), seed + 4),
+                 "exact": {"plaquette": u1_2d_plaquette(float(beta), (L, L)),
+                           "chi_t": u1_2d_topological_susceptibility(float(beta), (L, L))}}
+            h, m = p["hybrid"], p["hmc"]
+            p["hmc_over_hybrid_cost_q"] = m["cost_per_independent_q"] / h[
+                "cost_per_independent_q"]
+            p["ratio_is_lower_bound"] = bool(m["is_lower_bound"]) and not h["is_lower_bound"]
+            points.append(p)
+            print(_line(p), flush=True)
+    result = {"format": "qcd-bridge-scaling", "settings": asdict(s), "group": "U(1)", "nd": 2,
+              "fixed_models": fixed_info, "points": points, "fits": fits(points),
+              "seconds": time.perf_counter() - t_start}
+    result["figures"] = [str(f) for f in plot_scaling(result, out)]
+    path = out / "scaling.json"
+    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    for beta, per in result["fits"].items():
+        for name, f in per.items():
+            if f is not None:
+                err = "" if f["z_error"] is None else f" +- {f['z_error']:.2f}"
+                lb = " (includes lower bounds)" if f["includes_lower_bounds"] else ""
+                print(f"beta {beta}: {name} ~ V^{f['z']:.2f}{err}{lb}")
+    print(f"wrote {path} and {', '.join(result['figures'])} in "
+          f"{result['seconds']:.0f} s", flush=True)
+    return result

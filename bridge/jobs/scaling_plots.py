@@ -1,0 +1,134 @@
+"""The figures of ``qcd-bridge scaling`` (:mod:`bridge.jobs.scaling`), drawn like those of
+arXiv:2211.07541 (Figs. 3-6 there): quantities against the volume on logarithmic axes, one colour
+per coupling, the fitted power laws ``a V^z`` as dashed lines labelled with ``z``, and lower
+bounds (unreached targets, unresolved tau_int) as open markers with upward arrows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_scaling"]
+
+_FLOOR = 0.1  # seconds: where a training time of 0 (target met by the transfer) is drawn
+
+
+def _series(points: list[dict[str, Any]], beta: float, part: str, key: str
+            ) -> tuple[list[float], list[float | None], list[bool]]:
+    pts = sorted((p for p in points if p["beta"] == beta), key=lambda p: p["volume"])
+    return ([p["volume"] for p in pts], [p[part].get(key) for p in pts],
+            [bool(p[part].get("is_lower_bound")) for p in pts])
+
+
+def _draw(ax: Any, v: list[float], y: list[float | None], lower: list[bool], *, color: Any,
+          marker: str, label: str, floor: float | None = None, ls: str = "-") -> None:
+    """Points joined by a line; lower bounds open with an arrow up; ``floor`` replaces 0."""
+    pts = [(a, (floor if (b == 0 and floor) else b), lb) for a, b, lb in zip(v, y, lower,
+                                                                              strict=True)
+           if b is not None and (b > 0 or floor)]
+    if not pts:
+        return
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, color=color, lw=1, alpha=0.6)
+    for i, (a, b, lb) in enumerate(pts):
+        ax.plot([a], [b], marker=marker, color=color, ms=6, ls="none",
+                mfc="none" if lb else color, label=label if i == 0 else None)
+        if lb:
+            ax.annotate("", xy=(a, b * 2.2), xytext=(a, b),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
+
+
+def _fit_line(ax: Any, v: list[float], f: dict[str, Any] | None, color: Any, name: str) -> None:
+    if not f:
+        return
+    xs = [min(v) / 1.3, max(v) * 1.3]
+    err = "" if f.get("z_error") is None else f"({f['z_error']:.2f})"
+    ax.plot(xs, [f["a"] * x ** f["z"] for x in xs], ls="--", color=color, lw=1,
+            label=f"{name}: z = {f['z']:.2f}{err}" + (" (bounds)" if f.get(
+                "includes_lower_bounds") else ""))
+
+
+def _style(ax: Any, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("V = L^2")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=6.5)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``scaling_ess.png``, ``scaling_training.png`` and ``scaling_cost.png`` into
+    ``out``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, fits = result["points"], result["fits"]
+    betas = sorted({p["beta"] for p in points})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fam = result["settings"]["family"]
+    src = f"{result['settings']['train_L']}x{result['settings']['train_L']}"
+    paths = []
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
+    for i, beta in enumerate(betas):
+        c = colors[i % len(colors)]
+        v, e, lb = _series(points, beta, "transfer", "ess")
+        _draw(a1, v, e, lb, color=c, marker="o", label=f"ESS, beta {beta:g}")
+        v, a, lb = _series(points, beta, "transfer", "acceptance")
+        _draw(a1, v, a, lb, color=c, marker="s", label=f"acceptance, beta {beta:g}", ls=":")
+        for part, mk in (("hybrid", "D"),):
+            v, a, _ = _series(points, beta, part, "acceptance")
+            _draw(a1, v, [x.get("flow") for x in a], [False] * len(v), color=c, marker=mk,
+                  label=f"hybrid chain flow acc., beta {beta:g}", ls="--")
+        v, m, lb = _series(points, beta, "transfer", "minus_log_ess")
+        _draw(a2, v, m, lb, color=c, marker="o", label=f"beta {beta:g}")
+        _fit_line(a2, v, fits[f"{beta:g}"].get("minus_log_ess"), c, "fit")
+    a1.set_ylim(0, 1.05)
+    _style(a1, "ESS / IMH acceptance", f"{fam} flow trained on {src}, used on L x L")
+    a2.set_yscale("log")
+    _style(a2, "-log ESS", "local model: -log ESS ~ V")
+    paths.append(_save(fig, out / "scaling_ess.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for i, beta in enumerate(betas):
+        for j, (part, mk, name) in enumerate((("train_scratch", "o", "from scratch"),
+                                              ("train_transfer", "s", f"from the {src} model"))):
+            c = colors[(2 * i + j) % len(colors)]
+            v, y, lb = _series(points, beta, part, "seconds")
+            _draw(ax, v, y, lb, color=c, marker=mk, label=f"{name}, beta {beta:g}",
+                  floor=_FLOOR, ls="-" if part == "train_scratch" else ":")
+    ax.set_yscale("log")
+    _style(ax, f"training seconds to ESS {result['settings']['target_ess']:g} "
+               f"(0 drawn at {_FLOOR})", "training cost to the target ESS")
+    paths.append(_save(fig, out / "scaling_training.png"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, beta in enumerate(betas):
+        per = fits[f"{beta:g}"]
+        for j, (part, key, mk, ls, name) in enumerate((
+                ("hmc", "cost_per_independent_q", "o", "-", "HMC, per indep. Q"),
+                ("hybrid", "cost_per_independent_q", "s", "-", "hybrid, per indep. Q"),
+                ("transfer", "cost_per_effective_sample", "^", ":", "flow, per eff. sample"))):
+            c = colors[(3 * i + j) % len(colors)]
+            v, y, lb = _series(points, beta, part, key)
+            _draw(ax, v, y, lb, color=c, marker=mk, label=f"{name}, beta {beta:g}", ls=ls)
+            fit = {"hybrid": "hybrid_cost_per_independent_q",
+                   "transfer": "cost_per_effective_sample"}.get(part)
+            if fit:
+                _fit_line(ax, v, per.get(fit), c, "fit")
+    ax.set_yscale("log")
+    _style(ax, "seconds (one CPU thread)", "cost per independent sample (open: lower bound)")
+    paths.append(_save(fig, out / "scaling_cost.png"))
+    return paths
