@@ -33,7 +33,9 @@ from .names import (
     BUILTIN_INTEGRATORS,
     BUILTIN_PREDICTORS,
     MIN_NORM_2_LAMBDA,
+    QUDA_INVERTERS,
 )
+from .quda import read_as_builtin_cg
 from .xml_in import XmlNode, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
@@ -165,6 +167,8 @@ def _gauge_monomial(node: XmlNode) -> dict[str, Any]:
 def _invert_param(node: XmlNode) -> dict[str, Any]:
     inv = node.child("InvertParam")
     inv_type = inv.text("invType")
+    if inv_type in QUDA_INVERTERS.values():  # solved by the built-in CG, with a notice
+        return read_as_builtin_cg(inv)
     inv.supported(inv_type == "CG_INVERTER", f"{inv.path}/invType: the built-in engine "
                   f"supports CG_INVERTER, got {inv_type!r}")
     params = {"rsd_cg": inv.real("RsdCG"), "max_cg": inv.integer("MaxCG")}

@@ -36,6 +36,8 @@ from lxml import etree
 
 from ..errors import ConfigError
 from .hmc_input import CfgSpec
+from .names import QUDA_INVERTERS
+from .quda import read_as_builtin_cg
 from .xml_in import XmlNode, parse_xml_file, read_kappa_csw, read_seed
 
 __all__ = [
@@ -258,7 +260,10 @@ def _fermion_action(fa: XmlNode, nd: int) -> dict[str, Any]:
 
 
 def _invert_param(inv: XmlNode) -> dict[str, Any]:
-    """``InvertParam`` of ``CG_INVERTER`` (``syssolver_cg_params.cc``)."""
+    """``InvertParam`` of ``CG_INVERTER`` (``syssolver_cg_params.cc``); a QUDA inverter is
+    solved by the built-in CG with a notice (:func:`~bridge.chroma.quda.read_as_builtin_cg`)."""
+    if (inv.el.findtext("invType") or "").strip() in QUDA_INVERTERS.values():
+        return read_as_builtin_cg(inv)
     _choice(inv, "invType", ("CG_INVERTER",), "the inverter")
     rsd = inv.real("RsdCG")
     if not 0 < rsd < 1:

@@ -33,6 +33,23 @@ GAUGE_ACTIONS = ("WILSON_GAUGEACT", "ANISO_SYM_SPATIAL_GAUGEACT", "ANISO_SYM_TEM
                  "LW_TREE_GAUGEACT", "LW_TADPOLE_GAUGEACT", "RG_GAUGEACT")
 INVERTERS = ("CG_INVERTER", "BICGSTAB_INVERTER", "QUDA_WILSON_INVERTER", "QUDA_CLOVER_INVERTER",
              "QUDA_MULTIGRID_WILSON_INVERTER", "QUDA_MULTIGRID_CLOVER_INVERTER")
+QUDA_INVERTERS = {"quda-wilson": "QUDA_WILSON_INVERTER", "quda-clover": "QUDA_CLOVER_INVERTER",
+                  "quda-multigrid-wilson": "QUDA_MULTIGRID_WILSON_INVERTER",
+                  "quda-multigrid-clover": "QUDA_MULTIGRID_CLOVER_INVERTER"}
+"""``--inverter`` choices -> the ``invType`` Chroma registers (``lib/actions/ferm/invert/
+quda_solvers/syssolver_linop_*_quda*_w.cc``)."""
+QUDA_MDAGM_INVERTERS = ("QUDA_WILSON_INVERTER", "QUDA_CLOVER_INVERTER",
+                        "QUDA_MULTIGRID_CLOVER_INVERTER")
+"""The QUDA ``invType`` Chroma also registers as ``MdagM`` solvers (``syssolver_mdagm_*``), the
+kind the two-flavour monomials of ``hmc`` use; ``QUDA_MULTIGRID_WILSON_INVERTER`` is a
+propagator (linear operator) solver only."""
+QUDA_SOLVER_TYPES = ("CG", "BICGSTAB", "GCR", "CA_GCR", "MR")
+"""``SolverType`` and the multigrid solver lists (``enum_quda_io.cc``: ``QudaSolverType``)."""
+QUDA_PRECISIONS = ("DEFAULT", "QUARTER", "HALF", "SINGLE", "DOUBLE")
+QUDA_RECONSTRUCTS = ("RECONS_NONE", "RECONS_8", "RECONS_12")
+QUDA_SCHWARZ = ("ADDITIVE_SCHWARZ", "MULTIPLICATIVE_SCHWARZ")
+QUDA_MG_CYCLES = ("MG_VCYCLE", "MG_RECURSIVE")
+"""``MULTIGRIDParams/CycleType`` (``quda_mg_utils.h``)."""
 PREDICTORS = ("NULL_4D_PREDICTOR", "ZERO_GUESS_4D_PREDICTOR", "LAST_SOLUTION_4D_PREDICTOR",
               "MRE_INITCG_4D_PREDICTOR", "QUDA_4D_PREDICTOR")
 MEASUREMENTS = ("PLAQUETTE", "POLYAKOV_LOOP", "QACTDEN", "QTOP_NAIVE", "MAKE_SOURCE",

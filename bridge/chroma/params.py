@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .names import PREDICTORS
+from .quda import QUDA_KEYS, QudaOptions, check_inverter, quda_options_from_dict
 
 __all__ = [
     "GaugeParams",
@@ -108,6 +109,8 @@ class FermionParams:
     max_cg: int = 2000
     predictor: str = "LAST_SOLUTION_4D_PREDICTOR"
     monomial_id: str = "wilson_two_flav"
+    inverter: str = "cg"
+    quda: QudaOptions = field(default_factory=QudaOptions)
 
     @property
     def monomial_name(self) -> str:
@@ -206,6 +209,8 @@ class HMCParams:
             raise _fail(source, "precond", f.precond, "eo or none")
         if f.predictor not in PREDICTORS:
             raise _fail(source, "predictor", f.predictor, " or ".join(PREDICTORS))
+        check_inverter(source, f.inverter, f.fermion, f.precond, f.boundary, "hmc")
+        f.quda.validate(source, self.nrow, f.inverter)
 
 
 @dataclass
@@ -221,6 +226,8 @@ class PionParams:
     rsd_cg: float = 1e-12
     max_cg: int = 2000
     save: str | None = None
+    inverter: str = "cg"
+    quda: QudaOptions = field(default_factory=QudaOptions)
 
 
 @dataclass
@@ -262,6 +269,8 @@ class MeasureParams:
                            for c, n in zip(p.t_srce, self.nrow, strict=False))):
                 raise _fail(source, "t_srce", p.t_srce, f"4 coordinates inside {self.nrow}")
             p.t_srce = tuple(p.t_srce)
+            check_inverter(source, p.inverter, p.fermion, "eo", p.boundary, "chroma")
+            p.quda.validate(source, self.nrow, p.inverter)
         w = self.wilson_flow
         if w is not None:
             _check_real(source, "wilson_flow", w.wtime, 0.0, None, "a positive flow time")
@@ -276,10 +285,10 @@ class MeasureParams:
 _HMC_KEYS = {"nrow", "beta", "kappa", "csw", "fermion", "precond", "boundary", "rsd_cg",
              "max_cg", "predictor", "integrator", "tau", "md_steps", "gauge_steps", "lambda",
              "n_updates", "n_warmup", "start_update", "save_interval", "prefix", "start", "seed",
-             "reverse_check_every", "polyakov"}
+             "reverse_check_every", "polyakov", "inverter", *QUDA_KEYS}
 _MEASURE_KEYS = {"nrow", "cfg", "plaquette", "polyakov", "pion", "kappa", "fermion", "csw",
                  "boundary", "t_srce", "rsd_cg", "max_cg", "save_prop", "wilson_flow",
-                 "flow_steps", "save_flowed", "qtop", "seed"}
+                 "flow_steps", "save_flowed", "qtop", "seed", "inverter", *QUDA_KEYS}
 
 
 def _unknown(d: Mapping[str, Any], allowed: set[str], source: str) -> None:
@@ -303,9 +312,11 @@ def hmc_params_from_dict(d: Mapping[str, Any], source: str = "hmc config") -> HM
             kappa=d["kappa"], fermion=d.get("fermion", "wilson"), csw=d.get("csw"),
             precond=d.get("precond", "eo"), boundary=tuple(d.get("boundary", (1, 1, 1, -1))),
             rsd_cg=d.get("rsd_cg", 1e-10), max_cg=d.get("max_cg", 2000),
-            predictor=d.get("predictor", "LAST_SOLUTION_4D_PREDICTOR"))
+            predictor=d.get("predictor", "LAST_SOLUTION_4D_PREDICTOR"),
+            inverter=d.get("inverter", "cg"), quda=quda_options_from_dict(d, source))
     else:
-        for key in ("csw", "fermion", "precond", "boundary", "rsd_cg", "max_cg", "predictor"):
+        for key in ("csw", "fermion", "precond", "boundary", "rsd_cg", "max_cg", "predictor",
+                    "inverter", *QUDA_KEYS):
             if d.get(key) is not None:
                 raise _fail(source, key, d[key], "no fermion parameters without kappa")
     p = HMCParams(
@@ -339,7 +350,11 @@ def measure_params_from_dict(d: Mapping[str, Any],
                           csw=d.get("csw"), boundary=tuple(d.get("boundary", (1, 1, 1, -1))),
                           t_srce=tuple(d.get("t_srce", (0, 0, 0, 0))),
                           rsd_cg=d.get("rsd_cg", 1e-12), max_cg=d.get("max_cg", 2000),
-                          save=d.get("save_prop"))
+                          save=d.get("save_prop"), inverter=d.get("inverter", "cg"),
+                          quda=quda_options_from_dict(d, source))
+    elif any(d.get(k) is not None for k in ("inverter", *QUDA_KEYS)):
+        key = next(k for k in ("inverter", *QUDA_KEYS) if d.get(k) is not None)
+        raise _fail(source, key, d[key], "no inverter settings without --pion")
     flow = None
     if d.get("wilson_flow") is not None:
         flow = FlowParams(wtime=d["wilson_flow"], nstep=d.get("flow_steps", 400),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lxml import etree
@@ -30,10 +30,16 @@ from .names import (
     MONOMIALS,
     OBJECT_TYPES,
     PREDICTORS,
+    QUDA_MG_CYCLES,
+    QUDA_PRECISIONS,
+    QUDA_RECONSTRUCTS,
+    QUDA_SCHWARZ,
+    QUDA_SOLVER_TYPES,
     TWO_FLAVOR_MONOMIALS,
     UNPREC_FERMACTS,
     VOLFMTS,
 )
+from .quda import quda_problems
 from .xml_out import write_xml
 
 __all__ = [
@@ -147,7 +153,62 @@ FERMACT = _keyed("FermAct", FERMACTS, {}, {
 }, check=_fermact_check)
 _CG = {"RsdCG": _req(REAL), "MaxCG": _req(INT), "RsdCGRestart": _opt(REAL),
        "MaxCGRestart": _opt(INT), "MinCG": _opt(INT)}
-INVERT = _keyed("invType", INVERTERS, {}, {"CG_INVERTER": _CG})
+_QUDA_ACT = {"Kappa": _opt(REAL), "Mass": _opt(REAL), "AnisoParam": _opt(_ANISO)}
+_QUDA_CLOVER_ACT = {**_QUDA_ACT, "clovCoeff": _opt(REAL), "clovCoeffR": _opt(REAL),
+                    "clovCoeffT": _opt(REAL), "u0": _opt(REAL), "MaxNorm": _opt(REAL),
+                    "TwistedM": _opt(REAL)}
+
+
+def _quda_act_check(el: etree._Element, path: str) -> list[str]:
+    """``Kappa`` xor ``Mass`` (``wilson_fermact_params_w.cc``)."""
+    if (el.find("Kappa") is None) == (el.find("Mass") is None):
+        return [f"{path}: expected exactly one of Kappa or Mass"]
+    return []
+
+
+def _mg_check(el: etree._Element, path: str) -> list[str]:
+    """One ``NullVectors`` and pre/post smoother count per ``Blocking`` level
+    (``quda_multigrid_params.cc`` aborts otherwise)."""
+    levels = len(el.findall("Blocking/elem"))
+    return [f"{path}/{n}: expected {levels} values (one per Blocking level), got "
+            f"{len((el.findtext(n) or '').split())}"
+            for n in ("NullVectors", "Pre-SmootherApplications", "Post-SmootherApplications")
+            if el.find(n) is not None and len((el.findtext(n) or "").split()) != levels]
+
+
+_QUDA_PREC, _QUDA_RECONS = _choice(*QUDA_PRECISIONS), _choice(*QUDA_RECONSTRUCTS)
+_QUDA_MG = Node("group", check=_mg_check, children={
+    "Verbosity": _req(BOOL), "Precision": _req(_QUDA_PREC), "Reconstruct": _req(_QUDA_RECONS),
+    "Blocking": _req(_list(_ints(4))), "NullVectors": _req(_ints()),
+    "Pre-SmootherApplications": _req(_ints()), "Post-SmootherApplications": _req(_ints()),
+    "GenerateNullspace": _req(BOOL), "GenerateAllLevels": _req(BOOL),
+    "CycleType": _req(_choice(*QUDA_MG_CYCLES)), "SchwarzType": _opt(_choice(*QUDA_SCHWARZ)),
+    **{n: _opt(TEXT) for n in (
+        "CoarseSolverType", "CoarseResidual", "MaxCoarseIterations", "SmootherType",
+        "SmootherTol", "SmootherHaloPrecision", "SmootherSchwarzType", "SmootherSchwarzCycle",
+        "SubspaceSolver", "RsdTargetSubspaceCreate", "MaxIterSubspaceCreate",
+        "MaxIterSubspaceRefresh", "OuterGCRNKrylov", "PrecondGCRNKrylov",
+        "CheckMultigridSetup", "RelaxationOmegaMG", "RelaxationOmegaOuter", "SetupOnGPU")}})
+_QUDA = {"MaxIter": _req(INT), "RsdTarget": _req(REAL), "AntiPeriodicT": _req(BOOL),
+         "Delta": _req(REAL), "SolverType": _req(_choice(*QUDA_SOLVER_TYPES)),
+         "Verbose": _opt(BOOL), "AsymmetricLinop": _opt(BOOL), "CudaPrecision": _opt(_QUDA_PREC),
+         "CudaSloppyPrecision": _opt(_QUDA_PREC), "CudaReconstruct": _opt(_QUDA_RECONS),
+         "CudaSloppyReconstruct": _opt(_QUDA_RECONS), "AxialGaugeFix": _opt(BOOL),
+         "SilentFail": _opt(BOOL), "RsdToleranceFactor": _opt(REAL),
+         "AutotuneDslash": _opt(BOOL), "Pipeline": _opt(INT)}
+_QUDA_W = {**_QUDA, "WilsonParams": _req(Node("group", children=_QUDA_ACT,
+                                              check=_quda_act_check))}
+_QUDA_C = {**_QUDA, "CloverParams": _req(Node("group", children=_QUDA_CLOVER_ACT,
+                                              check=_quda_act_check)),
+           "BackupSolverParam": _opt(OPEN), "DumpOnFail": _opt(BOOL)}
+INVERT = _keyed("invType", INVERTERS, {}, {  # syssolver_quda_*_params.cc
+    "CG_INVERTER": _CG,
+    "QUDA_WILSON_INVERTER": {**_QUDA_W, "GCRInnerParams": _opt(OPEN)},
+    "QUDA_CLOVER_INVERTER": {**_QUDA_C, "GCRInnerParams": _opt(OPEN)},
+    "QUDA_MULTIGRID_WILSON_INVERTER": {**_QUDA_W, "MULTIGRIDParams": _opt(_QUDA_MG)},
+    "QUDA_MULTIGRID_CLOVER_INVERTER": {
+        **_QUDA_C, "MULTIGRIDParams": _opt(_QUDA_MG), "SubspaceID": _req(TEXT),
+        "ThresholdCount": _opt(INT), "SolutionCheckP": _opt(BOOL)}})
 _NAMED_MONOMIAL = {"NamedObject": _req(_group(monomial_id=_req(TEXT)))}
 _GAUGEACT = _keyed("Name", GAUGE_ACTIONS, {}, {"WILSON_GAUGEACT": {
     "beta": _req(REAL), "AnisoParam": _opt(_ANISO),
@@ -169,6 +230,9 @@ def _monomial_check(el: etree._Element, path: str) -> list[str]:
     name = (el.findtext("Name") or "").strip()
     act = (el.findtext("FermionAction/FermAct") or "").strip()
     where = f"{path}/FermionAction/FermAct"
+    quda = quda_problems(el, path)
+    if quda:
+        return quda
     if name == "TWO_FLAVOR_UNPREC_FERM_MONOMIAL" and act in EO_FERMACTS:
         return [f"{where}: {name} needs an unpreconditioned action "
                 f"({' or '.join(UNPREC_FERMACTS)}), got {act!r}"]
@@ -217,10 +281,10 @@ MEASUREMENT = _keyed("Name", MEASUREMENTS, {"Frequency": _opt(INT), "xml_file": 
              "SHELL_SOURCE": {"t_srce": _req(_ints(4)), "quark_smear_lastP": _opt(BOOL)}})))),
         "NamedObject": _req(_group(gauge_id=_req(TEXT), source_id=_req(TEXT)))},
     "PROPAGATOR": {
-        "Param": _req(_group(version=_req(INT), quarkSpinType=_opt(_choice("FULL", "NONREL",
-                                                                           "UPPER", "LOWER")),
-                             obsvP=_opt(BOOL), numRetries=_opt(INT),
-                             FermionAction=_req(FERMACT), InvertParam=_req(INVERT))),
+        "Param": _req(replace(_group(
+            version=_req(INT), quarkSpinType=_opt(_choice("FULL", "NONREL", "UPPER", "LOWER")),
+            obsvP=_opt(BOOL), numRetries=_opt(INT), FermionAction=_req(FERMACT),
+            InvertParam=_req(INVERT)), check=quda_problems)),
         "NamedObject": _req(_group(gauge_id=_req(TEXT), source_id=_req(TEXT),
                                    prop_id=_req(TEXT)))},
     "SINK_SMEAR": {

@@ -18,6 +18,9 @@ is written atomically (:func:`bridge.chroma.schema.write_checked`).  Parameters:
 ``chroma`` (:class:`MeasureParams`, :func:`render_measure`)
     ``PLAQUETTE``, ``POLYAKOV_LOOP``, the pion (``MAKE_SOURCE`` + ``PROPAGATOR`` + ``SINK_SMEAR``
     + ``HADRON_SPECTRUM``), ``WILSON_FLOW``, ``QTOP_NAIVE`` and ``QIO_WRITE_NAMED_OBJECT``.
+
+The fermion monomial and the pion propagator solve with ``CG_INVERTER`` or one of Chroma's QUDA
+solvers (:func:`render_quda_invert`, settings :mod:`bridge.chroma.quda`; docs/quda.md).
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ from pathlib import Path
 from lxml import etree
 
 from ..errors import ConfigError
+from .names import QUDA_INVERTERS
 from .params import HMCParams, MeasureParams
+from .quda import QudaOptions
 from .schema import check_structure
 
-__all__ = ["TEMPLATE_FILES", "load_template", "render_hmc", "render_measure"]
+__all__ = ["TEMPLATE_FILES", "load_template", "render_hmc", "render_measure",
+           "render_quda_invert"]
 
 TEMPLATE_FILES = ("hmc.xml", "hmc_monomial_gauge.xml", "hmc_monomial_two_flavor.xml",
                   "hmc_integrator.xml", "chroma.xml", "meas_plaquette.xml", "meas_polyakov.xml",
                   "meas_pion.xml", "meas_wilson_flow.xml", "meas_qtop_naive.xml",
-                  "meas_qio_write.xml")
+                  "meas_qio_write.xml", "invert_quda.xml", "invert_quda_multigrid.xml")
 
 
 
@@ -105,6 +111,54 @@ def _integrator_level(name: str, n_steps: int, ids: Sequence[str], lam: float | 
     return el
 
 
+def _words(values: Sequence[object]) -> str:
+    return " ".join(str(v) for v in values)
+
+
+def render_quda_invert(inverter: str, opts: QudaOptions, *, kappa: float, csw: float | None,
+                       boundary: Sequence[int], rsd: float, max_iter: int) -> etree._Element:
+    """The ``InvertParam`` of Chroma's QUDA solver ``inverter`` (a key of
+    :data:`~bridge.chroma.names.QUDA_INVERTERS`; options validated by the caller): QUDA's copy
+    of the action (``kappa``, ``csw`` for clover), ``AntiPeriodicT`` from the time ``boundary``,
+    ``RsdTarget``/``MaxIter`` and the settings of ``opts``; multigrid inverters add
+    ``MULTIGRIDParams`` (and ``SubspaceID`` for clover)."""
+    inv_type = QUDA_INVERTERS[inverter]
+    el = load_template("invert_quda.xml")
+    _set(el, "invType", inv_type)
+    act = el.find("CloverParams")
+    _set(act, "Kappa", _num(kappa))
+    if "CLOVER" in inv_type:
+        _set(act, "clovCoeff", _num(csw))
+    else:
+        act.tag = "WilsonParams"
+        act.remove(act.find("clovCoeff"))
+    flag = {True: "true", False: "false"}
+    for path, text in (("AntiPeriodicT", flag[boundary[3] == -1]), ("RsdTarget", _num(rsd)),
+                       ("MaxIter", str(max_iter)), ("Delta", _num(opts.delta)),
+                       ("SolverType", opts.solver(inv_type)),
+                       ("AsymmetricLinop", flag[opts.asymmetric]),
+                       ("CudaPrecision", opts.precision),
+                       ("CudaSloppyPrecision", opts.sloppy_precision),
+                       ("CudaReconstruct", opts.reconstruct),
+                       ("CudaSloppyReconstruct", opts.sloppy_reconstruct),
+                       ("RsdToleranceFactor", _num(opts.tolerance_factor)),
+                       ("AutotuneDslash", flag[opts.autotune])):
+        _set(el, path, text)
+    if "MULTIGRID" in inv_type:
+        if "CLOVER" in inv_type:
+            etree.SubElement(el, "SubspaceID").text = opts.mg_subspace_id
+        mg = load_template("invert_quda_multigrid.xml")
+        _set(mg, "Precision", opts.mg_precision)
+        _set(mg, "Reconstruct", opts.mg_reconstruct)
+        _set(mg, "CycleType", opts.mg_cycle)
+        _fill_list(mg.find("Blocking"), [_words(b) for b in opts.mg_blocking])
+        _set(mg, "NullVectors", _words(opts.mg_null_vectors))
+        _set(mg, "Pre-SmootherApplications", _words(opts.mg_pre_smooth))
+        _set(mg, "Post-SmootherApplications", _words(opts.mg_post_smooth))
+        el.append(mg)
+    return el
+
+
 def render_hmc(p: HMCParams, source: str = "hmc parameters") -> etree._Element:
     """The ``hmc`` input for ``p`` (validated first), checked against :data:`HMC_STRUCTURE`."""
     p.validate(source)
@@ -130,6 +184,10 @@ def render_hmc(p: HMCParams, source: str = "hmc parameters") -> etree._Element:
         _set(m, "Name", f.monomial_name)
         _set(m, "InvertParam/RsdCG", _num(f.rsd_cg))
         _set(m, "InvertParam/MaxCG", str(f.max_cg))
+        if f.inverter != "cg":
+            m.replace(m.find("InvertParam"), render_quda_invert(
+                f.inverter, f.quda, kappa=f.kappa, csw=f.csw, boundary=f.boundary,
+                rsd=f.rsd_cg, max_iter=f.max_cg))
         _fermion_action(m.find("FermionAction"), f.fermact, f.kappa, f.csw, f.boundary)
         _set(m, "ChronologicalPredictor/Name", f.predictor)
         _set(m, "NamedObject/monomial_id", f.monomial_id)
@@ -192,6 +250,11 @@ def render_measure(p: MeasureParams, source: str = "measure parameters") -> etre
                         pi.boundary)
         _set(prop, "Param/InvertParam/RsdCG", _num(pi.rsd_cg))
         _set(prop, "Param/InvertParam/MaxCG", str(pi.max_cg))
+        if pi.inverter != "cg":
+            par = prop.find("Param")
+            par.replace(par.find("InvertParam"), render_quda_invert(
+                pi.inverter, pi.quda, kappa=pi.kappa, csw=pi.csw, boundary=pi.boundary,
+                rsd=pi.rsd_cg, max_iter=pi.max_cg))
         meas.extend(list(chain))
         if pi.save:
             meas.append(_qio_write(prop.findtext("NamedObject/prop_id"), "LatticePropagatorD",

@@ -36,6 +36,8 @@ _HMC_EXAMPLE = """examples:
   qcd-bridge chroma-xml hmc --nrow 8 8 8 16 --beta 5.6 --kappa 0.156 --fermion wilson \\
       --integrator LCM_STS_MIN_NORM_2 --tau 1 --md-steps 10 --gauge-steps 4 \\
       --start szin:cfg_100.lime --start-update 100 -o hmc.ini.xml
+  qcd-bridge chroma-xml hmc --nrow 8 8 8 16 --beta 5.6 --kappa 0.137 --fermion clover \\
+      --csw 1.2 --inverter quda-clover --quda-sloppy-precision HALF -o hmc_quda.ini.xml
   qcd-bridge chroma-xml hmc --config hmc.json -o hmc.ini.xml
   (hmc.json: {"nrow": [4, 4, 4, 4], "beta": 5.5, "kappa": 0.1, "n_updates": 20})
 """
@@ -43,8 +45,55 @@ _HMC_EXAMPLE = """examples:
 _MEASURE_EXAMPLE = """examples:
   qcd-bridge chroma-xml measure --nrow 4 4 4 4 --cfg cfg_100.lime --plaquette --polyakov \\
       --pion --kappa 0.1 --wilson-flow 4.0 --flow-steps 400 --qtop 0 0.05 -o measure.ini.xml
+  qcd-bridge chroma-xml measure --nrow 8 8 8 16 --cfg cfg_100.lime --pion --kappa 0.137 \\
+      --fermion clover --csw 1.2 --inverter quda-multigrid-clover --mg-blocking 4 4 4 4 \\
+      -o measure_quda.ini.xml
   qcd-bridge chroma-xml measure --config measure.json -o measure.ini.xml
 """
+
+
+_QUDA_OPTIONS = ("inverter", "quda_solver", "quda_delta", "quda_precision",
+                 "quda_sloppy_precision", "quda_reconstruct", "quda_sloppy_reconstruct",
+                 "mg_blocking", "mg_null_vectors", "mg_pre_smooth", "mg_post_smooth", "mg_cycle",
+                 "mg_subspace_id")
+
+
+def _add_inverter_options(p: argparse.ArgumentParser) -> None:
+    """``--inverter`` (Chroma's CG or one of its QUDA solvers) and the QUDA settings; the
+    defaults are Chroma's (docs/quda.md)."""
+    from ..chroma.names import (  # pure data: the parser imports nothing heavy
+        QUDA_INVERTERS,
+        QUDA_MG_CYCLES,
+        QUDA_PRECISIONS,
+        QUDA_RECONSTRUCTS,
+        QUDA_SOLVER_TYPES,
+    )
+
+    g = p.add_argument_group("inverter (Chroma's CG, or QUDA on a GPU; see docs/quda.md)")
+    g.add_argument("--inverter", choices=("cg", *QUDA_INVERTERS),
+                   help="cg: CG_INVERTER; quda-*: QUDA_WILSON/CLOVER_INVERTER and their "
+                   "MULTIGRID forms (the built-in engine solves these with its CG) [cg]")
+    g.add_argument("--quda-solver", choices=QUDA_SOLVER_TYPES,
+                   help="QUDA SolverType [CG; GCR for multigrid]")
+    g.add_argument("--quda-delta", type=float, help="QUDA reliable-update Delta [0.1]")
+    g.add_argument("--quda-precision", choices=QUDA_PRECISIONS, help="CudaPrecision [DEFAULT]")
+    g.add_argument("--quda-sloppy-precision", choices=QUDA_PRECISIONS,
+                   help="CudaSloppyPrecision [DEFAULT]")
+    g.add_argument("--quda-reconstruct", choices=QUDA_RECONSTRUCTS,
+                   help="CudaReconstruct [RECONS_12]")
+    g.add_argument("--quda-sloppy-reconstruct", choices=QUDA_RECONSTRUCTS,
+                   help="CudaSloppyReconstruct [RECONS_12]")
+    g.add_argument("--mg-blocking", nargs="+", type=int, metavar="B",
+                   help="multigrid blocks, 4 integers (x y z t) per coarse level [4 4 4 4]")
+    g.add_argument("--mg-null-vectors", nargs="+", type=int, metavar="N",
+                   help="null vectors, one or one per level [16]")
+    g.add_argument("--mg-pre-smooth", nargs="+", type=int, metavar="N",
+                   help="pre-smoother applications per level [2]")
+    g.add_argument("--mg-post-smooth", nargs="+", type=int, metavar="N",
+                   help="post-smoother applications per level [2]")
+    g.add_argument("--mg-cycle", choices=QUDA_MG_CYCLES, help="CycleType [MG_VCYCLE]")
+    g.add_argument("--mg-subspace-id", help="SubspaceID of the clover multigrid null space "
+                   "[qcd_bridge_mg_subspace]")
 
 
 def _seed(values: list[int]) -> int | list[int]:
@@ -146,6 +195,7 @@ def add_chroma_xml_parser(sub: argparse._SubParsersAction) -> None:
                    help="reversibility check every N trajectories [10]")
     h.add_argument("--no-polyakov", action="store_true",
                    help="no POLYAKOV_LOOP inline measurement")
+    _add_inverter_options(h)
     h.add_argument("-o", "--output", required=True, help="the input XML to write")
     h.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     h.set_defaults(func=_run_hmc)
@@ -176,6 +226,7 @@ def add_chroma_xml_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--qtop", nargs="+", type=float, metavar="K5",
                    help="QTOP_NAIVE with these k5 (on the flowed field if --wilson-flow)")
     m.add_argument("--seed", nargs="+", type=int, metavar="S", help="RNG seed [11 11 11 0]")
+    _add_inverter_options(m)
     m.add_argument("-o", "--output", required=True, help="the input XML to write")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     m.set_defaults(func=_run_measure)
@@ -246,7 +297,7 @@ def _run_hmc(args: argparse.Namespace) -> int:
     keys = {k: k for k in ("nrow", "beta", "kappa", "fermion", "csw", "precond", "boundary",
                            "rsd_cg", "max_cg", "integrator", "tau", "md_steps", "gauge_steps",
                            "n_updates", "n_warmup", "start_update", "save_interval", "prefix",
-                           "start", "reverse_check_every")}
+                           "start", "reverse_check_every", *_QUDA_OPTIONS)}
     keys["lambda_"] = "lambda"
     d, source = _merged(args, keys)
     if args.seed is not None:
@@ -264,7 +315,8 @@ def _run_measure(args: argparse.Namespace) -> int:
 
     keys = {k: k for k in ("nrow", "cfg", "plaquette", "polyakov", "pion", "kappa", "fermion",
                            "csw", "boundary", "t_srce", "rsd_cg", "max_cg", "save_prop",
-                           "wilson_flow", "flow_steps", "save_flowed", "qtop")}
+                           "wilson_flow", "flow_steps", "save_flowed", "qtop",
+                           *_QUDA_OPTIONS)}
     d, source = _merged(args, keys)
     if args.seed is not None:
         s = _seed(args.seed)
