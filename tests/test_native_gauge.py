@@ -130,13 +130,14 @@ def test_autograd_takes_torch_path(native, cpu_generator):
     assert u.grad is not None
 
 
-def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator):
+def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator, tmp_path):
     """A failed build warns once; force, action and link update keep working (torch path)."""
     import torch.utils.cpp_extension as cpp
 
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: must build
     monkeypatch.setenv(_native_gauge.ENV, "1")
     monkeypatch.setattr(_native_gauge, "_state",
                         {"module": None, "tried": False, "seconds": None, "error": None})

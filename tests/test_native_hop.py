@@ -143,13 +143,14 @@ def test_disabled_by_env(monkeypatch):
     assert not _native.usable(torch.zeros(1, 4, 3, dtype=torch.complex128))
 
 
-def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator):
+def test_build_failure_warns_once_and_falls_back(monkeypatch, cpu_generator, tmp_path):
     """A failed build warns once and every operator keeps working on the torch path."""
     import torch.utils.cpp_extension as cpp
 
     def broken(*args, **kwargs):
         raise RuntimeError("no compiler here")
 
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # an empty cache: must build
     monkeypatch.setenv(_native.ENV, "1")
     monkeypatch.setattr(_native, "_state",
                         {"module": None, "tried": False, "seconds": None, "error": None})

@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..lattice import Lattice
+from ..solvers.base import FusedCG
 from . import _native
 from .clover import clover_apply
 from .gamma import NS
 from .hopping import (
+    _TERMS,
+    HopLinks,
     _native_spin_table,
     coefficients,
     gather_colour,
@@ -37,14 +40,45 @@ __all__ = [
     "EvenOdd",
     "schur5",
     "schur_normal5",
+    "schur_normal_cg",
     "schur_rhs5",
     "schur_reconstruct5",
     "clover_logdet",
 ]
 
 
+_TERM_TABLE: dict[torch.device, torch.Tensor] = {}
+_PARITY_OFFSETS: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
+class _StackedLinks(HopLinks):
+    """Hop links built stacked (by the native kernel); the per-term tensors of the torch paths
+    are views of it, made on first use."""
+
+    def __init__(self, stacked: torch.Tensor, half: tuple[int, ...]) -> None:  # noqa: D107
+        self._stacked: torch.Tensor | None = stacked
+        self._half = half
+        self._terms: list[torch.Tensor] | None = None
+
+    @property
+    def terms(self) -> list[torch.Tensor]:  # type: ignore[override]
+        if self._terms is None:
+            st = self._stacked
+            per = st.view(st.shape[0], 1, *self._half, 8, *st.shape[-2:])
+            self._terms = [per[..., j, :, :] for j in range(8)]
+        return self._terms
+
+
 def parity_offset(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """``(t + z + y) % 2 == 1`` as ``[t, z, y, 1]``: there the even sites have odd ``x``."""
+    """``(t + z + y) % 2 == 1`` as ``[t, z, y, 1]``: there the even sites have odd ``x``
+    (cached per shape and device)."""
+    key = (tuple(shape), device)
+    if key not in _PARITY_OFFSETS:
+        _PARITY_OFFSETS[key] = _parity_offset(shape, device)
+    return _PARITY_OFFSETS[key]
+
+
+def _parity_offset(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     t, z, y, _ = shape
     c = (
         torch.arange(t, device=device).view(t, 1, 1)
@@ -68,15 +102,28 @@ class EvenOdd:
             )
         t, z, y, x = lattice.shape
         self.o0 = parity_offset(lattice.shape, device)
-        u = self.split(uph)
-        geo, links = [], []
+        geo = []
         for p in (0, 1):
             m = self.o0 if p == 0 else ~self.o0  # x-offset o_p = 1 at these (t, z, y)
             geo.append(shared_geometry((t, z, y, x // 2), p, device, m.view(1, 1, *m.shape, 1, 1)))
-            links.append(kernel_links(u[p], u[1 - p], geo[p]))
-        self.geo, self.links = tuple(geo), tuple(links)
+        self.geo = tuple(geo)
+        if _native.usable(uph):
+            self.links = self._native_links(uph, (t, z, y, x // 2))
+        else:
+            u = self.split(uph)
+            self.links = tuple(kernel_links(u[p], u[1 - p], self.geo[p]) for p in (0, 1))
         self.a = None if a is None else self.split(a)
         self.ainv = None if a is None else tuple(torch.linalg.inv(ap) for ap in self.a)
+
+    def _native_links(self, uph: torch.Tensor, half: tuple[int, ...]) -> tuple[HopLinks, ...]:
+        """:func:`kernel_links` of both parities in one native pass; the terms are views of
+        the stacked tensor the kernels read (the same numbers, copied and conjugated only)."""
+        key = uph.device
+        if key not in _TERM_TABLE:
+            _TERM_TABLE[key] = torch.tensor(_TERMS, dtype=torch.long)
+        stacked = _native.eo_links(uph.contiguous(), self.geo[0].native_index(),
+                                   self.geo[1].native_index(), _TERM_TABLE[key])
+        return tuple(_StackedLinks(st, half) for st in stacked)
 
     def _mask(self, f: torch.Tensor) -> torch.Tensor:
         t, z, y = self.o0.shape[:3]
@@ -158,6 +205,47 @@ def schur_normal5(op: WilsonDirac, x5: torch.Tensor) -> torch.Tensor:
         )
         return out.view(x5.shape)
     return schur5(op, schur5(op, x5), dagger=True)
+
+
+def schur_normal_cg(
+    op: WilsonDirac,
+    b: torch.Tensor,
+    x0: torch.Tensor | None,
+    tol: float,
+    max_iter: int,
+    max_restarts: int,
+) -> FusedCG | None:
+    """:class:`bridge.solvers.CG` on ``K^dag K x = b`` (flat one-parity fields ``[B*R, ...]``)
+    as one native call: Wilson, complex128, on the CPU with the native kernel built; None
+    otherwise (the solver then iterates in Python)."""
+    if op._a is not None or b.dtype != torch.complex128 or not _native.usable(b):
+        return None
+    b5 = op._in(b, True, "b")
+    nb, r = b5.shape[:2]
+    v = b5.shape[2] * b5.shape[3] * b5.shape[4] * b5.shape[5]
+    shape = (nb, r, v, 4, op.nc)
+    x05 = None if x0 is None else op._in(x0, True, "x0").view(shape)
+    eo = op._eo_setup()
+    x, info = _native.cg_schur_normal(
+        b5.view(shape), x05,
+        eo.links[0].stacked(), eo.geo[0].native_index(),
+        eo.links[1].stacked(), eo.geo[1].native_index(),
+        _native_spin_table(False), _native_spin_table(True),
+        -(op.kappa**2) * op.scale, op.scale, tol, max_iter, max_restarts,
+    )
+    head = info[:5].tolist()
+    status = int(head[0])
+    ns = nb * r  # systems: the solver's batch axis is the flat [B*R]
+    return FusedCG(
+        x=x.view(b.shape),
+        iterations_per_system=info[5:5 + ns].to(torch.long),
+        rr=info[5 + ns:5 + 2 * ns],
+        bnorm2=info[5 + 2 * ns:],
+        operator_applications=int(head[2]),
+        restarts=int(head[3]),
+        total=int(head[4]),
+        breakdown=(status, head[1]) if status >= 0 else None,
+    )
 
 
 def schur_rhs5(op: WilsonDirac, b5: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..gauge.wilson import _project_algebra_gemm
+from . import _native
 from .clover import blocks_to_full, clover_bilinear, field_strength_grad, i_sigma, project
 from .gamma import NS
-from .hopping import _ROWS, _TERMS, Geometry, HopLinks, coefficients
+from .hopping import (
+    _ROWS,
+    _TERMS,
+    Geometry,
+    HopLinks,
+    _native_spin_table,
+    coefficients,
+    hop_native,
+)
 
 if TYPE_CHECKING:
     from .wilson import WilsonDirac
@@ -131,6 +140,8 @@ def schur_force_bilinear(op: WilsonDirac, xo: torch.Tensor, yo: torch.Tensor) ->
     ``-kappa^2`` plus a clover bilinear with ``(kappa Z_e, X)``, ``(kappa W_e, Y)``.
     """
     eo = op._eo_setup()
+    if op._a is None and _native.usable(xo):
+        return _schur_force_native(op, xo, yo)
     ze = eo.diag(eo.hop(xo, 0), 0, inverse=True)
     we = eo.diag(eo.hop(yo, 0, dagger=True), 0, inverse=True)
     xh, yh = eo.merge(ze, xo), eo.merge(we, yo)
@@ -140,6 +151,26 @@ def schur_force_bilinear(op: WilsonDirac, xo: torch.Tensor, yo: torch.Tensor) ->
         yc = eo.merge(op.kappa * we, yo)
         g = g + (op.kappa * op.c_sw) * clover_bilinear(op.U, xc, yc)
     return g * op.scale if op.scale != 1.0 else g
+
+
+def _schur_force_native(op: WilsonDirac, xo: torch.Tensor, yo: torch.Tensor) -> torch.Tensor:
+    """:func:`schur_force_bilinear` for Wilson fermions by the native kernel: the two even-site
+    hops and the bilinear of every link in one pass over the compact parities (no merge into
+    full-lattice fields, the projection and ``-kappa^2 s`` folded in)."""
+    eo = op._eo_setup()
+    b, r = xo.shape[:2]
+    v = xo.shape[2] * xo.shape[3] * xo.shape[4] * xo.shape[5]
+    shape = (b, r, v, 4, op.nc)
+    ze = hop_native(xo, eo.links[0], eo.geo[0]).view(shape)
+    we = hop_native(yo, eo.links[0], eo.geo[0], dagger=True).view(shape)
+    return _native.eo_bilinear(
+        ze, xo.reshape(shape).contiguous(), we, yo.reshape(shape).contiguous(),
+        eo.links[0].stacked(), eo.geo[0].native_index(),
+        eo.links[1].stacked(), eo.geo[1].native_index(),
+        _native_spin_table(False), _native_spin_table(True),
+        coefficients(xo.dtype, xo.device)["fwd_terms"].cpu(),
+        tuple(op.lattice.shape), -(op.kappa**2) * op.scale,
+    )
 
 
 def clover_logdet_force(op: WilsonDirac, parity: int = 0) -> torch.Tensor:

@@ -25,12 +25,13 @@ from .evenodd import (
     clover_logdet,
     schur5,
     schur_normal5,
+    schur_normal_cg,
     schur_reconstruct5,
     schur_rhs5,
 )
 from .forces import clover_logdet_force, force_bilinear, schur_force_bilinear
 from .gamma import NS
-from .hopping import hop, hop_native, kernel_links, shared_geometry
+from .hopping import HopLinks, hop, hop_native, kernel_links, shared_geometry
 
 __all__ = ["WilsonDirac", "OperatorView", "exact_logdet"]
 
@@ -106,6 +107,14 @@ def _fold_boundary(u: torch.Tensor, lat: Lattice, boundary: tuple[complex, ...])
         if p != 1:
             uph[:, mu].narrow(1 + lat.axis(mu), lat.nrow[mu] - 1, 1).mul_(p)
     return uph
+
+
+def _full_links(op: WilsonDirac) -> HopLinks:
+    """``WilsonDirac._links``: the full-lattice hop links, built on first use (the even-odd
+    native kernels do not need them, so the HMC's per-force operators never build them)."""
+    if op._full_links is None:
+        op._full_links = kernel_links(op._uph, op._uph, op._geo)
+    return op._full_links
 
 
 def _converted(op: WilsonDirac, dtype: torch.dtype) -> WilsonDirac:
@@ -216,11 +225,12 @@ class WilsonDirac:
         self.scale = 1.0 if normalisation == "kappa" else 1.0 / (2.0 * self.kappa)
         self._uph = _fold_boundary(U, self.lattice, self.boundary)
         self._geo = shared_geometry(self.lattice.shape, None, self.device, None)
-        self._links = kernel_links(self._uph, self._uph, self._geo)
+        self._full_links: HopLinks | None = None  # built on first use (:attr:`_links`)
         self._clover, self._a = clover_diagonal(U, self.kappa, self.c_sw)
         self._eo: EvenOdd | None = None
         self._to_cache: dict[torch.dtype, WilsonDirac] = {}
 
+    _links = property(_full_links)
     @property
     def mass(self) -> float:
         """Bare mass ``m = 1/(2 kappa) - 4``."""
@@ -371,6 +381,14 @@ class OperatorView:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
+
+    def fused_cg(self, b: torch.Tensor, x0: torch.Tensor | None, tol: float, max_iter: int,
+                 max_restarts: int) -> object | None:
+        """The whole CG in one native call for ``schur_normal`` where it applies
+        (:func:`.evenodd.schur_normal_cg`); None otherwise (the solver iterates itself)."""
+        if self.kind != "schur_normal":
+            return None
+        return schur_normal_cg(self.op, b, x0, tol, max_iter, max_restarts)
 
     def to(self, dtype: torch.dtype) -> OperatorView:
         return OperatorView(self.op.to(dtype), self.kind)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -66,6 +66,22 @@ class SolveStats:
     operator_applications: int = 0
     restarts: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+class FusedCG(NamedTuple):
+    """What an operator's own fused conjugate gradient returns (``op.fused_cg``, see
+    :class:`bridge.solvers.CG`): the solution and the per-system numbers the solver reports.
+    ``breakdown``: ``(batch entry, <p, A p>)`` where ``<p, A p> <= 0`` stopped the iteration
+    (``rr`` then holds the residuals before that step)."""
+
+    x: torch.Tensor
+    iterations_per_system: torch.Tensor  # [batch] long
+    rr: torch.Tensor  # [batch] true |r|^2 at the end
+    bnorm2: torch.Tensor  # [batch] |b|^2
+    operator_applications: int
+    restarts: int
+    total: int  # iterations counted against max_iter (over restarts)
+    breakdown: tuple[int, float] | None
 
 
 class Solver(Protocol):

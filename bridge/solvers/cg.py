@@ -9,6 +9,11 @@ When the recursively updated residual reaches the target, the true residual ``b 
 recomputed; if it still misses the target (rounding drift, a warm start far away, ...) the
 iteration restarts from the true residual ("reliable update"), at most ``max_restarts`` times.
 The reported residuals are always true residuals.
+
+An operator may carry its own fused implementation of exactly this algorithm (``op.fused_cg(b,
+x0, tol, max_iter, max_restarts)`` returning a :class:`~bridge.solvers.base.FusedCG`, or None
+where it does not apply): the Wilson ``K^dag K`` runs the whole loop in its native kernel, with
+no Python between iterations.  The solver then only checks the result and reports it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 from ..errors import ConvergenceError
 from .base import (
+    FusedCG,
     SolveStats,
     Timer,
     batch_dot,
@@ -85,6 +91,11 @@ class CG:
     ) -> tuple[torch.Tensor, SolveStats]:
         check_rhs("CG", b, x0)
         timer = Timer(b.device)
+        fused = getattr(op, "fused_cg", None)
+        if callable(fused):
+            res = fused(b, x0, self.tol, self.max_iter, self.max_restarts)
+            if res is not None:
+                return _finish_fused(self, res, timer)
         nb = b.shape[0]
         bnorm2 = batch_norm2(b)
         target2 = (self.tol**2) * bnorm2
@@ -153,3 +164,34 @@ class CG:
         if not stats.converged and self.raise_on_failure:
             raise_unconverged(stats, self.max_iter)
         return x, stats
+
+
+def _finish_fused(cg: CG, res: FusedCG, timer: Timer) -> tuple[torch.Tensor, SolveStats]:
+    """Stats and errors of a fused solve (``op.fused_cg``), as :meth:`CG.solve` reports its
+    own."""
+    bnorm2, rr = res.bnorm2, res.rr
+    target2 = (cg.tol**2) * bnorm2
+    if res.breakdown is not None:
+        k, pap = res.breakdown
+        bad = torch.zeros_like(rr, dtype=torch.bool)
+        bad[k] = True
+        cg._breakdown(bad, torch.full_like(rr, pap), rr, bnorm2, res.total)
+    nb = int(rr.shape[0])
+    res_rel = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(),
+                          rr.sqrt())
+    iters = res.iterations_per_system
+    stats = SolveStats(
+        solver="CG",
+        tol=cg.tol,
+        iterations=int(iters.max()) if nb else 0,
+        iterations_per_system=iters,
+        residual=float(res_rel.max()) if nb else 0.0,
+        residuals=res_rel,
+        seconds=timer.seconds(),
+        converged=bool((rr <= target2).all()),
+        operator_applications=res.operator_applications,
+        restarts=res.restarts,
+    )
+    if not stats.converged and cg.raise_on_failure:
+        raise_unconverged(stats, cg.max_iter)
+    return res.x, stats
