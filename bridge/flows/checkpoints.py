@@ -50,6 +50,8 @@ def flow_from_config(config: dict[str, Any]) -> Any:
         from .snf import SNFModel
 
         mc.pop("arch")
+        mc.setdefault("layer", "staple")  # checkpoints written before the stout layers
+        mc.setdefault("init", "identity")
         return SNFModel(**mc)
     if mc.get("arch") == "joint":
         from .joint import JointFlow

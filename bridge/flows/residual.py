@@ -46,7 +46,8 @@ with ``phi(z) = (e^z - 1) / z``, and ``exp(Y) w exp(-Y) = e^{ad_Y} w``)
 
 and ``det e^{ad_Y} = exp(tr ad_Y) = 1``, so ``log J = log det(1 + psi(ad_Y) L)``, a
 ``dim G x dim G`` determinant per active link (``psi(ad_Y) L`` by its Taylor series in powers
-0..22, whose remainder is below ``2^23 / 24! < 1e-16`` because ``||ad_Y|| < 2``: ``ad_Y`` is
+0..22, whose remainder is below ``2^23 / 24! < 1e-16`` because ``||ad_Y|| < 2``, or fewer terms
+when the coefficients bound ``||ad_Y||`` more tightly by ``2 sum |c_k|``: ``ad_Y`` is
 normal with eigenvalues ``i (y_j - y_k)``, the differences of ``Y``'s eigenvalues, which removing
 the trace does not change, so ``||ad_Y|| <= 2 ||(M - M^dag)/2||_op <= 2 ||M||_op <= 2 kappa``).
 ``psi(ad_Y)`` has norm ``<= 1`` (``ad_Y`` is antisymmetric, ``|psi(i r)| = |sinc(r / 2)| <= 1``)
@@ -83,6 +84,35 @@ def _basis(nc: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Ten
     with torch.inference_mode(False), torch.no_grad():
         t = algebra_basis(nc, dtype=dtype, device=device)
         return t, torch.linalg.inv(torch.einsum("aij,bij->ab", t.conj(), t).real)
+
+
+@functools.lru_cache(maxsize=16)
+def _coordinate_maps(nc: int, dtype: torch.dtype, device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real ``[2 N^2, d^2]`` matrices taking ``view_as_real(X)`` (flattened) to the algebra
+    coordinates of ``TA(T_b X)`` and of ``[X, T_b]``: with ``coords_a(Z) = G^-1_ae Re Tr(T_e^dag
+    Z)`` (``G`` the Gram matrix; the projection ``TA`` is orthogonal, so it drops out),
+    ``coords_a(T_b X) = Re sum_ij (G^-1 T^dag T_b)_{a,ij} X_ji`` and ``coords_a([X, T_b]) = Re
+    sum_ij (G^-1 (T_b T^dag - T^dag T_b))_{a,ij} X_ji``: one GEMM each instead of ``d`` matrix
+    products and projections."""
+    t, ginv = _basis(nc, dtype, device)
+    td = t.conj().transpose(-1, -2)  # T_e^dag
+    gc = ginv.to(t.dtype)
+    p_l = torch.einsum("ae,eij,bjk->abik", gc, td, t)
+    p_a = torch.einsum("ae,bij,ejk->abik", gc, t, td) - p_l
+    out = []
+    for p in (p_l, p_a):
+        pt = p.transpose(-1, -2)  # [a, b, j, i]: multiplies X[j, i]
+        k = torch.stack([pt.real, -pt.imag], dim=-1)  # matches view_as_real(X)[j, i, re/im]
+        out.append(k.reshape(p.shape[0] * p.shape[1], -1).T.contiguous())
+    return out[0], out[1]
+
+
+def _apply_map(x: torch.Tensor, k: torch.Tensor, d: int) -> torch.Tensor:
+    """``[..., N, N]`` complex -> ``[..., d, d]`` real through a map of
+    :func:`_coordinate_maps`."""
+    flat = torch.view_as_real(x.contiguous()).reshape(*x.shape[:-2], -1)
+    return (flat @ k).reshape(*x.shape[:-2], d, d)
 
 
 @dataclass(frozen=True)
@@ -170,8 +200,12 @@ class ResidualStapleLayer(nn.Module):
     kappa:
         Lipschitz bound ``sum_k |c_k| <= kappa`` (``0 < kappa < 1``): the guarantee of
         invertibility and the contraction rate of the inverse.
+    tied:
+        One coefficient for all ``2(Nd - 1)`` staples (``c_k = kappa tanh(r) / (2(Nd - 1))``):
+        a masked stout-smearing step (Morningstar & Peardon, hep-lat/0311018, with the
+        isotropic ``rho = -c``), the parametric stout layer of arXiv:2412.00200.
     hidden:
-        ``None`` (default): the ``c_k`` are ``2(Nd - 1)`` numbers.  A sequence of widths: the
+        ``None`` (default): the ``c_k`` are ``2(Nd - 1)`` numbers (one with ``tied``).  A sequence of widths: the
         ``c_k(x)`` depend on the site through a :class:`~.layers.ContextNet` (``kernel_size``,
         ``separable``, last-layer gain ``init_gain``) over the gauge-invariant, frozen features
         ``Re/Im Tr[S_k S_l^dag] / N`` (``k < l``) of the active sites:
@@ -182,7 +216,7 @@ class ResidualStapleLayer(nn.Module):
     """
 
     def __init__(self, group: Group | str | int, nd: int, mask: StapleMask, *,
-                 kappa: float = 0.9, hidden: Sequence[int] | None = None,
+                 kappa: float = 0.9, tied: bool = False, hidden: Sequence[int] | None = None,
                  kernel_size: int = 3, separable: bool | None = None, init_gain: float = 0.01,
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
@@ -195,7 +229,8 @@ class ResidualStapleLayer(nn.Module):
         self.nd, self.mask, self.kappa = int(nd), mask, kappa
         self.n_staples = 2 * (self.nd - 1)
         # c_k = kappa tanh(r_k) / n_staples: zero at initialisation (the identity map)
-        self.raw = nn.Parameter(torch.zeros(self.n_staples, dtype=dtype))
+        self.tied = bool(tied)
+        self.raw = nn.Parameter(torch.zeros(1 if self.tied else self.n_staples, dtype=dtype))
         self.pairs = [(a, b) for a in range(self.n_staples) for b in range(a + 1,
                                                                            self.n_staples)]
         self.net = None if hidden is None else ContextNet(
@@ -205,7 +240,30 @@ class ResidualStapleLayer(nn.Module):
     def coefficients(self) -> torch.Tensor:
         """The site-independent part of the staple coefficients, ``kappa tanh(r_k) / (2(Nd -
         1))`` (the coefficients themselves without a context net; ``sum |c_k| <= kappa``)."""
-        return self.kappa * torch.tanh(self.raw) / self.n_staples
+        return (self.kappa * torch.tanh(self.raw) / self.n_staples).expand(self.n_staples)
+
+    def set_coefficients(self, c: float) -> None:
+        """Set every site-independent coefficient to ``c`` (``|c| < kappa / (2(Nd - 1))``)."""
+        x = float(c) * self.n_staples / self.kappa
+        if not abs(x) < 1:
+            raise ValueError(f"c: expected |c| < kappa / {self.n_staples} = "
+                             f"{self.kappa / self.n_staples:.4g}, got {c}")
+        with torch.no_grad():
+            self.raw.fill_(math.atanh(x))
+
+    def _psi_terms(self) -> int:
+        """Taylor terms of ``psi(ad_Y) L`` for a remainder below ``2^-56``: the series'
+        remainder after ``J`` terms is ``<= r^(J+1) / (J+2)!`` with ``r = ||ad_Y|| <= 2 sum_k
+        |c_k|`` (module docstring; ``2 kappa`` with a context net), so small coefficients need
+        few terms (an SNF layer near the identity: 5-7 instead of 22)."""
+        if self.net is not None:
+            return _PSI_TERMS
+        r = 2.0 * float(self.coefficients().detach().abs().sum())
+        term, j = r / 2.0, 0  # r^(j+1) / (j+2)!
+        while term > 2.0**-56 and j < _PSI_TERMS:
+            j += 1
+            term *= r / (j + 2)
+        return j
 
     def _check(self, u: torch.Tensor) -> Lattice:
         return check_layer_input(u, self.group, self.nd)
@@ -241,23 +299,18 @@ class ResidualStapleLayer(nn.Module):
     def _logdet(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``log det(1 + psi(ad_Y) L)`` per active link (module docstring), ``[batch, n]``."""
         nc = self.group.nc
-        t, ginv = _basis(nc, m.dtype, m.device)  # [d, N, N], inverse Gram matrix [d, d]
-
-        def coords(x: torch.Tensor) -> torch.Tensor:  # [..., d(b), N, N] -> [..., a, b]
-            return ginv @ torch.einsum("cij,...bij->...cb", t.conj(), x).real
-
-        tb = t.reshape((1,) * (m.dim() - 2) + t.shape)
-        lmat = coords(project_algebra(mm(tb, m.unsqueeze(-3)), self.group))
-        d = t.shape[0]
+        kl, ka = _coordinate_maps(nc, m.dtype, m.device)
+        d = int(math.isqrt(kl.shape[1]))
+        lmat = _apply_map(m, kl, d)  # L[a, b] = coords_a(TA(T_b M))
         eye = torch.eye(d, dtype=lmat.dtype, device=lmat.device)
         if nc == 1:  # abelian: ad_Y = 0, psi = 1
             return torch.log((eye + lmat)[..., 0, 0])
-        yb = y.unsqueeze(-3)
-        ad = coords(mm(yb, tb) - mm(tb, yb))
-        # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule; ||ad_Y|| <=
-        # 2 kappa < 2 (module docstring), so the remainder is below 2^23 / 24! = 1.4e-17
-        pl = lmat * (1.0 / math.factorial(_PSI_TERMS + 1))
-        for j in range(_PSI_TERMS - 1, -1, -1):
+        ad = _apply_map(y, ka, d)  # ad[a, b] = coords_a([Y, T_b])
+        # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule, J from the bound
+        # on ||ad_Y|| (_psi_terms; at most 22 terms, remainder below 2^23 / 24! = 1.4e-17)
+        terms = self._psi_terms()
+        pl = lmat * (1.0 / math.factorial(terms + 1))
+        for j in range(terms - 1, -1, -1):
             pl = lmat * (1.0 / math.factorial(j + 1)) - ad @ pl
         return torch.linalg.slogdet(eye + pl)[1]
 

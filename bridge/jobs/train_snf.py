@@ -32,8 +32,8 @@ SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm":
                             "pool_sweeps": 1, "n_hb": 1, "n_or": 1, "n_traj": 1,
                             "md_steps": 10, "tau": 1.0}
 # settings whose general default differs for an SNF run (applied when not given)
-_SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32, "lr": 0.02}
-_SNF_MODEL_KEYS = {"arch", "kappa"}
+_SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32, "lr": 1e-3}
+_SNF_MODEL_KEYS = {"arch", "kappa", "layer", "init"}
 
 
 def snf_defaults(s: dict[str, Any], given: set[str]) -> None:
@@ -55,6 +55,10 @@ def check_snf_settings(s: dict[str, Any]) -> None:
     """Refuse SNF settings that cannot work, naming the option and the value."""
     snf = s["model"].get("arch") == "snf"
     if not snf:
+        only = sorted({"layer", "init"} & set(s["model"]))
+        if only:
+            raise ConfigError(f"model: {only} apply to --arch snf only (the layer type and "
+                              f"initialisation of a stochastic normalizing flow)")
         given = [k for k in SNF_KEYS if s.get(k) is not None]
         if given:
             opt = given[0].replace("_", "-")
@@ -87,8 +91,8 @@ def check_snf_settings(s: dict[str, Any]) -> None:
             raise ConfigError(f"--{key.replace('_', '-')} {v!r}: expected an integer >= {lo}")
     bad = set(s["model"]) - _SNF_MODEL_KEYS
     if bad:
-        raise ConfigError(f"model: {sorted(bad)} do not apply to --arch snf (one residual "
-                          f"staple layer per block; settable: kappa)")
+        raise ConfigError(f"model: {sorted(bad)} do not apply to --arch snf (settable: "
+                          f"{sorted(_SNF_MODEL_KEYS - {'arch'})})")
     if s["train"].get("estimator", "reparam") != "reparam":
         raise ConfigError(f"--estimator {s['train']['estimator']}: --arch snf trains by the "
                           f"work gradient ('reparam') only")
