@@ -59,7 +59,8 @@ _DEFAULTS: dict[str, Any] = {
 }
 _DICTS = ("model", "train", "conditional")
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
-               "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid"}
+               "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid",
+               "layer", "init"}
 
 
 # -- settings ---------------------------------------------------------------------------------
