@@ -13,7 +13,7 @@ __all__ = ["add_chain_parser"]
 _KEYS = ["model", "group", "nrow", "beta", "schedule", "mixture", "tau", "md_steps",
          "integrator", "flow_batch", "chains", "steps", "therm", "start", "seed", "out",
          "checkpoint_every", "save_every", "polyakov", "device", "precision", "kappa", "c_sw",
-         "pf_draws"]
+         "pf_draws", "prior_steps"]
 
 
 def add_chain_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,13 +34,16 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="JSON file with the settings (options override)")
     p.add_argument("--model", help="`qcd-bridge train` run directory or checkpoint (needed for "
                    "flow steps; group, lattice and beta default to the model's), or 'analytic': "
-                   "the exact plaquette-variable proposal of 2D U(1) (bridge.flows.analytic)")
+                   "the exact plaquette-variable proposal of 2D U(1) (bridge.flows.analytic); a "
+                   "stochastic normalizing flow (train --arch snf) runs NE-MCMC (schedule "
+                   "nemcmc:1, docs/nonequilibrium.md)")
     p.add_argument("--group", choices=GROUP_CHOICES, help="gauge group (default u1)")
     p.add_argument("--nrow", nargs="+", type=int, metavar="L",
                    help="lattice extents, 2 or 4 of them (default 8 8)")
     p.add_argument("--beta", type=float, help="Wilson gauge coupling (default 2.0)")
     p.add_argument("--schedule", help="kernels of one cycle in order, KERNEL:COUNT,... "
-                   "(default hmc:1,flow:4 with --model, hmc:1 without)")
+                   "(default hmc:1,flow:4 with --model, nemcmc:1 with an SNF model, hmc:1 "
+                   "without)")
     p.add_argument("--mixture", help="one random kernel per cycle with these probabilities, "
                    "e.g. hmc:0.3,flow:0.7")
     p.add_argument("--tau", type=float, help="HMC trajectory length (default 1.0)")
@@ -54,7 +57,8 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
                    "(default 100)")
     p.add_argument("--therm", type=int, help="first cycles left out of the summary and of "
                    "`qcd-bridge validate` (default 0)")
-    p.add_argument("--start", help="hot, cold or a gauge file (default hot)")
+    p.add_argument("--start", help="hot, cold or a gauge file (default hot; with an SNF model "
+                   "the prior chain's start, a configuration at beta0, e.g. Chroma's)")
     p.add_argument("--seed", type=int, help="seed of all random streams (default 0)")
     p.add_argument("--out", help="output directory (default chain-run)")
     p.add_argument("--checkpoint-every", type=int, help="cycles between checkpoints "
@@ -71,6 +75,8 @@ def add_chain_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--c-sw", type=float, help="clover coefficient of the fermions (default 0)")
     p.add_argument("--pf-draws", type=int, metavar="N", help="pseudofermion draws per proposal "
                    "in the flow step's determinant estimate (default 16)")
+    p.add_argument("--prior-steps", type=int, metavar="K", help="NE-MCMC: updates of the prior "
+                   "chain at beta0 between proposals (default 1)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--progress", action="store_true", dest="force_progress",
                    help="show progress also when stderr is not a terminal (a line every ~10%%)")

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any, TextIO
 from ..errors import ConfigError
 from ..flows.checkpoints import GROUPS
 from ..io.chain_writer import ChainFile
+from .chain_models import ANALYTIC, model_fingerprint, resolve_model
 from .chain_stats import measure, observable_names, summarize
 
 __all__ = [
@@ -51,9 +51,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "qcd-bridge-chain-checkpoint"
-KERNELS = ("hmc", "flow")
-ANALYTIC = "analytic"
-"""``model = "analytic"``: the exact 2D U(1) plaquette-variable proposal (no training)."""
+KERNELS = ("hmc", "flow", "nemcmc")
 
 
 @dataclass
@@ -84,6 +82,7 @@ class ChainSettings:
     kappa: float | None = None
     c_sw: float = 0.0
     pf_draws: int = 16
+    prior_steps: int = 1  # NE-MCMC: updates of the prior chain between proposals
     model_nrow: list[int] | None = None  # the model's training lattice when it differs
 
     # settings that may change on resume (everything else defines the chain)
@@ -194,7 +193,8 @@ def _check_settings(s: dict[str, Any]) -> None:
     if len(s["nrow"]) not in (2, 4) or min(s["nrow"]) < 1:
         raise ConfigError(f"nrow: expected 2 or 4 positive extents, got {s['nrow']}")
     for key, low in (("chains", 1), ("steps", 0), ("md_steps", 1), ("flow_batch", 1),
-                     ("checkpoint_every", 0), ("save_every", 0), ("therm", 0)):
+                     ("checkpoint_every", 0), ("save_every", 0), ("therm", 0),
+                     ("prior_steps", 1)):
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"{key.replace('_', '-')}: expected an integer >= {low}, "
@@ -223,154 +223,13 @@ def _check_settings(s: dict[str, Any]) -> None:
 
 def _check_fermions(s: dict[str, Any]) -> None:
     """Nf = 2 Wilson(-clover) fermions: a valid kappa and pf_draws (the lattice is checked by
-    :func:`_check_fermion_lattice` once a model has filled it in)."""
+    :func:`.chain_models._check_fermion_lattice` once a model has filled it in)."""
     k = float(s["kappa"])
     if not (math.isfinite(k) and k > 0):
         raise ConfigError(f"--kappa: expected a positive hopping parameter, got {s['kappa']!r}")
     s["kappa"], s["c_sw"] = k, float(s["c_sw"])
     if isinstance(s["pf_draws"], bool) or int(s["pf_draws"]) < 1:
         raise ConfigError(f"pf-draws: expected an integer >= 1, got {s['pf_draws']!r}")
-
-
-def _check_fermion_lattice(s: ChainSettings) -> None:
-    if s.kappa is not None and (s.group != "su3" or len(s.nrow) != 4
-                                or any(n % 2 for n in s.nrow)):
-        raise ConfigError(f"--kappa {s.kappa}: Nf = 2 Wilson fermions need a 4D SU(3) lattice "
-                          f"with even extents (--group su3 --nrow L L L T), got --group "
-                          f"{s.group} --nrow {' '.join(map(str, s.nrow))}")
-
-
-def _reconcile_kappa(s: ChainSettings, explicit: set[str], model: Any) -> None:
-    """A joint model fixes the chain's fermions: kappa (and c_sw) default to the model's; a
-    gauge-only model cannot weigh fermions (errors name the model and the values)."""
-    mk = getattr(model, "kappa", None)
-    if mk is None and "pf_draws" in explicit:
-        raise ConfigError(f"--pf-draws {s.pf_draws}: pseudofermion draws weigh the proposals of "
-                          f"a joint model (qcd-bridge train --kappa); "
-                          f"{'the model ' + str(s.model) + ' has' if s.model else 'the chain has'}"
-                          f" no pseudofermion flow")
-    if mk is None:
-        if s.kappa is not None and model is not None:
-            raise ConfigError(
-                f"--kappa {s.kappa:g}: the model {s.model} is a gauge flow without a "
-                f"pseudofermion flow, so its flow steps cannot weigh the fermion determinant; "
-                f"train a joint model (qcd-bridge train --kappa {s.kappa:g} ...) or run HMC "
-                f"only (--schedule hmc:1)")
-        _check_fermion_lattice(s)
-        return
-    c = model.conditional
-    for key, mine in (("kappa", float(mk)), ("c_sw", float(c.c_sw))):
-        if key not in explicit:
-            setattr(s, key, mine)
-        elif not math.isclose(float(getattr(s, key)), mine, rel_tol=0, abs_tol=1e-12):
-            raise ConfigError(f"--{key.replace('_', '-')} {getattr(s, key):g}: the model "
-                              f"{s.model} was trained for {key} = {mine:g}; drop the option "
-                              f"or train a model for this value")
-    _check_fermion_lattice(s)
-
-
-# -- the model --------------------------------------------------------------------------------
-def model_fingerprint(model: Any) -> str:
-    """SHA-256 of the model's parameters and buffers (names, dtypes, shapes, values): a chain
-    resumes only with the flow it started with, since its state caches ``log q`` of that flow
-    (and proposals drawn from it)."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    if not hasattr(model, "state_dict"):  # an analytic proposal: its configuration is all of it
-        h.update(json.dumps(getattr(model, "config", repr(model)), sort_keys=True).encode())
-        return h.hexdigest()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _group_key(model: Any) -> str:
-    nc = int(model.group.nc)
-    return "u1" if nc == 1 else f"su{nc}"
-
-
-def resolve_model(s: ChainSettings, explicit: set[str]) -> Any:
-    """Load ``s.model`` (or return None) and reconcile the group, lattice and coupling with
-    it: values not given explicitly are taken from the model; a mismatch is a
-    :class:`~bridge.errors.ConfigError` naming both."""
-    plan, _ = s.kernel_plan()
-    uses_flow = any(n == "flow" and v > 0 for n, v in plan)
-    if not s.model:
-        if uses_flow:
-            raise ConfigError(
-                f"the flow kernel needs --model (a `qcd-bridge train` run directory or "
-                f"checkpoint); without one only hmc is allowed (got "
-                f"{s.mixture or s.schedule!r})")
-        _reconcile_kappa(s, explicit, None)
-        return None
-    if s.model == ANALYTIC:
-        proposal = _analytic_proposal(s, explicit)
-        _reconcile_kappa(s, explicit, proposal)
-        return proposal
-    from ..flows.checkpoints import load_model
-
-    model, meta = load_model(s.model)
-    train = meta.get("train", {})
-    mine = {"group": _group_key(model), "nrow": [int(n) for n in train.get("nrow", [])],
-            "beta": float(train.get("beta", math.nan))}
-    for key in ("group", "nrow", "beta"):
-        if key not in explicit:
-            setattr(s, key, mine[key])
-    if s.group != mine["group"] or len(s.nrow) != model.nd:
-        from ..lattice import Lattice
-        from ..mcmc.flow_mh import check_flow
-
-        u = _probe_field(s)
-        try:
-            check_flow(model, u)
-        except Exception as exc:  # noqa: BLE001 - re-raised with the model's path
-            raise ConfigError(f"--model {s.model}: {exc}") from exc
-        raise ConfigError(f"--model {s.model}: the model is for {model.group.name} in "
-                          f"{model.nd}D, the chain for {GROUPS[s.group]} on "
-                          f"{Lattice(s.nrow)}")
-    if s.nrow != mine["nrow"]:  # a local model travels (bridge.jobs.transfer)
-        _transfer(model, s, mine["nrow"])
-    if not math.isclose(s.beta, mine["beta"], rel_tol=0, abs_tol=1e-12):
-        raise ConfigError(
-            f"--beta {s.beta:g}: the model {s.model} was trained for beta = "
-            f"{mine['beta']:g}; the flow kernel would stay exact but propose from the wrong "
-            f"action; drop --beta or train a model for this coupling")
-    _reconcile_kappa(s, explicit, model)
-    return model
-
-
-def _analytic_proposal(s: ChainSettings, explicit: set[str]) -> Any:
-    """``--model analytic``: the exact plaquette-variable proposal of 2D U(1)
-    (:class:`bridge.flows.analytic.U1PlaquetteProposal`, nothing trained) at the chain's beta."""
-    if s.group != "u1" or len(s.nrow) != 2:
-        raise ConfigError(f"--model {ANALYTIC}: the analytic plaquette proposal exists only "
-                          f"for 2D U(1) (--group u1, two extents), the chain is --group "
-                          f"{s.group} on {' x '.join(map(str, s.nrow))}")
-    from ..flows.analytic import U1PlaquetteProposal
-
-    return U1PlaquetteProposal(float(s.beta))
-
-
-def _transfer(model: Any, s: ChainSettings, trained: list[int]) -> None:
-    from .transfer import check_transfer, transfer_notice
-
-    check_transfer(model, s.nrow, f"--nrow {' '.join(map(str, s.nrow))}: --model {s.model}")
-    print(transfer_notice(s.model, trained, s.nrow), file=sys.stderr)
-    s.model_nrow = list(trained)
-
-
-def _probe_field(s: ChainSettings) -> Any:
-    import torch
-
-    from ..gauge import unit_gauge
-    from ..lattice import Lattice
-
-    return unit_gauge(Lattice(s.nrow), GROUPS[s.group], 1, dtype=torch.complex128)
 
 
 # -- kernels and observables ------------------------------------------------------------------
@@ -410,6 +269,10 @@ def build_kernel(s: ChainSettings, model: Any) -> tuple[Any, list[str]]:
             est = model.estimator(int(s.pf_draws))
         kernels["flow"] = flow_metropolis_kernel(model, action, batch_size=int(s.flow_batch),
                                                  log_weight_estimator=est, name="flow")
+    if "nemcmc" in names:
+        from .chain_ne import nemcmc_kernel
+
+        kernels["nemcmc"] = nemcmc_kernel(s, model)
     if is_mix:
         return mixture([(kernels[n], p) for n, p in plan]), names
     return compose([(kernels[n], int(c)) for n, c in plan]), names

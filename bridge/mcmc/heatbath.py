@@ -231,7 +231,7 @@ def half_sweep(u: torch.Tensor, mu: int, parity: int, beta: float | None = None,
     coeff = None if beta is None else check_beta(beta) / nc
     if coeff is not None and gen is None:
         raise ValueError("gen: the heatbath needs a torch.Generator")
-    out = u.clone()
+    out = u.clone(memory_format=torch.contiguous_format)  # a file read may be strided
     _half_sweep_(out.view(u.shape[0], lat.nd * lat.volume, nc, nc),
                  _tables(lat, u.device)[int(mu), int(parity)], nc, coeff, gen)
     return out
@@ -249,7 +249,7 @@ def _half_sweep_(flat: torch.Tensor, t: dict, nc: int, coeff: float | None,
 def _sweep(u: torch.Tensor, coeff: float | None, gen: torch.Generator | None) -> torch.Tensor:
     lat, nc = check_field(u)
     tab = _tables(lat, u.device)
-    out = u.clone()
+    out = u.clone(memory_format=torch.contiguous_format)  # a file read may be strided
     flat = out.view(u.shape[0], lat.nd * lat.volume, nc, nc)
     for mu in range(lat.nd):
         for p in (0, 1):

@@ -1,0 +1,141 @@
+"""NE-MCMC in ``qcd-bridge chain`` (bridge.jobs.chain_ne): a stochastic normalizing flow as
+--model, exactness through the command line on 2D U(1), resume, the prior from a Chroma file
+(checked against beta0), and the refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from bridge.cli import main
+from bridge.errors import ConfigError
+from bridge.exact import u1_2d_plaquette
+from bridge.flows.checkpoints import load_model
+from bridge.io.chains import read_chain
+from bridge.jobs.chain_ne import check_prior_file
+from tests.conftest import DATA
+
+CHROMA_PG = DATA / "chroma" / "pure_gauge_b5.5_4x4" / "pg_b5.5_4x4_cfg_1500.lime"
+CHROMA_NF2 = DATA / "chroma" / "nf2_b1.0_k0.1_4x4" / "nf2_b1.0_k0.1_4x4_cfg_1500.lime"
+
+
+def _train(out, *args) -> None:
+    assert main(["train", "--arch", "snf", "--steps", "1", "--batch", "2", "--therm", "1",
+                 "--eval-samples", "2", "--eval-batch", "2", "--out", str(out), *args]) == 0
+
+
+@pytest.fixture(scope="module")
+def u1_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("snf") / "u1"
+    _train(out, "--group", "u1", "--nrow", "4", "4", "--beta0", "1.0", "--beta", "2.0",
+           "--blocks", "2")
+    return out
+
+
+@pytest.fixture(scope="module")
+def su3_model(tmp_path_factory):
+    """A 4^4 SU(3) model whose prior is Chroma's pure-gauge ensemble at beta 5.5."""
+    out = tmp_path_factory.mktemp("snf") / "su3"
+    _train(out, "--group", "su3", "--nrow", "4", "4", "4", "4", "--beta0", "5.5", "--beta", "5.6",
+           "--blocks", "1")
+    return out
+
+
+def test_nemcmc_chain_is_exact_on_2d_u1(tmp_path, u1_model, capsys):
+    out = tmp_path / "c"
+    assert main(["chain", "--model", str(u1_model), "--chains", "8", "--steps", "300",
+                 "--therm", "30", "--start", "cold", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "acceptance: nemcmc" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["kernels"] == ["nemcmc"] and 0.05 < s["acceptance"]["nemcmc"] <= 1
+    p = s["plaquette"]
+    exact = u1_2d_plaquette(2.0, 4)
+    assert abs(p["mean"] - exact) < 4 * p["error"], (p, exact)
+    assert p["error"] < 0.01  # the check has teeth
+
+
+def test_nemcmc_chain_resumes_bit_for_bit(tmp_path, u1_model):
+    common = ["chain", "--model", str(u1_model), "--chains", "2", "--no-progress",
+              "--checkpoint-every", "0", "--prior-steps", "2"]
+    assert main(common + ["--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main(["chain", "--out", str(tmp_path / "a"), "--steps", "7", "--resume",
+                 "--no-progress"]) == 0
+    assert main(common + ["--steps", "7", "--out", str(tmp_path / "b")]) == 0
+    a, b = read_chain(tmp_path / "a" / "chain.h5"), read_chain(tmp_path / "b" / "chain.h5")
+    for k in a["observables"]:
+        assert torch.equal(torch.as_tensor(a["observables"][k]),
+                           torch.as_tensor(b["observables"][k])), k
+    ca = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["state"]
+    cb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["state"]
+    assert torch.equal(ca.U, cb.U) and torch.equal(ca.log_est, cb.log_est)
+
+
+def test_chroma_configuration_is_the_prior(tmp_path, su3_model, capsys):
+    model, _ = load_model(su3_model)
+    assert check_prior_file(str(CHROMA_PG), model) is None  # beta 5.5, Wilson, periodic
+    out = tmp_path / "c"
+    assert main(["chain", "--model", str(su3_model), "--start", str(CHROMA_PG), "--chains",
+                 "2", "--steps", "2", "--out", str(out), "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["cycles"] == 2 and "nemcmc" in s["acceptance"]
+    assert "notice" not in capsys.readouterr().err
+
+
+def test_prior_file_mismatches_are_refused(tmp_path, su3_model):
+    model, _ = load_model(su3_model)
+    other = tmp_path / "b6"
+    shutil.copytree(su3_model, other)
+    cfg = json.loads((other / "config.json").read_text())
+    assert cfg["beta0"] == 5.5
+    model.config["beta0"] = 6.0  # the same model with another prior coupling
+    with pytest.raises(ConfigError, match=r"pg_b5.5_4x4_cfg_1500.lime \(scidac-record-xml\): "
+                                          r"GaugeAction/beta is 5.5, the model's prior is at "
+                                          r"beta0 = 6"):
+        check_prior_file(str(CHROMA_PG), model)
+    model.config["beta0"] = 5.5
+    with pytest.raises(ConfigError, match=r"nf2_b1.0_k0.1_4x4_cfg_1500.lime \(scidac-record-"
+                                          r"xml\): the ensemble has the fermion monomials"):
+        check_prior_file(str(CHROMA_NF2), model)
+
+
+def test_prior_file_without_parameters_gets_a_notice(tmp_path, su3_model, capsys):
+    from bridge.io import read_gauge, write_gauge
+
+    u, _ = read_gauge(CHROMA_PG)
+    bare = tmp_path / "bare.lime"
+    write_gauge(bare, u, "ildg")
+    model, _ = load_model(su3_model)
+    note = check_prior_file(str(bare), model)
+    assert note is not None and "its coupling was not checked against the model's beta0 = " \
+        "5.5" in note
+    assert main(["chain", "--model", str(su3_model), "--start", str(bare), "--chains", "1",
+                 "--steps", "1", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "coupling was not checked" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--schedule", "hmc:1,nemcmc:1"], r"--schedule 'hmc:1,nemcmc:1': --model .* is a "
+                                       r"stochastic normalizing flow; its NE-MCMC kernel must "
+                                       r"be the only kernel moving U"),
+    (["--mixture", "nemcmc:1"], r"--mixture 'nemcmc:1': --model .* NE-MCMC kernel must be the "
+                                r"only kernel"),
+])
+def test_refusals(tmp_path, u1_model, capsys, extra, message):
+    assert main(["chain", "--model", str(u1_model), "--steps", "1", "--out",
+                 str(tmp_path / "c"), "--no-progress", *extra]) == 1
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_odd_lattice_and_kernel_without_snf_are_refused(tmp_path, u1_model, capsys):
+    assert main(["chain", "--model", str(u1_model), "--nrow", "5", "4", "--steps", "1",
+                 "--out", str(tmp_path / "c"), "--no-progress"]) == 1
+    assert "stochastic normalizing flow; its heatbath and stout masks need even extents" in \
+        capsys.readouterr().err
+    assert main(["chain", "--schedule", "nemcmc:1", "--steps", "1", "--out",
+                 str(tmp_path / "d"), "--no-progress"]) == 1
+    assert "needs --model" in capsys.readouterr().err
