@@ -201,8 +201,11 @@ def _thermal(beta: float, batch: int, seed: int = 1):
 @pytest.mark.parametrize("c", [-0.03, 0.02])
 def test_stout_cycle_invertible_logdet_equivariant(c):
     from bridge.flows.snf import StoutCycle
-    from bridge.testing import (assert_gauge_equivariant, assert_invertible,
-                                assert_logdet_matches_autograd)
+    from bridge.testing import (
+        assert_gauge_equivariant,
+        assert_invertible,
+        assert_logdet_matches_autograd,
+    )
 
     layer = StoutCycle("SU3", 4, c=c)
     assert torch.allclose(layer.coefficients(), torch.full((8,), c, dtype=torch.float64))
