@@ -206,8 +206,9 @@ class ResidualStapleLayer(nn.Module):
         isotropic ``rho = -c``), the parametric stout layer of arXiv:2412.00200.
     hidden:
         ``None`` (default): the ``c_k`` are ``2(Nd - 1)`` numbers (one with ``tied``).  A
-        sequence of widths: the ``c_k(x)`` depend on the site through a :class:`~.layers.ContextNet` (``kernel_size``,
-        ``separable``, last-layer gain ``init_gain``) over the gauge-invariant, frozen features
+        sequence of widths: the ``c_k(x)`` depend on the site through a
+        :class:`~.layers.ContextNet` (``kernel_size``, ``separable``, last-layer gain
+        ``init_gain``) over the gauge-invariant, frozen features
         ``Re/Im Tr[S_k S_l^dag] / N`` (``k < l``) of the active sites:
         ``c_k(x) = kappa tanh(r_k + net_k(x)) / (2(Nd - 1))``.  They do not depend on the active
         link, so the bound, the inverse and the log-Jacobian are unchanged.
