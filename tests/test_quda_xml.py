@@ -128,6 +128,8 @@ def test_rendered_defaults_are_chromas():
     ({"quda_solver": "CG"}, "quda_solver: expected no quda_solver setting with inverter cg"),
     ({"inverter": "quda-wilson", "mg_blocking": [2, 2, 2, 2]},
      "mg_blocking: expected no mg_blocking setting with inverter quda-wilson"),
+    ({"inverter": "quda-multigrid-wilson", "mg_subspace_id": "s"}, "mg_subspace_id: expected "
+     "no mg_subspace_id setting with inverter quda-multigrid-wilson"),
     ({"inverter": "quda-wilson", "quda_solver": "CGNE"},
      "quda_solver: expected one of Chroma's names CG, BICGSTAB, GCR, CA_GCR, MR, got 'CGNE'"),
     ({"inverter": "quda-wilson", "quda_delta": 0.0}, "quda_delta: expected a reliable-update "

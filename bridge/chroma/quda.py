@@ -383,7 +383,8 @@ def quda_options_from_dict(d: dict[str, Any], source: str) -> QudaOptions:
     inverter = d.get("inverter", "cg")
     given = {k: d[k] for k in QUDA_KEYS if d.get(k) is not None}
     for key, value in given.items():
-        if inverter == "cg" or (key.startswith("mg_") and "multigrid" not in str(inverter)):
+        if inverter == "cg" or (key.startswith("mg_") and "multigrid" not in str(inverter)) or (
+                key == "mg_subspace_id" and inverter != "quda-multigrid-clover"):
             raise _fail(source, key, value, f"no {key} setting with inverter {inverter} (it "
                         f"belongs to the QUDA{' multigrid' if key.startswith('mg_') else ''} "
                         f"inverters)")
