@@ -310,3 +310,34 @@ def test_cli_renders_quda_inputs_from_options_and_json(tmp_path, capsys):
                  str(tmp_path / "x.xml")]) == 1
     assert "inverter: expected an inverter Chroma registers" in capsys.readouterr().err
     assert not (tmp_path / "x.xml").exists()
+
+
+def test_builtin_runs_quda_inputs_end_to_end_as_with_cg(tmp_path, monkeypatch, capsys):
+    """The same numbers as the CG input: the built-in ``chroma`` pion and one built-in ``hmc``
+    trajectory, each from a QUDA input and from the CG input."""
+    from bridge.chroma.output import read_output
+
+    monkeypatch.chdir(tmp_path)
+    base = {"nrow": [2, 2, 2, 4], "cfg": "unit", "plaquette": False, "pion": True,
+            "kappa": 0.11, "fermion": "clover", "csw": 1.2}
+    pions = {}
+    for name, extra in (("cg", {}), ("quda", {"inverter": "quda-multigrid-clover",
+                                              "mg_blocking": [2, 2, 2, 2]})):
+        write_checked(f"{name}.ini.xml", render_measure(measure_params_from_dict(
+            {**base, **extra})))
+        assert main(["chroma", "-i", f"{name}.ini.xml", "-o", f"{name}.out.xml",
+                     "--quiet"]) == 0
+        pions[name] = read_output(f"{name}.out.xml")["measurements"][3]["values"]["pion"]
+    assert pions["quda"] == pions["cg"] and len(pions["cg"]) == 4
+    assert "QUDA_MULTIGRID_CLOVER_INVERTER: the built-in engine solves with its own CG" in \
+        capsys.readouterr().err
+    hmc = {"nrow": [2, 2, 2, 2], "beta": 5.5, "kappa": 0.1, "tau": 0.25, "md_steps": 2,
+           "n_updates": 1, "save_interval": 1}
+    dh = {}
+    for name, extra in (("cg", {}), ("quda", {"inverter": "quda-wilson"})):
+        write_checked(f"h{name}.ini.xml", render_hmc(hmc_params_from_dict(
+            {**hmc, **extra, "prefix": name})))
+        assert main(["hmc", "-i", f"h{name}.ini.xml", "-o", f"h{name}.out.xml",
+                     "--quiet"]) == 0
+        dh[name] = [u["deltaH"] for u in read_output(f"h{name}.out.xml")["updates"]]
+    assert dh["quda"] == dh["cg"] and len(dh["cg"]) == 1
