@@ -1,7 +1,9 @@
 """Optional native (C++) CPU kernels of the gauge field: the Wilson gauge force with the
 plaquette traces it produces on the way (cached by :mod:`bridge.gauge` for the action), and the
 SU(3) molecular-dynamics link update ``exp(eps P) U`` (Cayley-Hamilton, as
-:func:`bridge.groups._expm_su3`).
+:func:`bridge.groups._expm_su3`), and the clover energy density of the Wilson flow's
+measurements (Chroma's ``wflow_gact4i``/``wflow_gactij``: the four leaves of every plane, 11
+colour products, summed site by site).
 
 Built, cached and switched exactly like the Wilson hopping kernel (bridge/fermions/_native.py,
 shared helpers in :mod:`bridge._native_build`): ``load_inline`` on first use (never at import),
@@ -24,10 +26,10 @@ import torch
 
 from ._native_build import ENV, enabled, new_state, ready
 
-__all__ = ["available", "enabled", "usable", "force", "traces", "expm_su3_mul", "build_seconds",
-           "ENV"]
+__all__ = ["available", "enabled", "usable", "force", "traces", "expm_su3_mul", "clover_energy",
+           "build_seconds", "ENV"]
 
-_NAME = "qcd_bridge_gauge_v1"
+_NAME = "qcd_bridge_gauge_v2"
 
 _CPP = r"""
 #include <torch/extension.h>
@@ -293,6 +295,108 @@ std::vector<torch::Tensor> gauge(torch::Tensor u, torch::Tensor fwd, torch::Tens
   return {f, tr};
 }
 
+namespace {
+
+// Clover energy density: per site the sum over the planes (mu < nu) of -Re Tr F_{mu nu}(x)^2,
+// F = (Q - Q^dag) / 8, Q the four leaves (gauge.loops.clover_field_strength), split into
+// the planes holding direction tdir (e[0]) and the others (e[1]); out [B, V, 2].
+template <typename T, int NC>
+void clover_energy_impl(const T* __restrict u, const int64_t* __restrict fwd,
+                        const int64_t* __restrict bwd, double* __restrict out, int64_t nb,
+                        int64_t nd, int64_t v, int64_t tdir) {
+  constexpr int M = NC * NC * 2;
+  at::parallel_for(0, nb * v, 16, [&](int64_t begin, int64_t end) {
+    T t1[M], t2[M], q[M], l[M];
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t b = idx / v, x = idx % v;
+      const T* ub = u + b * nd * v * M;
+      double e[2] = {0.0, 0.0};
+      for (int64_t mu = 0; mu < nd; ++mu)
+        for (int64_t nu = mu + 1; nu < nd; ++nu) {
+          auto U = [&](int64_t d, int64_t y) { return ub + (d * v + y) * M; };
+          const int64_t xpm = fwd[mu * v + x], xpn = fwd[nu * v + x];
+          const int64_t xmm = bwd[mu * v + x], xmn = bwd[nu * v + x];
+          const int64_t xmm_pn = fwd[nu * v + xmm], xmm_mn = bwd[nu * v + xmm];
+          const int64_t xmn_pm = fwd[mu * v + xmn];
+          // L1 = [U_mu(x) U_nu(x+mu)] [U_nu(x) U_mu(x+nu)]^dag
+          mul_nn<T, NC>(t1, U(mu, x), U(nu, xpm));
+          mul_nn<T, NC>(t2, U(nu, x), U(mu, xpn));
+          mul_nd<T, NC, false>(q, t1, t2);
+          // L2 = U_nu(x) [U_nu(x-mu) U_mu(x-mu+nu)]^dag U_mu(x-mu)
+          mul_nn<T, NC>(t1, U(nu, xmm), U(mu, xmm_pn));
+          mul_nd<T, NC, false>(t2, U(nu, x), t1);
+          mul_nn<T, NC>(l, t2, U(mu, xmm));
+          for (int k = 0; k < M; ++k) q[k] += l[k];
+          // L3 = [U_nu(x-mu-nu) U_mu(x-mu)]^dag [U_mu(x-mu-nu) U_nu(x-nu)]
+          mul_nn<T, NC>(t1, U(nu, xmm_mn), U(mu, xmm));
+          mul_nn<T, NC>(t2, U(mu, xmm_mn), U(nu, xmn));
+          mul_dn_acc<T, NC>(q, t1, t2);
+          // L4 = U_nu(x-nu)^dag [U_mu(x-nu) U_nu(x-nu+mu)] U_mu(x)^dag
+          mul_nn<T, NC>(t1, U(mu, xmn), U(nu, xmn_pm));
+          mul_nd<T, NC, false>(t2, t1, U(mu, x));
+          mul_dn_acc<T, NC>(q, U(nu, xmn), t2);
+          // F = (Q - Q^dag) / 8; -Re Tr F^2
+          T fr[NC][NC], fi[NC][NC];
+          for (int i = 0; i < NC; ++i)
+            for (int j = 0; j < NC; ++j) {
+              fr[i][j] = (T)0.125 * (q[(i * NC + j) * 2] - q[(j * NC + i) * 2]);
+              fi[i][j] = (T)0.125 * (q[(i * NC + j) * 2 + 1] + q[(j * NC + i) * 2 + 1]);
+            }
+          T s = 0;
+          for (int i = 0; i < NC; ++i)
+            for (int j = 0; j < NC; ++j) s += fr[i][j] * fr[j][i] - fi[i][j] * fi[j][i];
+          e[(mu == tdir || nu == tdir) ? 0 : 1] -= (double)s;
+        }
+      out[idx * 2] = e[0];
+      out[idx * 2 + 1] = e[1];
+    }
+  });
+}
+
+}  // namespace
+
+// Clover energy density split (see clover_energy_impl): u [B, nd, V, NC, NC] contiguous,
+// fwd/bwd [nd, V]; returns [B, 2] = (1/V) sum_x (planes with tdir, the others), float64.
+torch::Tensor clover_energy(torch::Tensor u, torch::Tensor fwd, torch::Tensor bwd,
+                            int64_t tdir) {
+  TORCH_CHECK(u.is_contiguous() && u.dim() == 5, "native clover energy: u [B, nd, V, Nc, Nc]");
+  const int64_t nb = u.size(0), nd = u.size(1), v = u.size(2), nc = u.size(3);
+  TORCH_CHECK(fwd.numel() == nd * v && bwd.numel() == nd * v && fwd.is_contiguous() &&
+              bwd.is_contiguous() && fwd.scalar_type() == at::kLong &&
+              bwd.scalar_type() == at::kLong, "native clover energy: tables [nd, V] int64");
+  TORCH_CHECK(tdir >= 0 && tdir < nd, "native clover energy: tdir out of range");
+  auto site = torch::empty({nb, v, 2}, torch::kDouble);
+  double* o = site.data_ptr<double>();
+  const int64_t* fw = fwd.data_ptr<int64_t>();
+  const int64_t* bw = bwd.data_ptr<int64_t>();
+#define QB_CE(T)                                                                          \
+  switch (nc) {                                                                           \
+    case 1: clover_energy_impl<T, 1>(reinterpret_cast<const T*>(u.data_ptr()), fw, bw, o, \
+                                     nb, nd, v, tdir); break;                             \
+    case 2: clover_energy_impl<T, 2>(reinterpret_cast<const T*>(u.data_ptr()), fw, bw, o, \
+                                     nb, nd, v, tdir); break;                             \
+    case 3: clover_energy_impl<T, 3>(reinterpret_cast<const T*>(u.data_ptr()), fw, bw, o, \
+                                     nb, nd, v, tdir); break;                             \
+    default: TORCH_CHECK(false, "native clover energy: Nc must be 1, 2 or 3");            \
+  }
+  if (u.scalar_type() == at::kComplexDouble) {
+    QB_CE(double)
+  } else {
+    TORCH_CHECK(u.scalar_type() == at::kComplexFloat, "native clover energy: complex U");
+    QB_CE(float)
+  }
+#undef QB_CE
+  auto out = torch::empty({nb, 2}, torch::kDouble);
+  double* r = out.data_ptr<double>();
+  for (int64_t b = 0; b < nb; ++b) {
+    double s0 = 0, s1 = 0;
+    for (int64_t x = 0; x < v; ++x) { s0 += o[(b * v + x) * 2]; s1 += o[(b * v + x) * 2 + 1]; }
+    r[b * 2] = s0 / (double)v;
+    r[b * 2 + 1] = s1 / (double)v;
+  }
+  return out;
+}
+
 // exp(scale X) R for x, r [..., 3, 3] complex contiguous, same shape and dtype
 torch::Tensor expm_su3_mul(torch::Tensor x, torch::Tensor r, double scale) {
   TORCH_CHECK(x.is_contiguous() && r.is_contiguous() && x.sizes() == r.sizes() &&
@@ -322,7 +426,8 @@ _state: dict[str, object] = new_state()
 
 def available() -> bool:
     """Whether the native gauge kernels are enabled and built (builds them on the first call)."""
-    return ready(_state, _NAME, _CPP, ["gauge", "expm_su3_mul"], "gauge kernel")
+    return ready(_state, _NAME, _CPP, ["gauge", "expm_su3_mul", "clover_energy"],
+                 "gauge kernel")
 
 
 def build_seconds() -> float | None:
@@ -361,3 +466,12 @@ def traces(u: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor,
 def expm_su3_mul(x: torch.Tensor, r: torch.Tensor, scale: float) -> torch.Tensor:
     """``exp(scale X) R`` for traceless anti-Hermitian 3x3 ``X`` (contiguous, like ``R``)."""
     return _state["module"].expm_su3_mul(x, r, float(scale))  # type: ignore[union-attr]
+
+
+def clover_energy(u: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor,
+                  t_dir: int) -> torch.Tensor:
+    """``[B, 2]`` float64: ``-(1/V) sum_x sum Re Tr F_{mu nu}(x)^2`` (clover ``F``, not made
+    traceless, as ``gauge.loops.clover_field_strength``) over the planes holding ``t_dir`` and
+    over the others, for ``u[B, nd, V, Nc, Nc]`` (contiguous) and the neighbour tables of
+    ``gauge.loops._native_tables``: Chroma's ``wflow_gact4i``, ``wflow_gactij`` in one pass."""
+    return _state["module"].clover_energy(u, fwd, bwd, int(t_dir))  # type: ignore[union-attr]

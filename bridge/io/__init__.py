@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from .hdf5 import EnsembleStore, read_hdf5, write_hdf5
 from .ildg import GaugeInfo, read_ildg, write_ildg
 from .inspect import FORMATS, detect_format
 from .lime import FormatWarning, IntegrityWarning, LimeReader, LimeRecord, LimeWriter
@@ -57,6 +56,25 @@ __all__ = [
     "write_hdf5",
     "FORMATS",
 ]
+
+_HDF5_NAMES = ("EnsembleStore", "read_hdf5", "write_hdf5")
+
+
+def __getattr__(name: str) -> Any:
+    """The HDF5 names load h5py on first use (commands that never touch HDF5 start faster)."""
+    if name in _HDF5_NAMES:
+        from . import hdf5
+
+        return getattr(hdf5, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def read_hdf5(*args: Any, **kwargs: Any) -> Any:
+    """:func:`bridge.io.hdf5.read_hdf5` (h5py imported on the first call)."""
+    from .hdf5 import read_hdf5 as read
+
+    return read(*args, **kwargs)
+
 
 _READERS = {"ildg": read_ildg, "nersc": read_nersc, "milc": read_milc, "hdf5": read_hdf5}
 _ALIASES = {"lime": "ildg", "scidac": "ildg", "qio": "ildg", "h5": "hdf5"}
@@ -117,6 +135,8 @@ def write_gauge(
     if name == "nersc":
         return write_nersc(path, u, precision=precision, overwrite=overwrite, **options)
     if name == "hdf5":
+        from .hdf5 import write_hdf5
+
         return write_hdf5(path, u, precision=precision, overwrite=overwrite, **options)
     if precision != 32:
         raise ValueError(f"precision: the MILC binary format is single precision (32), got "

@@ -25,7 +25,6 @@ from lxml import etree
 
 from ..errors import BridgeError, FormatError
 from ..gauge import mesplq, polyakov_loop
-from .hdf5 import is_hdf5
 from .lime import LIME_MAGIC
 
 __all__ = [
@@ -55,6 +54,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "ildg"
     if head.startswith(b"BEGIN_HEADER"):
         return "nersc"
+    from .hdf5 import is_hdf5  # h5py only when a file is inspected
+
     if is_hdf5(spath):
         return "hdf5"
     if len(head) >= 4 and _MILC_MAGIC in (

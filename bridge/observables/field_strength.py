@@ -16,7 +16,9 @@ import math
 
 import torch
 
+from .. import _native_gauge
 from ..gauge import clover_field_strength, clover_planes, plaquette_field, plaquette_traces
+from ..gauge.loops import _native_tables
 from ..lattice import Lattice
 
 __all__ = [
@@ -87,9 +89,16 @@ def energy_density_split(
     ``-(1/V) sum_x sum_{planes} Re Tr F^2``, shape ``[batch]`` each.  Default ``traceless=False``
     as Chroma's ``mesField``.  (Chroma's ``measure_wilson_gauge`` tests only ``nu == t_dir``,
     which is the same as "the plane holds t_dir" for its default ``t_dir = Nd - 1``.)"""
-    lat, _, _ = _gauge(u)
+    lat, b, nc = _gauge(u)
     t_dir = lat.nd - 1 if t_dir is None else t_dir
     lat._check_mu(t_dir)
+    if not (traceless and nc > 1) and _native_gauge.usable(u):
+        # native kernel (bridge/_native_gauge.py): the same leaves and products, one pass
+        fwd, bwd, _ = _native_tables(lat)
+        e2 = _native_gauge.clover_energy(u.contiguous().view(b, lat.nd, lat.volume, nc, nc),
+                                         fwd, bwd, t_dir)
+        e2 = e2.to(torch.float32 if u.dtype == torch.complex64 else torch.float64)
+        return e2[:, 0], e2[:, 1]
     e = energy_density_field(u, traceless=traceless).flatten(2).mean(2)
     tmask = torch.tensor([t_dir in p for p in clover_planes(lat.nd)], device=e.device)
     return e[:, tmask].sum(1), e[:, ~tmask].sum(1)
