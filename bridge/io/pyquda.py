@@ -235,12 +235,14 @@ def _pyquda_inverse(core: Any, tol: float, max_iter: int,
             dirac = core.getWilson(latt, mass, tol, max_iter, multigrid)
         rhs = b.reshape(wd.batch, -1, *b.shape[1:])
         out = torch.empty_like(rhs)
-        for i in range(wd.batch):
-            dirac.loadGauge(core.LatticeGauge(latt, gauge_to_pyquda(wd.U[i])))
-            for r in range(rhs.shape[1]):
-                x = dirac.invert(core.LatticeFermion(latt, fermion_to_pyquda(rhs[i, r])))
-                out[i, r] = torch.as_tensor(fermion_from_pyquda(x.data), device=b.device)
-            dirac.freeGauge()
+        try:
+            for i in range(wd.batch):
+                dirac.loadGauge(core.LatticeGauge(latt, gauge_to_pyquda(wd.U[i])))
+                for r in range(rhs.shape[1]):
+                    x = dirac.invert(core.LatticeFermion(latt, fermion_to_pyquda(rhs[i, r])))
+                    out[i, r] = torch.as_tensor(fermion_from_pyquda(x.data), device=b.device)
+        finally:  # PyQUDA's operators free their multigrid with destroy() (newer versions)
+            getattr(dirac, "destroy", lambda: None)()
         return (out / (2.0 * wd.kappa * wd.scale)).reshape(b.shape)
 
     return inverse
