@@ -71,6 +71,11 @@ class _BaryonAlgebra:
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.eps = _epsilon(dtype, device)
+        # eps^{a c q} eps^{b d r} as [(r, q), (a, b, c, d)]: 4 nonzero entries per row
+        ee = torch.einsum("acq,bdr->rqabcd", self.eps, self.eps).reshape(9, 81)
+        nz = ee.nonzero()
+        self.eps_cols = nz[:, 1].contiguous()
+        self.eps_signs = ee[nz[:, 0], nz[:, 1]].reshape(9, 4)
         g = {n: chroma_gamma(n, dtype, device) for n in range(16)}
         one = g[0]
         nr = 0.5 * (one + g[8])
@@ -91,8 +96,13 @@ class _BaryonAlgebra:
 
     def qc13(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """QDP++ ``quarkContract13``: ``D[i, j][k2, k1] = sum_k eps^{i1 j1 k1} eps^{i2 j2 k2}
-        A[k, i][i1, i2] B[k, j][j1, j2]``."""
-        return torch.einsum("...kiab,...kjcd,acq,bdr->...ijrq", a, b, self.eps, self.eps)
+        A[k, i][i1, i2] B[k, j][j1, j2]``: the spin sum ``C = A^T B`` as one batched product
+        over all colour pairs, then the 4 nonzero ``eps eps`` terms of each output entry."""
+        shape = a.shape[:-4]
+        c = torch.bmm(a.reshape(-1, 4, 36).transpose(1, 2), b.reshape(-1, 4, 36))
+        c = c.view(-1, 4, 9, 4, 9).permute(0, 1, 3, 2, 4).reshape(-1, 16, 81)  # [n, ij, abcd]
+        d = (c.index_select(2, self.eps_cols).view(-1, 16, 9, 4) * self.eps_signs).sum(-1)
+        return d.view(*shape, 4, 4, 3, 3)
 
     @staticmethod
     def rspin(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
