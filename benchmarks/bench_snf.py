@@ -1,14 +1,18 @@
-"""Stochastic normalizing flows on 4^4 SU(3), beta 6.0 -> 6.2 (bridge.flows.snf).
+"""Stochastic normalizing flows on SU(3), beta 6.0 -> 6.2 (bridge.flows.snf), against the same
+protocol without layers.
 
-For each number of blocks (default 4 and 16; heatbath, 1 HB + 1 OR sweep per block): train one
-residual staple layer per block by the mean work for a fixed time budget, then run the protocol
-with and without the layers from the same ``--eval`` prior configurations (a pool of ``--chunk``
-heatbath chains at beta0, ``--therm`` thermalisation sweeps, read every ``--read-every``
-sweeps) and report the Jarzynski ESS, the mean work, ``log Z/Z0`` and the seconds per protocol
-run (one configuration through all blocks).
+For each number of blocks (default 4 and 16; heatbath, 1 HB + 1 OR sweep per block) the SNF
+has one stout cycle per block (the 8 masked stout steps, one coefficient each) started at
+Luescher's leading-order map (``init``); ``--train-seconds`` > 0 then trains it by the mean work
+on 4^4.  Every model is evaluated from the same ``--eval`` prior configurations as the
+layer-free protocol (a pool of ``--chunk`` heatbath chains at beta0, ``--therm``
+thermalisation sweeps, read every ``--read-every`` sweeps): Jarzynski ESS (bootstrap error),
+mean work, ``log Z/Z0``, seconds per protocol run, and the ratios ESS / ESS(no layers) and
+effective samples per second / the same without layers.  ``--transfer 8 8 8 8`` evaluates the
+same models (trained on 4^4) on a larger lattice without retraining.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_snf.py [--blocks 4 16] [--train-seconds 80 140]
-        [--eval 512] [--out benchmarks/results/snf.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_snf.py [--blocks 4 16] [--train-seconds 0]
+        [--eval 1600] [--transfer 8 8 8 8 --transfer-eval 128] [--out benchmarks/results/snf.json]
 """
 
 from __future__ import annotations
@@ -23,63 +27,89 @@ from bridge.flows.snf import PriorPool, SNFLoss, SNFModel
 from bridge.flows.training import TrainConfig, Trainer
 from bridge.jobs.train_snf import evaluate_snf
 
-NROW = (4, 4, 4, 4)
+NROW = [4, 4, 4, 4]
 BETA0, BETA = 6.0, 6.2
 
 
-def run(n_blocks: int, train_seconds: float, args: argparse.Namespace) -> dict:
-    torch.manual_seed(0)
-    model = SNFModel("SU3", 4, beta0=BETA0, beta=BETA, n_blocks=n_blocks, update="heatbath",
-                     n_hb=1, n_or=1)
-    t0 = time.perf_counter()
-    pool = PriorPool(model, NROW, args.batch, seed=1, therm=args.therm, sweeps=1)
-    pool.draw(0)
-    therm_seconds = time.perf_counter() - t0
+def _train(model: SNFModel, seconds: float, args: argparse.Namespace) -> dict:
+    if seconds <= 0:
+        return {"train_steps": 0, "train_seconds": 0.0}
+    pool = PriorPool(model, NROW, args.batch, seed=1, therm=args.therm, sweeps=args.read_every)
     loss = SNFLoss(model, pool, args.batch, NROW)
     cfg = TrainConfig(nrow=NROW, beta=BETA, batch=args.batch, lr=args.lr, seed=2,
                       total_steps=10**6)
     trainer = Trainer(model, cfg, loss=loss)
     t0 = time.perf_counter()
-    hist = trainer.train(10**6, time_budget=train_seconds)
-    train_seconds_used = time.perf_counter() - t0
-    ev = evaluate_snf(model, list(NROW), args.eval, args.chunk, seed=3, therm=args.therm,
-                      sweeps=args.read_every)
-    coeffs = [[round(float(c), 4) for c in b.coefficients().detach()] for b in model.blocks]
-    return {"n_blocks": n_blocks, "train_steps": len(hist), "train_batch": args.batch,
-            "train_seconds": train_seconds_used, "pool_therm_seconds": therm_seconds,
+    hist = trainer.train(10**6, time_budget=seconds)
+    return {"train_steps": len(hist), "train_seconds": time.perf_counter() - t0,
             "live_mean_work_first": hist[0]["loss"] if hist else None,
-            "live_mean_work_last": hist[-1]["loss"] if hist else None,
-            "coefficients": coeffs, **ev}
+            "live_mean_work_last": hist[-1]["loss"] if hist else None}
+
+
+def _row(n_blocks: int, nrow: list[int], ev: dict, extra: dict) -> dict:
+    r = {"n_blocks": n_blocks, "nrow": nrow, **extra, **ev}
+    r["ess_ratio"] = ev["ess"] / ev["ess_no_layers"] if ev["ess_no_layers"] > 0 else None
+    eff = ev["ess"] / ev["seconds_per_run"]
+    eff0 = ev["ess_no_layers"] / ev["seconds_per_run_no_layers"]
+    r["eff_per_second"], r["eff_per_second_no_layers"] = eff, eff0
+    r["eff_per_second_ratio"] = eff / eff0 if eff0 > 0 else None
+    return r
+
+
+def _print(r: dict) -> None:
+    def ratio(x):
+        return f"{x:6.2f}" if x is not None else "   -  "
+
+    print(f"{'x'.join(map(str, r['nrow'])):>8} {r['n_blocks']:6d} {r['train_steps']:5d} "
+          f"{r['ess']:6.3f}({r['ess_err'] or 0:.3f}) {r['ess_no_layers']:6.3f}"
+          f"({r['ess_err_no_layers'] or 0:.3f}) {ratio(r['ess_ratio'])} "
+          f"{r['mean_work']:9.3f} {r['mean_work_no_layers']:9.3f} "
+          f"{r['seconds_per_run']:7.4f} {r['seconds_per_run_no_layers']:7.4f} "
+          f"{ratio(r['eff_per_second_ratio'])}", flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, nargs="+", default=[4, 16])
-    p.add_argument("--train-seconds", type=float, nargs="+", default=[80.0, 140.0])
-    p.add_argument("--eval", type=int, default=512, help="protocol runs per evaluation")
+    p.add_argument("--train-seconds", type=float, nargs="+", default=[0.0])
+    p.add_argument("--eval", type=int, default=1600, help="protocol runs per evaluation")
     p.add_argument("--chunk", type=int, default=128, help="prior chains of the evaluation")
-    p.add_argument("--batch", type=int, default=16, help="protocol runs per training step")
-    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--batch", type=int, default=32, help="protocol runs per training step")
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--therm", type=int, default=30)
     p.add_argument("--read-every", type=int, default=2)
+    p.add_argument("--transfer", type=int, nargs="*", default=[],
+                   help="also evaluate the 4^4 models on this lattice (e.g. 8 8 8 8)")
+    p.add_argument("--transfer-eval", type=int, default=128)
+    p.add_argument("--transfer-chunk", type=int, default=32)
     p.add_argument("--out", default="benchmarks/results/snf.json")
     args = p.parse_args()
     budgets = args.train_seconds * len(args.blocks) if len(args.train_seconds) == 1 else \
         args.train_seconds
     rows = []
-    print(f"{'blocks':>6} {'steps':>5} {'ESS':>7} {'ESS0':>7} {'<W>':>9} {'<W>0':>9} "
-          f"{'logZ/Z0':>16} {'s/run':>7} {'s/run0':>7}")
+    print(f"{'lattice':>8} {'blocks':>6} {'steps':>5} {'ESS':>13} {'ESS no layers':>13} "
+          f"{'ratio':>6} {'<W>':>9} {'<W>0':>9} {'s/run':>7} {'s/run0':>7} {'eff/s ratio':>6}")
     for n, budget in zip(args.blocks, budgets, strict=True):
-        r = run(n, budget, args)
-        rows.append(r)
-        lz = (f"{r['log_z_ratio']:.3f}({r['log_z_ratio_err'] or float('inf'):.3f})"
-              if r["log_z_ratio"] is not None else "-inf")
-        print(f"{n:6d} {r['train_steps']:5d} {r['ess']:7.4f} {r['ess_no_layers']:7.4f} "
-              f"{r['mean_work']:9.4f} {r['mean_work_no_layers']:9.4f} {lz:>16} "
-              f"{r['seconds_per_run']:7.4f} {r['seconds_per_run_no_layers']:7.4f}", flush=True)
-    write_results(args.out, rows, nrow=list(NROW), beta0=BETA0, beta=BETA, update="heatbath",
-                  n_hb=1, n_or=1, eval=args.eval, chunk=args.chunk, therm=args.therm,
-                  read_every=args.read_every, batch=args.batch, lr=args.lr)
+        torch.manual_seed(0)
+        model = SNFModel("SU3", 4, beta0=BETA0, beta=BETA, n_blocks=n, update="heatbath",
+                         n_hb=1, n_or=1)
+        extra = _train(model, budget, args)
+        extra["coefficients"] = [[round(float(c), 5) for c in b.coefficients().detach()]
+                                 for b in model.blocks]
+        ev = evaluate_snf(model, NROW, args.eval, args.chunk, seed=3, therm=args.therm,
+                          sweeps=args.read_every)
+        rows.append(_row(n, NROW, ev, extra))
+        _print(rows[-1])
+        if args.transfer:
+            ev = evaluate_snf(model, list(args.transfer), args.transfer_eval,
+                              args.transfer_chunk, seed=4, therm=args.therm,
+                              sweeps=args.read_every)
+            rows.append(_row(n, list(args.transfer), ev, {**extra, "transferred_from": NROW}))
+            _print(rows[-1])
+    write_results(args.out, rows, beta0=BETA0, beta=BETA, update="heatbath", n_hb=1, n_or=1,
+                  eval=args.eval, chunk=args.chunk, therm=args.therm,
+                  read_every=args.read_every, batch=args.batch, lr=args.lr,
+                  transfer=args.transfer, transfer_eval=args.transfer_eval)
 
 
 if __name__ == "__main__":

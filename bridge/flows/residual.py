@@ -115,6 +115,36 @@ def _apply_map(x: torch.Tensor, k: torch.Tensor, d: int) -> torch.Tensor:
     return (flat @ k).reshape(*x.shape[:-2], d, d)
 
 
+def psi_terms(r: float) -> int:
+    """Taylor terms of ``psi(ad_Y) L`` for a remainder below ``2^-56`` when ``||ad_Y|| <= r``:
+    the remainder after ``J`` terms is ``<= r^(J+1) / (J+2)!`` (``r <= 2 sum_k |c_k|``, module
+    docstring; ``2 kappa`` with a context net), so small coefficients need few terms (an SNF
+    layer near the identity: 5-7 instead of 22)."""
+    term, j = r / 2.0, 0  # r^(j+1) / (j+2)!
+    while term > 2.0**-56 and j < _PSI_TERMS:
+        j += 1
+        term *= r / (j + 2)
+    return j
+
+
+def staple_logdet(y: torch.Tensor, m: torch.Tensor, nc: int, terms: int) -> torch.Tensor:
+    """``log det(1 + psi(ad_Y) L)`` (module docstring) of ``Y = TA(M)``, ``[...]``, with the
+    series of ``psi`` cut after ``terms`` powers (:func:`psi_terms`)."""
+    kl, ka = _coordinate_maps(nc, m.dtype, m.device)
+    d = int(math.isqrt(kl.shape[1]))
+    lmat = _apply_map(m, kl, d)  # L[a, b] = coords_a(TA(T_b M))
+    eye = torch.eye(d, dtype=lmat.dtype, device=lmat.device)
+    if nc == 1:  # abelian: ad_Y = 0, psi = 1
+        return torch.log((eye + lmat)[..., 0, 0])
+    ad = _apply_map(y, ka, d)  # ad[a, b] = coords_a([Y, T_b])
+    # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule (at most 22 terms,
+    # remainder below 2^23 / 24! = 1.4e-17)
+    pl = lmat * (1.0 / math.factorial(terms + 1))
+    for j in range(terms - 1, -1, -1):
+        pl = lmat * (1.0 / math.factorial(j + 1)) - ad @ pl
+    return torch.linalg.slogdet(eye + pl)[1]
+
+
 @dataclass(frozen=True)
 class StapleMask:
     """Checkerboard mask of one residual staple layer: the active links are ``U_mu(x)`` with
@@ -253,18 +283,10 @@ class ResidualStapleLayer(nn.Module):
             self.raw.fill_(math.atanh(x))
 
     def _psi_terms(self) -> int:
-        """Taylor terms of ``psi(ad_Y) L`` for a remainder below ``2^-56``: the series'
-        remainder after ``J`` terms is ``<= r^(J+1) / (J+2)!`` with ``r = ||ad_Y|| <= 2 sum_k
-        |c_k|`` (module docstring; ``2 kappa`` with a context net), so small coefficients need
-        few terms (an SNF layer near the identity: 5-7 instead of 22)."""
+        """Taylor terms of the log-det series (:func:`psi_terms`)."""
         if self.net is not None:
             return _PSI_TERMS
-        r = 2.0 * float(self.coefficients().detach().abs().sum())
-        term, j = r / 2.0, 0  # r^(j+1) / (j+2)!
-        while term > 2.0**-56 and j < _PSI_TERMS:
-            j += 1
-            term *= r / (j + 2)
-        return j
+        return psi_terms(2.0 * float(self.coefficients().detach().abs().sum()))
 
     def _check(self, u: torch.Tensor) -> Lattice:
         return check_layer_input(u, self.group, self.nd)
@@ -299,21 +321,7 @@ class ResidualStapleLayer(nn.Module):
 
     def _logdet(self, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """``log det(1 + psi(ad_Y) L)`` per active link (module docstring), ``[batch, n]``."""
-        nc = self.group.nc
-        kl, ka = _coordinate_maps(nc, m.dtype, m.device)
-        d = int(math.isqrt(kl.shape[1]))
-        lmat = _apply_map(m, kl, d)  # L[a, b] = coords_a(TA(T_b M))
-        eye = torch.eye(d, dtype=lmat.dtype, device=lmat.device)
-        if nc == 1:  # abelian: ad_Y = 0, psi = 1
-            return torch.log((eye + lmat)[..., 0, 0])
-        ad = _apply_map(y, ka, d)  # ad[a, b] = coords_a([Y, T_b])
-        # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule, J from the bound
-        # on ||ad_Y|| (_psi_terms; at most 22 terms, remainder below 2^23 / 24! = 1.4e-17)
-        terms = self._psi_terms()
-        pl = lmat * (1.0 / math.factorial(terms + 1))
-        for j in range(terms - 1, -1, -1):
-            pl = lmat * (1.0 / math.factorial(j + 1)) - ad @ pl
-        return torch.linalg.slogdet(eye + pl)[1]
+        return staple_logdet(y, m, self.group.nc, self._psi_terms())
 
     def _replace(self, u: torch.Tensor, lat: Lattice, idx: torch.Tensor, ua_new: torch.Tensor):
         mu = self.mask.mu

@@ -142,12 +142,30 @@ def evaluate_snf(model: Any, nrow: list[int], n: int, chunk: int, *, seed: int, 
     for k in kinds:
         w = torch.cat(works[k])
         jz = jarzynski(w)
-        out.update({f"ess{k}": jz.ess, f"mean_work{k}": float(w.mean()),
+        out.update({f"ess{k}": jz.ess, f"ess_err{k}": _finite(_ess_error(w, seed)),
+                    f"mean_work{k}": float(w.mean()),
                     f"work_std{k}": float(w.std()) if w.numel() > 1 else 0.0,
                     f"log_z_ratio{k}": _finite(jz.log_ratio),
                     f"log_z_ratio_err{k}": _finite(jz.log_ratio_err),
                     f"seconds_per_run{k}": secs[k] / n})
     return out
+
+
+def _ess_error(work: Any, seed: int, n_boot: int = 200) -> float:
+    """Bootstrap standard deviation of the Jarzynski ESS of the works ``work`` (``n_boot``
+    resamples from a stream of ``seed``): the ESS of a few hundred runs fluctuates by tens of
+    per cent, which a comparison must show."""
+    import torch
+
+    from ..mcmc.nonequilibrium import jarzynski
+    from ..rng import generator, rng_key
+
+    n = work.numel()
+    if n < 2:
+        return math.nan
+    gen = generator(rng_key(seed, 0xE7A3))
+    idx = torch.randint(0, n, (n_boot, n), generator=gen)
+    return float(torch.tensor([jarzynski(work[i]).ess for i in idx]).std())
 
 
 def _pool_snapshot(path: Path, pool: Any) -> None:

@@ -25,6 +25,11 @@ every link once: for each direction ``mu`` and each site parity, all ``U_mu(x)``
 at once (they share no plaquette, so the updates are independent; every extent must be even),
 vectorised over sites and batch.  :func:`heatbath` is the kernel on
 :class:`~bridge.mcmc.base.ChainState`; step ``n`` draws from ``rng_key(rng_key(seed, tag), n)``.
+
+Plaquette coefficients.  ``weights`` (``[n_planes, *lattice.shape]``, e.g. the defect of
+:func:`bridge.gauge.defect.defect_weights`) give the action ``beta sum_p c_p (1 - Re Tr P / N)``;
+the staple of plaquette ``p`` then enters ``A`` with the factor ``c_p >= 0`` and everything else
+is unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 import torch
 
 from ..errors import ConfigError, PhysicsError
-from ..gauge import wilson_action
+from ..gauge.defect import defect_weights, weighted_wilson_action
 from ..groups import dagger, mm, reunitarize
 from ..lattice import Lattice
 from ..rng import generator as make_generator
@@ -196,7 +201,11 @@ def _tables(lat: Lattice, device: torch.device) -> dict:
                     return torch.cat(parts)
 
                 xm = fwd[mu][x]
+                planes = [lat.planes().index((min(mu, nu), max(mu, nu))) for nu in nus]
                 tab[mu, p] = dict(
+                    w_up=cat([pl * v + x for pl in planes]),  # P_{mu nu}(x)
+                    w_lo=cat([pl * v + bwd[nu][x] for pl, nu in zip(planes, nus,
+                                                                     strict=True)]),
                     link=mu * v + x,
                     up_a=cat([nu * v + xm for nu in nus]),  # U_nu(x+mu)
                     up_b=cat([mu * v + fwd[nu][x] for nu in nus]),  # U_mu(x+nu)
@@ -209,9 +218,10 @@ def _tables(lat: Lattice, device: torch.device) -> dict:
     return _TABLES[key]
 
 
-def _staples(flat: torch.Tensor, t: dict) -> torch.Tensor:
+def _staples(flat: torch.Tensor, t: dict, wflat: torch.Tensor | None = None) -> torch.Tensor:
     """Staple sums ``A_mu(x)`` (as :func:`bridge.gauge.staple`) of the links of one table entry,
-    ``[batch, V/2, N, N]``, from the links ``flat[batch, Nd * V, N, N]``."""
+    ``[batch, V/2, N, N]``, from the links ``flat[batch, Nd * V, N, N]``; with ``wflat``
+    (``[n_planes * V]``) each staple times its plaquette's coefficient."""
     b, nc = int(flat.shape[0]), int(flat.shape[-1])
 
     def g(name: str) -> torch.Tensor:
@@ -219,80 +229,118 @@ def _staples(flat: torch.Tensor, t: dict) -> torch.Tensor:
 
     up = mm(g("up_a"), dagger(mm(g("up_c"), g("up_b"))))
     lo = mm(dagger(mm(g("lo_b"), g("lo_a"))), g("lo_c"))
+    if wflat is not None:
+        shape = (1, t["n"], t["half"], 1, 1)
+        up = up * wflat.index_select(0, t["w_up"]).view(shape).to(up.dtype)
+        lo = lo * wflat.index_select(0, t["w_lo"]).view(shape).to(lo.dtype)
     return (up + lo).sum(1)
 
 
+def _flat_weights(weights: torch.Tensor | None, lat: Lattice, u: torch.Tensor
+                  ) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    want = (len(lat.planes()), *lat.shape)
+    if tuple(weights.shape) != want:
+        raise ConfigError(f"weights: expected plaquette coefficients of shape {list(want)}, got "
+                          f"{list(weights.shape)}")
+    if bool((weights < 0).any()):
+        raise ConfigError("weights: the heatbath needs plaquette coefficients >= 0")
+    return weights.to(device=u.device, dtype=u.real.dtype).reshape(-1)
+
+
 def half_sweep(u: torch.Tensor, mu: int, parity: int, beta: float | None = None,
-               gen: torch.Generator | None = None) -> torch.Tensor:
+               gen: torch.Generator | None = None, *, weights: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """A new field with the links ``U_mu(x)`` of sites of the given parity (``sum_i x_i mod 2``)
     updated at once: heatbath with ``beta`` and ``gen``, or overrelaxation when ``beta`` is None;
-    every other link is copied unchanged."""
+    every other link is copied unchanged (``weights``: plaquette coefficients, module
+    docstring)."""
     lat, nc = check_field(u)
     coeff = None if beta is None else check_beta(beta) / nc
     if coeff is not None and gen is None:
         raise ValueError("gen: the heatbath needs a torch.Generator")
     out = u.clone(memory_format=torch.contiguous_format)  # a file read may be strided
     _half_sweep_(out.view(u.shape[0], lat.nd * lat.volume, nc, nc),
-                 _tables(lat, u.device)[int(mu), int(parity)], nc, coeff, gen)
+                 _tables(lat, u.device)[int(mu), int(parity)], nc, coeff, gen,
+                 _flat_weights(weights, lat, u))
     return out
 
 
 def _half_sweep_(flat: torch.Tensor, t: dict, nc: int, coeff: float | None,
-                 gen: torch.Generator | None) -> None:
+                 gen: torch.Generator | None, wflat: torch.Tensor | None = None) -> None:
     links = flat.index_select(1, t["link"])
-    w = mm(links, _staples(flat, t))
+    w = mm(links, _staples(flat, t, wflat))
     for i, j in SUBGROUPS[nc]:
         _subgroup_step(links, w, i, j, coeff, gen)
     flat.index_copy_(1, t["link"], links)
 
 
-def _sweep(u: torch.Tensor, coeff: float | None, gen: torch.Generator | None) -> torch.Tensor:
+def _sweep(u: torch.Tensor, coeff: float | None, gen: torch.Generator | None,
+           weights: torch.Tensor | None = None) -> torch.Tensor:
     lat, nc = check_field(u)
     tab = _tables(lat, u.device)
+    wflat = _flat_weights(weights, lat, u)
     out = u.clone(memory_format=torch.contiguous_format)  # a file read may be strided
     flat = out.view(u.shape[0], lat.nd * lat.volume, nc, nc)
     for mu in range(lat.nd):
         for p in (0, 1):
-            _half_sweep_(flat, tab[mu, p], nc, coeff, gen)
+            _half_sweep_(flat, tab[mu, p], nc, coeff, gen, wflat)
     return out
 
 
 def heatbath_sweep(u: torch.Tensor, beta: float, gen: torch.Generator, *,
-                   n_or: int = 0) -> torch.Tensor:
+                   n_or: int = 0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """One Cabibbo-Marinari heatbath sweep of ``exp(-S_W)`` (every link once, SU(2) subgroups
     in the order of :data:`SUBGROUPS`), then ``n_or`` :func:`overrelaxation_sweep`; a new
-    tensor.  ``gen`` supplies all random numbers (the order of draws is fixed)."""
+    tensor.  ``gen`` supplies all random numbers (the order of draws is fixed).  ``weights``:
+    plaquette coefficients (module docstring)."""
     check_field(u)
     coeff = check_beta(beta) / int(u.shape[-1])
-    out = _sweep(u, coeff, gen)
+    out = _sweep(u, coeff, gen, weights)
     for _ in range(int(n_or)):
-        out = _sweep(out, None, None)
+        out = _sweep(out, None, None, weights)
     return out
 
 
-def overrelaxation_sweep(u: torch.Tensor) -> torch.Tensor:
+def overrelaxation_sweep(u: torch.Tensor, *, weights: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """One overrelaxation sweep (``x = (V^dag)^2`` in every SU(2) subgroup of every link): keeps
-    the Wilson action exactly for any ``beta``; deterministic.  A new tensor."""
-    return _sweep(u, None, None)
+    the Wilson action (with ``weights``: the weighted one) exactly for any ``beta``;
+    deterministic.  A new tensor."""
+    return _sweep(u, None, None, weights)
 
 
 # -- the kernel -----------------------------------------------------------------------------------
-def heatbath(beta: float, *, n_hb: int = 1, n_or: int = 0, name: str = "heatbath") -> Kernel:
+def heatbath(beta: float, *, n_hb: int = 1, n_or: int = 0, name: str = "heatbath",
+             defect: tuple[int, ...] | None = None, c: float = 1.0) -> Kernel:
     """Heatbath + overrelaxation kernel on :class:`~bridge.mcmc.base.ChainState` (Wilson action
     at ``beta``): one step is ``n_hb`` :func:`heatbath_sweep` followed by ``n_or``
     :func:`overrelaxation_sweep` and a re-unitarisation (rounding only).
 
     Every chain moves: ``accepted`` is all True, ``delta`` 0, ``acc_prob`` 1, and ``log q``,
     ``log w`` and the estimate become unknown (NaN).  Step ``n`` (the state's step) draws from
-    ``rng_key(rng_key(seed, stream_tag(name)), n)``, so a restarted chain continues bit for bit."""
+    ``rng_key(rng_key(seed, stream_tag(name)), n)``, so a restarted chain continues bit for bit.
+    ``defect`` (extents) and ``c``: the action with the defect's plaquettes at coefficient ``c``
+    (:mod:`bridge.gauge.defect`)."""
     beta = check_beta(beta)
     n_hb, n_or = int(n_hb), int(n_or)
     if n_hb < 0 or n_or < 0 or n_hb + n_or == 0:
         raise ValueError(f"n_hb, n_or: expected counts >= 0, not both 0, got {n_hb}, {n_or}")
     tag = stream_tag(name)
+    cache: dict[tuple, torch.Tensor] = {}
+
+    def weights(u: torch.Tensor) -> torch.Tensor | None:
+        if defect is None:
+            return None
+        lat = Lattice.of(u)
+        key = (lat.nrow, u.device)
+        if key not in cache:
+            cache[key] = defect_weights(lat, defect, c, device=u.device)
+        return cache[key]
 
     def action(u: torch.Tensor) -> torch.Tensor:
-        return wilson_action(u, beta).to(torch.float64)
+        return weighted_wilson_action(u, beta, weights(u))
 
     def init(u: torch.Tensor | ChainState, seed: int = 0, step: int = 0) -> ChainState:
         if isinstance(u, ChainState):
@@ -306,10 +354,11 @@ def heatbath(beta: float, *, n_hb: int = 1, n_or: int = 0, name: str = "heatbath
         t0 = time.perf_counter()
         u = state.U
         gen = make_generator(rng_key(rng_key(state.seed, tag), state.step), u.device)
+        w = weights(u)
         for _ in range(n_hb):
-            u = heatbath_sweep(u, beta, gen)
+            u = heatbath_sweep(u, beta, gen, weights=w)
         for _ in range(n_or):
-            u = overrelaxation_sweep(u)
+            u = overrelaxation_sweep(u, weights=w)
         u = reunitarize(u)
         ones = torch.ones_like(state.action, dtype=torch.bool)
         new = state._replace(U=u, action=action(u), log_q=nan_like(state.log_q),
