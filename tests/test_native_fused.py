@@ -176,7 +176,7 @@ def test_build_message_and_cache(native, monkeypatch, tmp_path, capfd):
         return real
 
     monkeypatch.setattr(cpp, "load_inline", fake_load_inline)
-    src, fns, name = _native._CPP, list(_native._FUNCTIONS), _native._NAME
+    src, fns, name = _native._source(), list(_native._FUNCTIONS), _native._NAME
     state = _native_build.new_state()
     assert _native_build.build(state, name, src, fns, "test kernel")
     err = capfd.readouterr().err.strip().splitlines()
