@@ -1,4 +1,5 @@
-"""Exact results used to validate samplers: 2D U(1) Wilson gauge theory on a periodic torus.
+"""Exact results used to validate samplers: 2D U(1) and SU(2) Wilson gauge theory on a periodic
+torus (SU(2): the functions ``su2_*`` at the end).
 
 With V = L_x L_t plaquettes on a periodic torus, the partition function is the character expansion
 ``Z = sum_n I_n(beta)^V`` (e.g. Kovacs & Zeitlin / Bonati & Rossi, arXiv:1901.09830, eq. 2.4), so
@@ -18,7 +19,8 @@ import math
 
 import numpy as np
 
-__all__ = ["u1_2d_plaquette", "u1_2d_topological_susceptibility", "bessel_i"]
+__all__ = ["u1_2d_plaquette", "u1_2d_topological_susceptibility", "bessel_i",
+           "su2_plaquette_log_z", "su2_2d_log_z", "su2_2d_plaquette"]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(400)
 _PHI = math.pi * _NODES  # Gauss-Legendre on (-pi, pi): exponentially convergent, analytic integrand
@@ -71,3 +73,43 @@ def u1_2d_topological_susceptibility(
     zpp = np.sum(v * (v - 1) * r ** (v - 2) * (f1 / f[nmax]) ** 2 + v * r ** (v - 1) * f2 / f[nmax])
     z = np.sum(r**v)
     return float(-(zpp / z) / (2 * math.pi) ** 2 / v)
+
+
+# -- 2D SU(2) -------------------------------------------------------------------------------------
+# With S = beta sum_p (1 - Re Tr P / 2), one plaquette's character coefficients are
+# a_n = int dU exp(-beta (1 - Tr U / 2)) chi_j(U) / d_j = (2 / beta) e^{-beta} I_n(beta), n = 2j + 1
+# (Haar measure (2/pi) sin^2 t dt, chi_j = sin(n t) / sin t, and I_{n-1} - I_{n+1} = 2n I_n / beta),
+# and a closed surface of Euler characteristic 0 (the torus) has Z = sum_j a_{2j+1}^V (Drouffe &
+# Zuber, Phys. Rep. 102 (1983) 1, sec. 3).  <Re Tr P / 2> = sum_j a_n^(V-1) b_n / sum_j a_n^V with
+# b_n = int dU (Tr U / 2) e^{-beta (1 - Tr U / 2)} chi_j / d_j = e^{-beta} d/dbeta[(2/beta) I_n]
+#     = (2 / beta) e^{-beta} ((I_{n-1} + I_{n+1}) / 2 - I_n / beta).
+def _su2_coefficients(beta: float, jmax: int) -> tuple[np.ndarray, np.ndarray]:
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta: expected a finite positive coupling, got {beta}")
+    n = np.arange(1, 2 * jmax + 2, 2)
+    i, im, ip = bessel_i(n, beta), bessel_i(n - 1, beta), bessel_i(n + 1, beta)
+    a = 2.0 / beta * i
+    da = 2.0 / beta * (0.5 * (im + ip) - i / beta)  # b_n (comment above)
+    return a, da
+
+
+def su2_plaquette_log_z(beta: float) -> float:
+    """``ln int dU exp(-beta (1 - Re Tr U / 2))`` (one free plaquette, Haar measure)."""
+    a, _ = _su2_coefficients(beta, 0)
+    return float(np.log(a[0]))
+
+
+def su2_2d_log_z(beta: float, nrow: int | tuple[int, int], jmax: int = 40) -> float:
+    """Exact ``ln Z`` of 2D SU(2) Wilson theory (``S = beta sum_p (1 - Re Tr P / 2)``) on a
+    periodic ``Lx x Lt`` torus."""
+    v = _check(beta, nrow)
+    a, _ = _su2_coefficients(beta, jmax)
+    return float(v * np.log(a[0]) + np.log(np.sum((a / a[0]) ** v)))
+
+
+def su2_2d_plaquette(beta: float, nrow: int | tuple[int, int], jmax: int = 40) -> float:
+    """Exact ``<Re Tr P / 2>`` of 2D SU(2) Wilson theory on a periodic ``Lx x Lt`` torus."""
+    v = _check(beta, nrow)
+    a, da = _su2_coefficients(beta, jmax)
+    r, dr = a / a[0], da / a[0]
+    return float(np.sum(r ** (v - 1) * dr) / np.sum(r**v))

@@ -48,8 +48,10 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import ConfigError, PhysicsError
-from ..gauge import wilson_action
+from ..gauge import plaquette_traces
+from ..gauge.defect import check_defect, defect_weights
 from ..groups import reunitarize
+from ..lattice import Lattice
 from ..rng import generator, rng_key
 from .base import ChainState, Kernel, StepInfo, chain_state, nan_like, stream_tag
 from .heatbath import check_field, heatbath_sweep, overrelaxation_sweep
@@ -105,6 +107,9 @@ class Protocol:
     integrator: str = "LCM_STS_LEAPFROG"
     n_traj: int = 1
     layers: tuple | None = None
+    defect: tuple[int, ...] | None = None
+    c0: float = 0.0
+    c1: float = 1.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -137,6 +142,35 @@ class Protocol:
                     raise ConfigError(f"layers[{i}]: expected None or an object with "
                                       f"forward(U) -> (U', logdet), got {type(lay).__name__}")
             set_(self, "layers", layers)
+        for key in ("c0", "c1"):
+            v = _finite(key, getattr(self, key))
+            if v < 0:
+                raise ConfigError(f"{key}: expected a defect coefficient >= 0, got {v}")
+            set_(self, key, v)
+        if self.defect is not None:
+            ext = tuple(self.defect)
+            if not ext or any(isinstance(d, bool) or not isinstance(d, int) or d < 1
+                              for d in ext):
+                raise ConfigError(f"defect: expected positive integer extents, got "
+                                  f"{list(ext)}")
+            set_(self, "defect", ext)
+            if self.update == "hmc" and self.n_traj > 0:
+                raise ConfigError("defect: the defect protocol's MC updates are the heatbath "
+                                  "(update 'heatbath'); the HMC has no plaquette coefficients")
+
+    def coefficients(self) -> tuple[float, ...]:
+        """The defect coefficients ``(c_0, ..., c_n)`` (empty without a defect)."""
+        if self.defect is None:
+            return ()
+        n = self.n_blocks
+        return tuple(self.c0 + (self.c1 - self.c0) * k / n for k in range(n)) + (self.c1,)
+
+    def weights(self, lattice: Lattice, k: int, device=None) -> torch.Tensor | None:
+        """Plaquette coefficients of block ``k``'s action on ``lattice`` (None: all 1)."""
+        if self.defect is None:
+            return None
+        check_defect(lattice, self.defect)
+        return defect_weights(lattice, self.defect, self.coefficients()[k], device=device)
 
     @property
     def betas(self) -> tuple[float, ...]:
@@ -168,15 +202,22 @@ class ProtocolInfo(NamedTuple):
     seconds: float
 
 
-def _unit_action(u: torch.Tensor) -> torch.Tensor:
-    """``sum_p (1 - Re Tr P / N)`` per configuration in float64 (the action at ``beta = 1``)."""
-    return wilson_action(u, 1.0).to(torch.float64)
+def _unit_terms(u: torch.Tensor) -> torch.Tensor:
+    """``1 - Re Tr P / N`` per plaquette ``[batch, n_planes, *shape]`` in float64."""
+    return 1.0 - plaquette_traces(u).to(torch.float64)
 
 
-def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's MC update at ``beta_k`` from the stream ``key``: the new ``U`` (no autograd)
-    and the mean acceptance."""
+def _action(terms: torch.Tensor, beta: float, weights: torch.Tensor | None) -> torch.Tensor:
+    """``beta sum_p c_p (1 - Re Tr P / N)`` from :func:`_unit_terms` (``c_p = 1`` for None)."""
+    if weights is not None:
+        terms = terms * weights
+    return beta * terms.flatten(1).sum(-1)
+
+
+def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block's MC update at ``beta_k`` (plaquette coefficients ``weights``) from the stream
+    ``key``: the new ``U`` (no autograd) and the mean acceptance."""
     one = torch.ones((), dtype=torch.float64)
     if protocol.update == "heatbath":
         if protocol.n_hb + protocol.n_or == 0:
@@ -184,9 +225,9 @@ def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int
         check_field(u)
         gen = generator(key, u.device)
         for _ in range(protocol.n_hb):
-            u = heatbath_sweep(u, beta_k, gen)
+            u = heatbath_sweep(u, beta_k, gen, weights=weights)
         for _ in range(protocol.n_or):
-            u = overrelaxation_sweep(u)
+            u = overrelaxation_sweep(u, weights=weights)
         return reunitarize(u), one
     if protocol.n_traj == 0:
         return u, one
@@ -226,15 +267,16 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
     betas = protocol.betas
     tag = stream_tag("nonequilibrium/" + protocol.update)
     u = u0.detach()
+    lat = Lattice.of(u)
+    weights = [protocol.weights(lat, k, u.device) for k in range(protocol.n_blocks + 1)]
     batch = u.shape[0]
     work = torch.zeros(batch, dtype=torch.float64, device=u.device)
     blocks, logdets, accs = [], [], []
-    s_prev = _unit_action(u)
+    a_prev = _action(_unit_terms(u), betas[0], weights[0])  # block k-1's action at U
     for k in range(1, protocol.n_blocks + 1):
-        b_prev, b_k = betas[k - 1], betas[k]
         lay = protocol.layer(k)
         if lay is None:
-            dw = (b_k - b_prev) * s_prev
+            dw = _action(_unit_terms(u), betas[k], weights[k]) - a_prev
             ld = torch.zeros_like(dw)
         else:
             fwd = lay if callable(lay) else lay.forward
@@ -243,19 +285,19 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
             if ld.shape != (batch,):
                 raise ConfigError(f"layers[{k - 1}]: logdet has shape {tuple(ld.shape)}, "
                                   f"expected [{batch}]")
-            dw = b_k * _unit_action(u_new) - b_prev * s_prev - ld
+            dw = _action(_unit_terms(u_new), betas[k], weights[k]) - a_prev - ld
             u = u_new
         if not bool(torch.isfinite(dw.detach()).all()):
-            raise PhysicsError(f"block {k} (beta {b_prev} -> {b_k}): non-finite work "
-                               f"{dw.detach().tolist()}")
+            raise PhysicsError(f"block {k} (beta {betas[k - 1]} -> {betas[k]}): non-finite "
+                               f"work {dw.detach().tolist()}")
         work = work + dw
         blocks.append(dw.detach())
         logdets.append(ld.detach())
         with torch.no_grad():
-            u, acc = _mc_update(u.detach(), protocol, b_k,
-                                rng_key(seed, index, k, tag))
+            u, acc = _mc_update(u.detach(), protocol, betas[k], rng_key(seed, index, k, tag),
+                                weights[k])
         accs.append(acc)
-        s_prev = _unit_action(u)
+        a_prev = _action(_unit_terms(u), betas[k], weights[k])
     info = ProtocolInfo(betas, torch.stack(blocks), torch.stack(logdets), torch.stack(accs),
                         time.perf_counter() - t0)
     return u, work, info
@@ -353,8 +395,9 @@ def nemcmc(protocol: Protocol, prior_kernel: Kernel, *, prior_steps: int = 1,
     prior_steps = _count("prior_steps", prior_steps, 1)
     tag = stream_tag(name)
 
-    def action(u: torch.Tensor) -> torch.Tensor:
-        return protocol.beta * _unit_action(u)
+    def action(u: torch.Tensor) -> torch.Tensor:  # the target: block n's action
+        return _action(_unit_terms(u), protocol.beta,
+                       protocol.weights(Lattice.of(u), protocol.n_blocks, u.device))
 
     def propose(seed: int, index: int, u0: torch.Tensor):
         with torch.no_grad():
