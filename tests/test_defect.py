@@ -35,7 +35,7 @@ def test_defect_geometry_by_hand():
     m4 = defect_mask(lat4, (2, 1, 3))
     planes = lat4.planes()
     assert int(m4.sum()) == 3 * 2 * 1 * 3  # three planes (i, t), 6 sites each
-    for k, (mu, nu) in enumerate(planes):
+    for k, (_mu, nu) in enumerate(planes):
         assert (nu == 3) == bool(m4[k].any())
     w = defect_weights(lat4, (2, 1, 3), 0.25)
     assert float(w[m4].max()) == 0.25 and float(w[~m4].min()) == 1.0
