@@ -18,7 +18,12 @@ compare`` runs every selected run ``--reps`` times alternating native and torch 
 (interleaved, so both saw the same machine state).
 
     python benchmarks/bench_hmc.py [--runs a b d] [--ntraj 5] [--threads 1] [--device cpu]
-                                   [--native auto|off|compare] [--reps 3]
+                                   [--native auto|off|compare] [--reps 3] [--side-reps 3]
+
+Side by side: where ``QCD_BRIDGE_CHROMA_HMC`` names Chroma's ``hmc`` executable, runs b and d
+also run Chroma's ``hmc`` and ``qcd-bridge hmc`` alternately (``--side-reps`` times each) on the
+reference input (benchmarks/_chroma_side.py), from the reference configuration 1500, and print
+each program's median ``seconds_for_trajectory`` and their ratio.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import os
 import time
 
 import torch
+from _chroma_side import ENV_HMC, side_by_side
 from _results import write_results
 
 from bridge import _native_gauge
@@ -118,6 +124,8 @@ def main() -> None:
                     help="native C++ hopping kernel: as available (auto), torch path (off), or "
                          "both interleaved (compare)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions for --native compare")
+    ap.add_argument("--side-reps", type=int, default=3,
+                    help=f"alternating runs of each program when {ENV_HMC} is set")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -146,8 +154,19 @@ def main() -> None:
               f"{row['ratio_to_chroma']:7.2f} {row['cpu_ratio_to_chroma']:7.2f} "
               f"{row['cg_iterations_per_traj']:7.0f} {row['acceptance']:5.2f} "
               f"{row['load_average_before']:4.1f}-{row['load_average_after']:.1f}")
+    side = []
+    if os.environ.get(ENV_HMC):
+        for r, kind in (("b", "nf2"), ("d", "pure_gauge")):
+            if r in args.runs:
+                res = side_by_side("hmc", kind, args.side_reps, args.ntraj)
+                side.append(res)
+                print(f"side by side, {RUNS[r]['label']}: Chroma {res['chroma_seconds']:.4f} "
+                      f"s/traj, ours {res['ours_seconds']:.4f} s/traj, ratio "
+                      f"{res['ratio']:.2f} ({args.side_reps} alternating runs each)")
+    else:
+        print(f"(set {ENV_HMC} to Chroma's hmc executable to run it side by side)")
     write_results(args.out, rows, device=str(dev), native_build_seconds=_native.build_seconds(),
-                  native_gauge_build_seconds=_native_gauge.build_seconds())
+                  native_gauge_build_seconds=_native_gauge.build_seconds(), side_by_side=side)
 
 
 if __name__ == "__main__":
