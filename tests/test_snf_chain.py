@@ -139,3 +139,36 @@ def test_odd_lattice_and_kernel_without_snf_are_refused(tmp_path, u1_model, caps
     assert main(["chain", "--schedule", "nemcmc:1", "--steps", "1", "--out",
                  str(tmp_path / "d"), "--no-progress"]) == 1
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_defect_model_chain_samples_the_torus(tmp_path, capsys):
+    # the defect protocol open -> periodic at fixed beta from the command line: 2D SU(2) 4x4,
+    # the whole time boundary as the defect; the chain's plaquette is the exact torus value
+    from bridge.exact import su2_2d_plaquette
+
+    _train(tmp_path / "m", "--group", "su2", "--nrow", "4", "4", "--beta0", "2", "--beta",
+           "2", "--blocks", "4", "--defect", "4")
+    model, _ = load_model(tmp_path / "m")
+    assert model.config["defect"] == [4] and model.config["c0"] == 0.0
+    pr = model.prior_protocol()
+    assert pr.defect == (4,) and pr.coefficients() == (0.0, 0.0)
+    assert main(["chain", "--model", str(tmp_path / "m"), "--chains", "16", "--steps", "80",
+                 "--therm", "10", "--out", str(tmp_path / "c"), "--no-progress"]) == 0
+    s = json.loads((tmp_path / "c" / "summary.json").read_text())
+    p = s["plaquette"]
+    assert abs(p["mean"] - su2_2d_plaquette(2.0, 4)) < 4 * p["error"], p
+    assert p["error"] < 0.01 and s["acceptance"]["nemcmc"] > 0.1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--group", "su2", "--nrow", "4", "4", "--defect", "5"],
+     r"--defect 5: defect: extent 5 in direction 0 is outside 1 \.\. L_0 = 4"),
+    (["--group", "u1", "--nrow", "4", "4", "--defect", "2"],
+     r"--defect 2: the defect protocol runs the heatbath"),
+    (["--group", "su2", "--nrow", "4", "4", "--c0", "-1", "--defect", "2"],
+     r"--c0 -1.0: expected a defect coefficient >= 0"),
+])
+def test_defect_training_refusals(tmp_path, capsys, extra, message):
+    assert main(["train", "--arch", "snf", "--beta0", "2", "--beta", "2", "--steps", "1",
+                 "--out", str(tmp_path / "m"), *extra]) == 1
+    assert re.search(message, capsys.readouterr().err)

@@ -23,7 +23,7 @@ _TRAIN_KEYS = ["group", "nrow", "beta", "time_budget", "steps", "batch", "lr", "
                "eval_samples", "eval_batch", "checkpoint_every", "log_every", "device",
                "kappa", "c_sw", "pf_draws", "stage", "pf_steps", "pf_lr", "mu0", "init",
                "exact_det_samples", "pool_refresh", "beta0", "blocks", "update", "therm",
-               "pool_sweeps", "n_hb", "n_or", "init_from"]
+               "pool_sweeps", "n_hb", "n_or", "init_from", "defect", "c0"]
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -89,7 +89,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                      "gauge fields from the frozen marginal every N steps (default 4)")
     snf = p.add_argument_group(
         "stochastic normalizing flow (--arch snf: a non-equilibrium protocol beta0 -> beta with "
-        "one residual staple layer per block; docs/nonequilibrium.md)")
+        "a stout layer per block; docs/nonequilibrium.md)")
     snf.add_argument("--beta0", type=float, help="coupling of the prior samples (required)")
     snf.add_argument("--blocks", type=int, metavar="N", help="protocol blocks (default 4)")
     snf.add_argument("--update", choices=["heatbath", "hmc"], help="MC update of every block "
@@ -102,6 +102,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
                      "prior chains at beta0 (default 50)")
     snf.add_argument("--pool-sweeps", type=int, metavar="K", help="updates of the prior chains "
                      "between training steps and evaluation chunks (default 1)")
+    snf.add_argument("--defect", type=int, nargs="+", metavar="D", help="also switch a "
+                     "time-boundary defect of these extents (one per direction other than "
+                     "time) from open to periodic (topological unfreezing, arXiv:2510.25704; "
+                     "heatbath only; --beta0 = --beta for the pure defect protocol)")
+    snf.add_argument("--c0", type=float, help="defect coefficient of the prior (default 0: "
+                     "open)")
     p.set_defaults(func=_run_train)
 
 

@@ -9,6 +9,11 @@ masked stout-smearing steps (direction ``mu``, parity of the transverse coordina
 stout layers of arXiv:2412.00200), so every link moves once per block.  ``layer="staple"``: one
 :class:`~.residual.ResidualStapleLayer` per block (one mask, ``2(Nd - 1)`` coefficients).
 
+Defect.  ``defect`` (extents) and ``c0``: the protocol also switches the plaquettes of a
+time-boundary defect from ``c0`` (default 0, open) to periodic (:mod:`bridge.gauge.defect`), the
+prior being equilibrium at ``beta0`` with the open defect; with ``beta0 = beta`` it is the
+defect protocol of arXiv:2510.25704 for topological unfreezing.
+
 Initialisation.  ``init="luscher"`` (default) starts every coefficient at the leading-order
 trivialising map of the block's coupling step (Luescher, arXiv:0907.5491):
 ``c = -(beta_k - beta_{k-1}) / (4 dim G)``: each of the four links of a plaquette tilts the density
@@ -123,7 +128,8 @@ class SNFModel(nn.Module):
                  n_blocks: int, update: str = "heatbath", n_hb: int = 1, n_or: int = 1,
                  tau: float = 1.0, md_steps: int = 10, integrator: str = "LCM_STS_LEAPFROG",
                  n_traj: int = 1, kappa: float = 0.9, layer: str = "stout",
-                 init: str = "luscher", dtype: torch.dtype | str = torch.float64) -> None:
+                 init: str = "luscher", defect: Sequence[int] | None = None, c0: float = 0.0,
+                 dtype: torch.dtype | str = torch.float64) -> None:
         super().__init__()
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype.split(".")[-1])
@@ -137,7 +143,8 @@ class SNFModel(nn.Module):
         # validates every protocol setting (ConfigError naming the value)
         settings = dict(beta0=beta0, beta=beta, n_blocks=n_blocks, update=update, n_hb=n_hb,
                         n_or=n_or, tau=tau, md_steps=md_steps, integrator=integrator,
-                        n_traj=n_traj)
+                        n_traj=n_traj, c0=c0,
+                        defect=None if defect is None else tuple(int(d) for d in defect))
         pr = Protocol(**settings)
         if layer not in LAYERS:
             raise ConfigError(f"layer: expected one of {LAYERS}, got {layer!r}")
@@ -160,6 +167,8 @@ class SNFModel(nn.Module):
             "beta": pr.beta, "n_blocks": pr.n_blocks, "update": pr.update,
             **{k: getattr(pr, k) for k in _UPDATE_KEYS}, "kappa": float(kappa),
             "layer": layer, "init": init, "dtype": str(dtype)}
+        if pr.defect is not None:
+            self.config.update(defect=list(pr.defect), c0=pr.c0)
         self._settings = {**settings, **{k: getattr(pr, k) for k in settings}}
 
     def protocol(self, layers: bool = True) -> Protocol:
@@ -168,9 +177,10 @@ class SNFModel(nn.Module):
         return Protocol(**self._settings, layers=tuple(self.blocks) if layers else None)
 
     def prior_protocol(self) -> Protocol:
-        """One equilibrium update at ``beta0`` (the protocol's update, no layers, zero work):
-        what :class:`PriorPool` runs."""
-        return Protocol(**{**self._settings, "beta": self.beta0, "n_blocks": 1})
+        """One equilibrium update at ``beta0`` (the protocol's update, no layers, zero work;
+        with a defect at its start coefficient ``c0``): what :class:`PriorPool` runs."""
+        return Protocol(**{**self._settings, "beta": self.beta0, "n_blocks": 1,
+                           "c1": self._settings["c0"]})
 
     @property
     def beta0(self) -> float:

@@ -129,7 +129,9 @@ def nemcmc_kernel(s: ChainSettings, model: Any) -> Any:
     if c["update"] == "heatbath":
         from ..mcmc.heatbath import heatbath
 
-        prior = heatbath(model.beta0, n_hb=int(c["n_hb"]), n_or=int(c["n_or"]), name="prior")
+        defect = tuple(c["defect"]) if c.get("defect") is not None else None
+        prior = heatbath(model.beta0, n_hb=int(c["n_hb"]), n_or=int(c["n_or"]), name="prior",
+                         defect=defect, c=float(c.get("c0", 0.0)))
     else:
         from ..mcmc.hmc import hmc
         from ..mcmc.integrators import Integrator, Level, scheme

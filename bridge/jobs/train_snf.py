@@ -30,7 +30,7 @@ __all__ = ["check_snf_settings", "snf_defaults", "run_train_snf", "evaluate_snf"
 # settings keys of the SNF run (None: not given); the defaults of snf_defaults
 SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm": 50,
                             "pool_sweeps": 1, "n_hb": 1, "n_or": 1, "n_traj": 1,
-                            "md_steps": 10, "tau": 1.0}
+                            "md_steps": 10, "tau": 1.0, "defect": None, "c0": 0.0}
 # settings whose general default differs for an SNF run (applied when not given)
 _SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32, "lr": 1e-3}
 _SNF_MODEL_KEYS = {"arch", "kappa", "layer", "init"}
@@ -42,7 +42,7 @@ def snf_defaults(s: dict[str, Any], given: set[str]) -> None:
     if s["model"].get("arch") != "snf":
         return
     for key, v in SNF_KEYS.items():
-        if s.get(key) is None and key != "beta0":
+        if s.get(key) is None and key not in ("beta0", "defect"):
             s[key] = v
     if s.get("update") is None:
         s["update"] = "heatbath" if s["group"] in ("su2", "su3") else "hmc"
@@ -89,6 +89,22 @@ def check_snf_settings(s: dict[str, Any]) -> None:
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"--{key.replace('_', '-')} {v!r}: expected an integer >= {lo}")
+    if s.get("defect") is not None:
+        from ..gauge.defect import check_defect
+        from ..lattice import Lattice
+
+        opt = f"--defect {' '.join(map(str, s['defect']))}"
+        if s["update"] != "heatbath":
+            raise ConfigError(f"{opt}: the defect protocol runs the heatbath (--update "
+                              f"heatbath, --group su2 or su3)")
+        try:
+            check_defect(Lattice(s["nrow"]), s["defect"])
+        except ConfigError as exc:
+            raise ConfigError(f"{opt}: {exc}") from None
+    c0 = s.get("c0", 0.0)
+    if isinstance(c0, bool) or not isinstance(c0, int | float) or not (math.isfinite(c0)
+                                                                       and c0 >= 0):
+        raise ConfigError(f"--c0 {c0!r}: expected a defect coefficient >= 0")
     bad = set(s["model"]) - _SNF_MODEL_KEYS
     if bad:
         raise ConfigError(f"model: {sorted(bad)} do not apply to --arch snf (settable: "
@@ -106,6 +122,7 @@ def _build(s: dict[str, Any]) -> Any:
                     beta=float(s["beta"]), n_blocks=int(s["blocks"]), update=s["update"],
                     n_hb=int(s["n_hb"]), n_or=int(s["n_or"]), tau=float(s["tau"]),
                     md_steps=int(s["md_steps"]), n_traj=int(s["n_traj"]),
+                    defect=s.get("defect"), c0=float(s.get("c0", 0.0)),
                     **{k: v for k, v in s["model"].items() if k != "arch"})
 
 
