@@ -28,10 +28,10 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--L", nargs="+", type=int, default=[8, 16, 32], help="lattice sizes L x L")
     p.add_argument("--betas", nargs="+", type=float, default=[6.0], help="couplings")
     p.add_argument("--train-L", type=int, default=8, help="lattice of the fixed models")
-    p.add_argument("--train-steps", type=int, default=300, help="steps of each fixed model")
+    p.add_argument("--train-steps", type=int, default=600, help="steps of each fixed model")
     p.add_argument("--batch", type=int, default=64, help="samples per training step")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the "
-                   "family's, 0.03 plaquette, 3e-3 coupling)")
+    p.add_argument("--lr", type=float, default=None, help="initial learning rate, cosine "
+                   "decay to 3e-4 (default: the family's, 0.2 plaquette, 3e-3 coupling)")
     p.add_argument("--target-ess", type=float, default=0.5, help="ESS to train to")
     p.add_argument("--window", type=int, default=10, help="steps of the batch-ESS mean")
     p.add_argument("--target-max-steps", type=int, default=300,

@@ -42,8 +42,11 @@ _MODEL = {"n_layers": 8, "k": 8, "hidden": [8, 8]}
 # --arch: the model and training settings (train.json) and the learning rate of the flow
 ARCHS = {
     "coupling": ({"model": _MODEL}, 3e-3),
+    # Adam's steps are ~lr whatever the gradient, so a large rate converges and the cosine
+    # decay removes the jitter that would otherwise add up over a larger lattice's plaquettes
     "plaquette": ({"model": {"arch": "plaquette"},
-                   "train": {"adam_eps": 1e-8, "estimator": "path"}}, 0.03),
+                   "train": {"adam_eps": 1e-8, "estimator": "path", "schedule": "cosine",
+                             "lr_min": 3e-4}}, 0.2),
 }
 
 
@@ -58,7 +61,7 @@ class DemoSettings:
     train_nrow: list[int] | None = None
     beta: float | None = None
     train_seconds: float = 300.0
-    train_steps: int = 400
+    train_steps: int = 600
     chains: int = 4
     steps: int = 500
     hmc_steps: int | None = None

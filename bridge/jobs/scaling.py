@@ -4,7 +4,10 @@ model against V, training to a target ESS from scratch and from a transferred st
 effective sample, autocorrelations of the hybrid chain against HMC).
 
 For each coupling ``beta`` of the grid a *fixed model* of the family is trained on
-``train_L x train_L`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`).  Then
+``train_L x train_L`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`; Adam
+with a cosine decay of the learning rate over the steps: Adam's steps are about ``lr`` whatever
+the gradient, and the jitter of the parameters that a constant rate leaves adds up over the
+plaquettes of a larger lattice).  Then
 for each ``L`` of the grid (2D U(1), ``V = L^2``):
 
 * **transferred model**: ESS and independence-Metropolis acceptance of the fixed model on
@@ -12,7 +15,8 @@ for each ``L`` of the grid (2D U(1), ``V = L^2``):
   seconds per sample and the *cost per effective sample* ``t_sample / ESS``;
 * **training to the target ESS**: steps and seconds until the mean batch ESS of the last
   ``window`` steps reaches ``target_ess``, from scratch and from the transferred fixed model (0
-  steps where its ESS already reaches the target), at most ``target_max_steps`` steps or
+  steps where its ESS already reaches the target; else fine-tuned from ``FINE_TUNE x lr``), at
+  most ``target_max_steps`` steps (the length of the cosine schedule) or
   ``target_max_seconds``; not reached is a lower bound; the ESS on fresh samples at the end is
   recorded beside it;
 * **chains**: ``chains`` hybrid chains (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed
@@ -44,11 +48,15 @@ __all__ = ["ScalingSettings", "run_scaling", "fit_power_law", "analyse_charge", 
            "tune_hmc", "NSTEP_LADDER"]
 
 NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
-# the families: make_flow arguments, TrainConfig fields, learning rate
+# the families: make_flow arguments, TrainConfig fields, learning rate (with a cosine schedule
+# over the steps of each training; fine-tuning a transferred model starts at FINE_TUNE x lr)
 FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {
-    "plaquette": ({"arch": "plaquette"}, {"estimator": "path", "adam_eps": 1e-8}, 0.03),
-    "coupling": ({"n_layers": 8, "k": 8, "hidden": [8, 8]}, {}, 3e-3),
+    "plaquette": ({"arch": "plaquette"}, {"estimator": "path", "adam_eps": 1e-8,
+                                          "schedule": "cosine", "lr_min": 3e-4}, 0.2),
+    "coupling": ({"n_layers": 8, "k": 8, "hidden": [8, 8]},
+                 {"schedule": "cosine", "lr_min": 3e-4}, 3e-3),
 }
+FINE_TUNE = 0.1
 
 
 @dataclass
@@ -60,7 +68,7 @@ class ScalingSettings:
     L: list[int] = field(default_factory=lambda: [8, 16, 32])
     betas: list[float] = field(default_factory=lambda: [6.0])
     train_L: int = 8
-    train_steps: int = 300
+    train_steps: int = 600
     batch: int = 64
     lr: float | None = None
     target_ess: float = 0.5
@@ -285,12 +293,15 @@ def _evaluate(model: Any, nrow: list[int], beta: float, n: int, seed: int,
             "minus_log_ess": -math.log(e) if e > 0 else None, "eval_samples": n}
 
 
-def _trainer(model: Any, s: ScalingSettings, nrow: list[int], beta: float, seed: int) -> Any:
+def _trainer(model: Any, s: ScalingSettings, nrow: list[int], beta: float, seed: int,
+             steps: int, fine_tune: bool = False) -> Any:
     from ..flows.training import TrainConfig, Trainer
 
     _, train_kw, lr = FAMILIES[s.family]
-    return Trainer(model, TrainConfig(nrow=nrow, beta=beta, batch=int(s.batch),
-                                      lr=float(s.lr or lr), seed=seed, **train_kw))
+    lr = float(s.lr or lr) * (FINE_TUNE if fine_tune else 1.0)
+    kw = {**train_kw, "lr_min": min(train_kw.get("lr_min", 0.0), lr)}
+    return Trainer(model, TrainConfig(nrow=nrow, beta=beta, batch=int(s.batch), lr=lr,
+                                      seed=seed, total_steps=int(steps), **kw))
 
 
 def _new_model(s: ScalingSettings, seed: int) -> Any:
@@ -305,7 +316,7 @@ def _new_model(s: ScalingSettings, seed: int) -> Any:
 def train_fixed(s: ScalingSettings, beta: float) -> tuple[Any, dict[str, Any]]:
     """The fixed model of ``beta``: ``train_steps`` steps on ``train_L x train_L``."""
     model = _new_model(s, s.seed)
-    tr = _trainer(model, s, [s.train_L] * 2, beta, s.seed)
+    tr = _trainer(model, s, [s.train_L] * 2, beta, s.seed, int(s.train_steps))
     t0 = time.perf_counter()
     tr.train(int(s.train_steps))
     return model, {"nrow": [s.train_L] * 2, "steps": tr.step_count,
@@ -320,7 +331,8 @@ def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: i
     if start is not None and start["ess"] >= s.target_ess:
         return {"steps": 0, "seconds": 0.0, "reached": True, "is_lower_bound": False,
                 "ess_fresh": start["ess"], "note": "the transferred model reaches the target"}
-    tr = _trainer(model, s, [L, L], beta, seed)
+    tr = _trainer(model, s, [L, L], beta, seed, int(s.target_max_steps),
+                  fine_tune=start is not None)
     t0, hist, reached = time.perf_counter(), [], False
     while tr.step_count < int(s.target_max_steps):
         if time.perf_counter() - t0 > float(s.target_max_seconds):

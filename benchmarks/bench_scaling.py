@@ -1,0 +1,86 @@
+"""Volume scaling of the 2D U(1) flow families (``qcd-bridge scaling``, bridge.jobs.scaling, in the
+manner of arXiv:2211.07541) and the transfer target 8x8 -> 32x32 at beta 6.
+
+Runs :func:`bridge.jobs.scaling.run_scaling` with the options given (the command's own, defaults
+below: L 8 12 16 24 32, beta 6, plaquette family, fixed model 600 steps on 8x8, 5000 HMC
+trajectories per chain), writes ``benchmarks/results/scaling.json`` (through
+``benchmarks/_results.py``: one row per (L, beta) with the transferred model's ESS and acceptance,
+training to the target, hybrid and HMC tau_int and costs; the fits in the metadata) and the
+figures into ``--out`` (default ``benchmarks/results/scaling/``), and prints the target:
+at (``--target-L``, ``--target-beta``) the acceptance of the transferred model (goal >= 0.5) and
+HMC's cost per independent Q over the hybrid's (goal >= 100; ">=" where HMC's tau_int(Q) is
+only a lower bound in the same run).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py
+    OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py --betas 4 6 --L 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's bridge
+from _results import write_results  # noqa: E402
+
+from bridge.cli.scaling import add_scaling_parser  # noqa: E402
+from bridge.jobs.scaling import ScalingSettings, run_scaling  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULTS = {"L": [8, 12, 16, 24, 32], "betas": [6.0], "train_steps": 600,
+            "hmc_trajectories": 5000, "out": str(RESULTS / "scaling")}
+
+
+def target(result: dict, L: int, beta: float) -> dict | None:
+    """The transfer target at ``(L, beta)``: acceptance and the HMC / hybrid cost ratio."""
+    for p in result["points"]:
+        if p["L"] == L and p["beta"] == beta:
+            h, m = p["hybrid"], p["hmc"]
+            return {"L": L, "beta": beta, "train_L": result["settings"]["train_L"],
+                    "imh_acceptance": p["transfer"]["acceptance"], "ess": p["transfer"]["ess"],
+                    "chain_flow_acceptance": h["acceptance"].get("flow"),
+                    "hybrid_tau_int_q": h["tau_int_q"], "hmc_tau_int_q": m["tau_int_q"],
+                    "hmc_tau_int_q_kind": m["tau_int_q_kind"],
+                    "hybrid_cost_per_independent_q": h["cost_per_independent_q"],
+                    "hmc_cost_per_independent_q": m["cost_per_independent_q"],
+                    "ratio": p["hmc_over_hybrid_cost_q"],
+                    "ratio_is_lower_bound": p["ratio_is_lower_bound"],
+                    "acceptance_goal_met": p["transfer"]["acceptance"] >= 0.5,
+                    "ratio_goal_met": p["hmc_over_hybrid_cost_q"] >= 100}
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    add_scaling_parser(sub)
+    ap2 = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap2.add_argument("--target-L", type=int, default=32)
+    ap2.add_argument("--target-beta", type=float, default=6.0)
+    ap2.add_argument("--json", default=str(RESULTS / "scaling.json"))
+    own, rest = ap2.parse_known_args(argv)
+    scaling = sub.choices["scaling"]
+    scaling.set_defaults(**DEFAULTS)
+    args = scaling.parse_args(rest)
+    keys = ScalingSettings.__dataclass_fields__
+    result = run_scaling(ScalingSettings(**{k: getattr(args, k) for k in keys}))
+    rows = [{k: v for k, v in p.items()} for p in result["points"]]
+    tgt = target(result, own.target_L, own.target_beta)
+    write_results(own.json, rows, settings=result["settings"], fits=result["fits"],
+                  fixed_models=result["fixed_models"], figures=result["figures"], target=tgt,
+                  seconds=result["seconds"])
+    if tgt:
+        sign = ">= " if tgt["ratio_is_lower_bound"] else ""
+        print(f"target {tgt['train_L']}x{tgt['train_L']} -> {tgt['L']}x{tgt['L']}, beta "
+              f"{tgt['beta']:g}: IMH acceptance {tgt['imh_acceptance']:.3f} (chain flow "
+              f"acceptance {tgt['chain_flow_acceptance']:.3f}; goal >= 0.5), cost per "
+              f"independent Q: hybrid {tgt['hybrid_cost_per_independent_q']:.3g} s, HMC "
+              f"{tgt['hmc_cost_per_independent_q']:.3g} s ({tgt['hmc_tau_int_q_kind']}), "
+              f"ratio {sign}{tgt['ratio']:.3g} (goal >= 100)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
