@@ -71,11 +71,15 @@ class _BaryonAlgebra:
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.eps = _epsilon(dtype, device)
+        self._memo: dict[tuple[int, int, int], torch.Tensor] | None = None
         # eps^{a c q} eps^{b d r} as [(r, q), (a, b, c, d)]: 4 nonzero entries per row
         ee = torch.einsum("acq,bdr->rqabcd", self.eps, self.eps).reshape(9, 81)
         nz = ee.nonzero()
-        self.eps_cols = nz[:, 1].contiguous()
         self.eps_signs = ee[nz[:, 0], nz[:, 1]].reshape(9, 4)
+        # flat index of C[i, (a b), j, (c d)] for output (i, j, (r q)) and its 4 terms
+        ab, cd = (nz[:, 1] // 9).view(9, 4), (nz[:, 1] % 9).view(9, 4)
+        i, j = torch.arange(4).view(4, 1, 1, 1), torch.arange(4).view(1, 4, 1, 1)
+        self.eps_index = ((((i * 9 + ab) * 4 + j) * 9 + cd).reshape(-1)).to(device)
         g = {n: chroma_gamma(n, dtype, device) for n in range(16)}
         one = g[0]
         nr = 0.5 * (one + g[8])
@@ -99,9 +103,9 @@ class _BaryonAlgebra:
         A[k, i][i1, i2] B[k, j][j1, j2]``: the spin sum ``C = A^T B`` as one batched product
         over all colour pairs, then the 4 nonzero ``eps eps`` terms of each output entry."""
         shape = a.shape[:-4]
-        c = torch.bmm(a.reshape(-1, 4, 36).transpose(1, 2), b.reshape(-1, 4, 36))
-        c = c.view(-1, 4, 9, 4, 9).permute(0, 1, 3, 2, 4).reshape(-1, 16, 81)  # [n, ij, abcd]
-        d = (c.index_select(2, self.eps_cols).view(-1, 16, 9, 4) * self.eps_signs).sum(-1)
+        c = torch.bmm(a.reshape(-1, 4, 36).transpose(1, 2), b.reshape(-1, 4, 36))  # [n, iab, jcd]
+        d = (c.view(-1, 1296).index_select(1, self.eps_index).view(-1, 16, 9, 4)
+             * self.eps_signs).sum(-1)
         return d.view(*shape, 4, 4, 3, 3)
 
     @staticmethod
@@ -127,7 +131,16 @@ class _BaryonAlgebra:
         return torch.einsum("...sscd->...cd", d)
 
     def diquark(self, q1: torch.Tensor, q2: torch.Tensor, sp: torch.Tensor) -> torch.Tensor:
-        return self.qc13(self.rspin(q1, sp), self.lspin(sp, q2))
+        """``quarkContract13(q1 sp, sp q2)``; within :meth:`all17` each distinct one is
+        computed once (the 17 baryons share them)."""
+        key = (id(q1), id(q2), id(sp))
+        memo = self._memo
+        if memo is not None and key in memo:
+            return memo[key]
+        d = self.qc13(self.rspin(q1, sp), self.lspin(sp, q2))
+        if memo is not None:
+            memo[key] = d
+        return d
 
     # Baryon2PtContractions
     def sigma(self, q1, q2, t, sp):
@@ -156,6 +169,13 @@ class _BaryonAlgebra:
 
     def all17(self, q1: torch.Tensor, q2: torch.Tensor) -> list[torch.Tensor]:
         """``barhqlq(q1 = "s", q2 = "u")`` baryons 0..16, each ``[b, t, z, y, x]``."""
+        self._memo = {}
+        try:
+            return self._all17(q1, q2)
+        finally:
+            self._memo = None
+
+    def _all17(self, q1: torch.Tensor, q2: torch.Tensor) -> list[torch.Tensor]:
         tm, tu = self.t_mixed, self.t_unpol
         return [
             self.sigma(q1, q2, tm, self.cg5),
