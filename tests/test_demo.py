@@ -55,7 +55,7 @@ def test_demo_end_to_end_with_shrunk_settings(tmp_path, capsys):
     assert "plaquette vs exact (character expansion, 8x8, beta = 1.5): exact 0.596" in text
     assert "<Q^2>/V vs exact (character expansion, 8x8, beta = 1.5): exact 0.0" in text
     assert "hybrid" in text and "hmc" in text and "exact" in text
-    assert re.search(r"^tau_int\(Q\): hybrid (> )?\S+ cycles, HMC .* trajectories; cost per "
+    assert re.search(r"^tau_int\(Q\): hybrid (> )?\S+ cycles, HMC .* trajectories.*; cost per "
                      r"independent Q: HMC / hybrid ", text, re.M), text
     assert f"the report is {out / 'report' / 'report.md'}" in text
     assert f"Q against the cycle in {out / 'topological_charge.png'}" in text

@@ -314,8 +314,12 @@ def run_demo(args: DemoSettings) -> int:
     ratio = hmc["cost_per_independent_Q"] / hyb["cost_per_independent_Q"]
     sign = ">= " if hmc["cost_is_lower_bound"] and not hyb["cost_is_lower_bound"] else (
         "~ " if hyb["cost_is_lower_bound"] else "")
+    tun = qs["hmc"]
+    est = "" if tun["tau_used_kind"] == "gamma" else (
+        f" (tunnelling estimate 2 V chi_t / rate of Q changes: "
+        f"{'> ' if tun['tau_tunnel_is_bound'] else '~'}{tun['tau_tunnel']:.3g})")
     print(f"tau_int(Q): hybrid {_tau_text(qs['hybrid'])} cycles, HMC {_tau_text(qs['hmc'])} "
-          f"trajectories; cost per independent Q: HMC / hybrid {sign}{ratio:.3g} "
+          f"trajectories{est}; cost per independent Q: HMC / hybrid {sign}{ratio:.3g} "
           f"(flow acceptance {hyb['acceptance'].get('flow') or 0:.2f} on {lat})")
     for c in res.observables:
         print(f"validate {c.name}: hybrid {_fmt(c.a.value, c.a.error)}  hmc "
@@ -327,6 +331,7 @@ def run_demo(args: DemoSettings) -> int:
         "nrow": list(nrow), "train_nrow": list(args.train_nrow), "beta": float(args.beta),
         "model": model, "rows": rows, "validated": observables,
         "hmc_over_hybrid_cost_per_independent_Q": ratio,
+        "hmc_tau_tunnel": tun["tau_tunnel"],
         "exact": {"plaquette": exact_p, "chi_t": exact_chi}, "validation": verdict,
         "report": str(out / "report" / "report.md"),
         "q_plot": str(out / "topological_charge.png"), "train_seconds": t_train,
