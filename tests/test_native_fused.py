@@ -192,3 +192,20 @@ def test_build_message_and_cache(native, monkeypatch, tmp_path, capfd):
     state = _native_build.new_state()
     _native_build.build(state, name, src + "\n// v2\n", fns, "test kernel")
     assert len(calls) == 2 and "compiling" in capfd.readouterr().err
+
+
+def test_monomial_finite_check():
+    """The monomial's one-scalar finiteness check raises for a NaN or an infinity anywhere
+    (real or imaginary part) and passes finite fields through unchanged."""
+    from bridge.errors import PhysicsError
+
+    m = TwoFlavorEOPrecWilsonMonomial(0.1)
+    f = torch.zeros(1, 4, 2, 2, 2, 2, 3, 3, dtype=torch.complex128)
+    assert m._check_finite("force", f) is f
+    for bad in (complex(float("nan"), 0), complex(0, float("inf")), complex(-float("inf"), 1)):
+        g = f.clone()
+        g[0, 2, 1, 0, 1, 1, 2, 0] = bad
+        with pytest.raises(PhysicsError, match="wilson_two_flav: the force is not finite"):
+            m._check_finite("force", g)
+    with pytest.raises(PhysicsError, match="the action is not finite"):
+        m._check_finite("action", torch.tensor([1.0, float("nan")], dtype=torch.float64))

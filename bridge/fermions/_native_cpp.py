@@ -186,16 +186,17 @@ inline void fixed_term(T (&ar)[4][NC], T (&ai)[4][NC], const T* __restrict p,
                    q1[2 * c + 1]);
   }
   T wr[2][NC], wi[2][NC];
-  for (int j = 0; j < 2; ++j)
-    for (int a = 0; a < NC; ++a) {
-      T sr = 0, si = 0;
-      for (int c = 0; c < NC; ++c) {
-        const T ur = L[(c * NC + a) * 2], ui = L[(c * NC + a) * 2 + 1];
-        sr += hr[j][c] * ur - hi[j][c] * ui;
-        si += hr[j][c] * ui + hi[j][c] * ur;
-      }
-      wr[j][a] = sr; wi[j][a] = si;
+  for (int a = 0; a < NC; ++a) {
+    T s0r = 0, s0i = 0, s1r = 0, s1i = 0;
+    for (int c = 0; c < NC; ++c) {  // one load of U for both half-spinor rows
+      const T ur = L[(c * NC + a) * 2], ui = L[(c * NC + a) * 2 + 1];
+      s0r += hr[0][c] * ur - hi[0][c] * ui;
+      s0i += hr[0][c] * ui + hi[0][c] * ur;
+      s1r += hr[1][c] * ur - hi[1][c] * ui;
+      s1i += hr[1][c] * ui + hi[1][c] * ur;
     }
+    wr[0][a] = s0r; wi[0][a] = s0i; wr[1][a] = s1r; wi[1][a] = s1i;
+  }
   for (int a = 0; a < NC; ++a) {
     ar[0][a] += wr[0][a]; ai[0][a] += wi[0][a];
     ar[1][a] += wr[1][a]; ai[1][a] += wi[1][a];
