@@ -45,7 +45,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["ScalingSettings", "run_scaling", "fit_power_law", "analyse_charge", "make_hmc",
-           "tune_hmc", "NSTEP_LADDER"]
+           "tune_hmc", "long_hmc", "NSTEP_LADDER"]
 
 NSTEP_LADDER = (2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64)
 # the families: make_flow arguments, TrainConfig fields, learning rate (with a cosine schedule
@@ -426,6 +426,24 @@ def chains_at(model: Any, s: ScalingSettings, L: int, beta: float, seed: int
         out[name] = {**_chain_row(obs, acc, sec, s, L, beta), "md_steps": md,
                      "tune_acceptance": tune["acceptance"]}
     return out
+
+
+def long_hmc(s: ScalingSettings, L: int, beta: float, trajectories: int, seed: int
+             ) -> dict[str, Any]:
+    """HMC alone on ``L x L`` (``hmc_chains`` chains, tuned as in :func:`chains_at`) for
+    ``trajectories``: a longer run bounds ``tau_int(Q)`` more tightly where it is frozen."""
+    import torch
+
+    from ..gauge import unit_gauge
+    from ..lattice import Lattice
+    from ..rng import rng_key
+
+    u0 = unit_gauge(Lattice([L, L]), "U1", int(s.hmc_chains), dtype=torch.float64)
+    tune = tune_hmc(u0, beta, seed=seed)
+    obs, acc, sec = _timed_chain(make_hmc(beta, int(tune["n_steps"])), tune["U"],
+                                 int(trajectories), rng_key(seed, 32))
+    return {**_chain_row(obs, acc, sec, s, L, beta), "md_steps": int(tune["n_steps"]),
+            "tune_acceptance": tune["acceptance"]}
 
 
 # -- the study --------------------------------------------------------------------------------
