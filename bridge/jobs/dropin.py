@@ -318,6 +318,7 @@ class _Run:
         if self.engine.name == "builtin":  # the built-in engine must understand every element
             read_hmc_input(wf.hmc_input)
         self.model = self.meta = self.action = self.estimator = None
+        self.ne = False
         self.action_desc, self.transfer = "none (plain HMC)", None
         if wf.flow_steps > 0:
             from ..chroma.monomials import hamiltonian_action
@@ -327,14 +328,20 @@ class _Run:
             self.model, self.meta = load_model(wf.model)
             if wf.device != "cpu":  # load_model builds the flow on the CPU
                 self.model.to(wf.device)
-            _check_model(self.model, self.meta, wf, self.facts)
+            self.ne = self.model.config.get("arch") == "snf"  # NE-MCMC (.dropin_ne)
+            if not self.ne:
+                _check_model(self.model, self.meta, wf, self.facts)
             mrow = [int(n) for n in self.meta.get("train", {}).get("nrow", ())]
             if mrow != list(self.facts.nrow):
                 from .transfer import transfer_notice
 
                 self.transfer = transfer_notice(wf.model, mrow, self.facts.nrow)
                 log(self.transfer)
-            if getattr(self.model, "kappa", None) is not None:  # joint Nf=2 model
+            if self.ne:
+                from .dropin_ne import check_snf_workflow
+
+                self.action_desc = check_snf_workflow(self.model, wf, self.facts)
+            elif getattr(self.model, "kappa", None) is not None:  # joint Nf=2 model
                 from ..chroma.monomials import gauge_action_for_joint_model
 
                 c = self.model.conditional
@@ -457,7 +464,7 @@ def _store_updates(store: Any, rows: list[dict[str, Any]]) -> None:
 def _store_config(run: _Run, store: Any, u: Any, update: int, accepted: bool,
                   params: dict[str, Any], seed: Any) -> None:
     """Append a configuration to the ensemble (unless already there, or not wanted)."""
-    if not run.wf.store_configs:
+    if not run.wf.store_configs or (run.ne and params["kernel"] == "hmc"):  # NE: beta only
         return
     last = store.last_traj
     if last is not None and update <= last:
@@ -650,7 +657,9 @@ def _loop(run: _Run, max_cycles: int | None) -> RunSummary:
                 if run.hook:
                     run.hook("hmc", c)
             if run.wf.flow_steps > 0:
-                st = _flow_block(run, st, store)
+                from .dropin_ne import ne_block
+
+                st = (ne_block if run.ne else _flow_block)(run, st, store)
             else:
                 st.update(phase="start", cycle=c + 1)
             run.save_state(st)
