@@ -209,3 +209,26 @@ def test_monomial_finite_check():
             m._check_finite("force", g)
     with pytest.raises(PhysicsError, match="the action is not finite"):
         m._check_finite("action", torch.tensor([1.0, float("nan")], dtype=torch.float64))
+
+
+def test_fused_cg_zero_rhs_and_breakdown(native, monkeypatch, cpu_generator):
+    """A zero right-hand side next to a random one converges at once (x = 0) as in the Python
+    loop; a NaN link makes <p, A p> not positive: both paths raise the same breakdown error."""
+    op = _op((2, 2, 4, 2), cpu_generator, batch=1)
+    b = _field(op, cpu_generator, 2)
+    b[1] = 0
+    a = op.linear_operator("schur_normal")
+    (x1, s1), (x2, s2) = _both(monkeypatch, lambda: CG(tol=1e-10).solve(a, b))
+    assert torch.equal(x1[1], torch.zeros_like(x1[1])) and _err(x1, x2) < 1e-12
+    assert s1.iterations_per_system.tolist() == s2.iterations_per_system.tolist()
+    assert s1.iterations_per_system[1] == 0 and s1.converged
+    u = op.U.clone()
+    u[0, 2, 1, 0, 1, 0, 0, 0] = float("nan")
+    bad = WilsonDirac(u, 0.12, normalisation="chroma").linear_operator("schur_normal")
+    msgs = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv(_native.ENV, flag)
+        with pytest.raises(ConvergenceError, match="CG broke down at iteration 0") as info:
+            CG(tol=1e-10).solve(bad, b[:1])
+        msgs.append(str(info.value))
+    assert msgs[0] == msgs[1] and "batch entry 0" in msgs[0]
