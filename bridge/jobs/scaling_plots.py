@@ -36,6 +36,7 @@ def _draw(ax: Any, v: list[float], y: list[float | None], lower: list[bool], *, 
         if lb:
             ax.annotate("", xy=(a, b * 2.2), xytext=(a, b),
                         arrowprops={"arrowstyle": "->", "color": color, "lw": 1})
+            ax.plot([a], [b * 2.6], alpha=0)  # keeps the arrow inside the axes
 
 
 def _fit_line(ax: Any, v: list[float], f: dict[str, Any] | None, color: Any, name: str) -> None:
