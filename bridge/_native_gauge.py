@@ -27,7 +27,7 @@ import torch
 from ._native_build import ENV, enabled, new_state, ready
 
 __all__ = ["available", "enabled", "usable", "force", "traces", "expm_su3_mul", "clover_energy",
-           "build_seconds", "ENV"]
+           "flow_step", "build_seconds", "ENV"]
 
 _NAME = "qcd_bridge_gauge_v2"
 
@@ -419,6 +419,24 @@ torch::Tensor expm_su3_mul(torch::Tensor x, torch::Tensor r, double scale) {
   }
   return out;
 }
+
+// One step of Luescher's RK3 Wilson flow (arXiv:1006.4518, eq. (C.1)) for SU(3), as
+// observables.wilson_flow.rk3_step: Z(V) = -eps TA[V A] (the Wilson force at beta = 2 Nc),
+// W1 = exp(Z0 / 4) V, W2 = exp(8/9 Z1 - 17/36 Z0) W1, V' = exp(3/4 Z2 - 8/9 Z1 + 17/36 Z0) W2.
+// With `embedded` also the second-order W2' = exp(2 Z1 - Z0) V (arXiv:1301.4388), else empty.
+std::vector<torch::Tensor> flow_step(torch::Tensor u, torch::Tensor fwd, torch::Tensor bwd,
+                                     torch::Tensor plane, double eps, bool embedded) {
+  TORCH_CHECK(u.dim() == 5 && u.size(3) == 3 && u.size(4) == 3, "native flow: SU(3) links");
+  auto coeff = torch::full({u.size(0)}, -eps, torch::kDouble);
+  auto z0 = gauge(u, fwd, bwd, plane, coeff, true, true)[0];
+  auto w1 = expm_su3_mul(z0, u, 0.25);
+  auto z1 = gauge(w1, fwd, bwd, plane, coeff, true, true)[0];
+  auto low = embedded ? expm_su3_mul(z1.mul(2.0).sub_(z0), u, 1.0) : torch::empty({0}, u.options());
+  auto a = z1.mul(8.0 / 9.0).sub_(z0, 17.0 / 36.0);
+  auto w2 = expm_su3_mul(a, w1, 1.0);
+  auto z2 = gauge(w2, fwd, bwd, plane, coeff, true, true)[0];
+  return {expm_su3_mul(z2.mul(0.75).sub_(a), w2, 1.0), low};
+}
 """
 
 _state: dict[str, object] = new_state()
@@ -426,7 +444,7 @@ _state: dict[str, object] = new_state()
 
 def available() -> bool:
     """Whether the native gauge kernels are enabled and built (builds them on the first call)."""
-    return ready(_state, _NAME, _CPP, ["gauge", "expm_su3_mul", "clover_energy"],
+    return ready(_state, _NAME, _CPP, ["gauge", "expm_su3_mul", "clover_energy", "flow_step"],
                  "gauge kernel")
 
 
@@ -475,3 +493,14 @@ def clover_energy(u: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor,
     over the others, for ``u[B, nd, V, Nc, Nc]`` (contiguous) and the neighbour tables of
     ``gauge.loops._native_tables``: Chroma's ``wflow_gact4i``, ``wflow_gactij`` in one pass."""
     return _state["module"].clover_energy(u, fwd, bwd, int(t_dir))  # type: ignore[union-attr]
+
+
+def flow_step(u: torch.Tensor, fwd: torch.Tensor, bwd: torch.Tensor, plane: torch.Tensor,
+              eps: float, embedded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One RK3 Wilson-flow step of SU(3) links ``u[B, nd, V, 3, 3]`` (contiguous) with the
+    tables of ``gauge.loops._native_tables``: the three forces and exponentials of
+    ``observables.wilson_flow.rk3_step`` in one call.  Returns ``(V(t + eps), W2')`` with the
+    embedded second-order step ``W2' = exp(2 Z1 - Z0) V`` when ``embedded`` (else empty)."""
+    out, low = _state["module"].flow_step(  # type: ignore[union-attr]
+        u, fwd, bwd, plane, float(eps), bool(embedded))
+    return out, low

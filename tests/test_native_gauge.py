@@ -197,3 +197,18 @@ def test_wilson_flow_native_equals_torch(native, monkeypatch, cpu_generator):
     assert _err(got.U, want.U) < 1e-12
     assert _err(got.t2E, want.t2E) < 1e-12
     assert _err(got.wflow_gact4i, want.wflow_gact4i) < 1e-12
+
+
+def test_flow_step_embedded_native_equals_torch(native, monkeypatch, cpu_generator):
+    """The native RK3 step and its embedded second-order step against the torch stages (1e-12),
+    batch 2; the embedded call's accepted field is the plain step, bit for bit."""
+    from bridge.observables.wilson_flow import rk3_step, rk3_step_embedded
+
+    u = G.random_gauge(Lattice((2, 4, 2, 4)), "SU3", 2, generator=cpu_generator)
+    high, dist = rk3_step_embedded(u, 0.05)
+    assert torch.equal(high, rk3_step(u, 0.05))
+    with monkeypatch.context() as m:
+        m.setenv(_native_gauge.ENV, "0")
+        want_high, want_dist = rk3_step_embedded(u, 0.05)
+    assert _err(high, want_high) < 1e-12
+    assert _err(dist, want_dist) < 1e-9 and float(dist.min()) > 0

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import _native_gauge
 from ..errors import PhysicsError
 from ..gauge import mesplq, wilson_force
+from ..gauge.loops import _native_tables
 from ..groups import expm_algebra_mul
 from ..lattice import Lattice
 from .field_strength import energy_density, energy_density_split, topological_charge
@@ -82,8 +84,23 @@ def rk3_step(u: torch.Tensor, eps: float) -> torch.Tensor:
     """One step of Luescher's RK3 (arXiv:1006.4518, eq. (C.1)): ``V(t) -> V(t + eps)``.
     Three evaluations of the flow generator; works for U(1) and SU(N), any Nd."""
     eps = _check_eps(eps)
+    native = _native_step(u, eps, False)
+    if native is not None:
+        return native[0]
     z0, z1, w1 = _stages(u, eps)
     return _finish(z0, z1, w1, eps)
+
+
+def _native_step(u: torch.Tensor, eps: float,
+                 embedded: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The RK3 step (and the embedded second-order one) by the native kernel for SU(3) on the
+    CPU (bridge/_native_gauge.py: the same stages, forces and exponentials); None elsewhere."""
+    lat, b, nc = _check_gauge(u)
+    if nc != 3 or not _native_gauge.usable(u):
+        return None
+    v = u.contiguous().view(b, lat.nd, lat.volume, 3, 3)
+    high, low = _native_gauge.flow_step(v, *_native_tables(lat), eps, embedded)
+    return high.view(u.shape), (low.view(u.shape) if embedded else low)
 
 
 def rk3_step_embedded(u: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +109,13 @@ def rk3_step_embedded(u: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.
     ``d[batch] = max_{x,mu} ||W_3 - W_2'||_F / N^2``."""
     eps = _check_eps(eps)
     _, b, nc = _check_gauge(u)
-    z0, z1, w1 = _stages(u, eps)
-    low = _update(2.0 * z1 - z0, u)
-    high = _finish(z0, z1, w1, eps)
+    native = _native_step(u, eps, True)
+    if native is not None:
+        high, low = native
+    else:
+        z0, z1, w1 = _stages(u, eps)
+        low = _update(2.0 * z1 - z0, u)
+        high = _finish(z0, z1, w1, eps)
     dist = torch.linalg.matrix_norm(high - low).reshape(b, -1).amax(1) / (nc * nc)
     return high, dist
 
