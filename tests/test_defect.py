@@ -161,3 +161,27 @@ def test_defect_nemcmc_chain_samples_the_torus():
     err = float(per_chain.std()) / math.sqrt(per_chain.numel())
     assert abs(float(per_chain.mean()) - su2_2d_plaquette(BETA, L)) < 4 * err
     assert 0.1 < sum(acc) / len(acc) < 1.0
+
+
+def test_defect_nemcmc_alternating_with_hmc_samples_the_torus():
+    # HMC at the periodic target moves U between NE-MCMC steps: the path is redrawn backwards
+    # (reversed heatbath sweeps, reverse_protocol); the composition stays exact
+    from bridge.mcmc.compose import compose
+    from bridge.mcmc.hmc import hmc
+    from bridge.mcmc.integrators import Integrator, Level, scheme
+    from bridge.mcmc.monomials import GaugeMonomial
+
+    pr = Protocol(beta0=BETA, beta=BETA, n_blocks=3, update="heatbath", n_hb=1, n_or=1,
+                  defect=(L,))
+    prior = heatbath(BETA, n_hb=1, n_or=1, defect=(L,), c=0.0, name="prior")
+    integ = Integrator([Level(scheme("LCM_STS_LEAPFROG"), 6, [GaugeMonomial(BETA)])])
+    kern = compose([(hmc(integ, 0.5, name="hmc"), 1), (nemcmc(pr, prior), 1)])
+    st = kern.init(_open_chains(64, 5, 41), seed=9)
+    vals = []
+    for i in range(50):
+        st, _ = kern.step(st)
+        if i >= 10:
+            vals.append(plaquette_traces(st.U).flatten(1).mean(1))
+    per_chain = torch.stack(vals).mean(0)
+    err = float(per_chain.std()) / math.sqrt(per_chain.numel())
+    assert abs(float(per_chain.mean()) - su2_2d_plaquette(BETA, L)) < 4 * err

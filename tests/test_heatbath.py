@@ -221,3 +221,14 @@ def test_strided_fields_update_like_contiguous_ones():
     b = H.heatbath_sweep(strided, 5.5, torch.Generator().manual_seed(4))
     assert torch.equal(a, b)
     assert torch.equal(H.overrelaxation_sweep(u), H.overrelaxation_sweep(strided))
+
+
+@pytest.mark.parametrize("group,nrow", [("SU2", (4, 2)), ("SU3", (2, 2, 2, 4))])
+def test_reversed_overrelaxation_is_the_inverse(group, nrow):
+    # each subgroup reflection is an involution: the sweep in the opposite order undoes it
+    u = _hot(Lattice(nrow), group)
+    v = H.overrelaxation_sweep(u)
+    assert (v - u).abs().max() > 0.1
+    back = H.overrelaxation_sweep(v, reverse=True)
+    assert torch.allclose(back, u, rtol=0, atol=1e-11)
+    assert not torch.allclose(H.overrelaxation_sweep(v), u, rtol=0, atol=1e-6)  # order matters

@@ -17,13 +17,20 @@ from bridge.flows.residual import ResidualStapleLayer, StapleMask, staple_mask_c
 from bridge.gauge import mesplq
 from bridge.groups import reunitarize
 from bridge.lattice import Lattice
+from bridge.mcmc.base import stream_tag
 from bridge.mcmc.heatbath import heatbath_sweep
 from bridge.mcmc.hmc import hmc, hmc_kernel
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.nonequilibrium import Protocol, jarzynski, nemcmc, run_protocol
+from bridge.mcmc.nonequilibrium import (
+    Protocol,
+    jarzynski,
+    nemcmc,
+    reverse_protocol,
+    run_protocol,
+)
 from bridge.mcmc.reweighting import reweighted_mean
-from bridge.rng import generator
+from bridge.rng import generator, rng_key
 
 L, BETA0, BETA = 4, 1.0, 2.0
 
@@ -188,9 +195,65 @@ def test_nemcmc_bookkeeping():
         assert new.step == st.step + 1
         st = new
     assert seen_acc and seen_rej
-    # another kernel moving U invalidates the stored work
-    with pytest.raises(ConfigError, match="only kernel moving U"):
-        kern.step(st._replace(U=st.U.conj()))
+    # another kernel moved U of some chains: their paths are redrawn backwards from the new U
+    # (reverse_protocol), the others keep theirs
+    flip = torch.arange(32) % 2 == 0
+    u_new = torch.where(flip.reshape(-1, 1, 1, 1, 1, 1), st.U.conj(), st.U)
+    moved = (u_new != st.U).flatten(1).any(1)  # (a real field is its own conjugate)
+    old = st.aux["ne"]
+    new, _ = kern.step(st._replace(U=u_new))
+    x0_ref, w_ref = reverse_protocol(u_new, pr, seed=rng_key(st.seed, stream_tag("ne"), 3),
+                                     index=st.step)
+    ne = new.aux["ne"]
+    kept = ~new_acc_mask(new, u_new)
+    # chains that rejected the NE proposal keep the (redrawn or old) path
+    # (to rounding: cached plaquette traces of the state may come from the force kernel)
+    assert torch.allclose(ne.x0[kept & moved], x0_ref[kept & moved], rtol=0, atol=1e-10)
+    assert torch.allclose(ne.work[kept & moved], w_ref[kept & moved], rtol=0, atol=1e-8)
+    assert bool((kept & moved).any()) and bool((kept & ~moved).any())
+    assert torch.equal(ne.x0[kept & ~moved], old.x0[kept & ~moved])
+    assert torch.equal(ne.work[kept & ~moved], old.work[kept & ~moved])
+
+
+def new_acc_mask(new, u_before):
+    """Chains whose NE-MCMC step accepted (their U changed)."""
+    return (new.U != u_before).flatten(1).any(1)
+
+
+def test_reverse_protocol_retraces_a_deterministic_path():
+    # without MC updates the path is the layers alone: the reverse process from the end point
+    # returns the start and the same work
+    u = Gg.random_gauge(Lattice((4, 4)), "SU2", 3, generator=generator(2))
+    layers = []
+    for k, m in enumerate(staple_mask_cycle(2)[:3]):
+        lay = ResidualStapleLayer("SU2", 2, m)
+        lay.set_coefficients(0.05 * (k + 1))
+        layers.append(lay)
+    pr = Protocol(1.0, 2.0, 3, update="heatbath", n_hb=0, n_or=0, layers=layers)
+    with torch.no_grad():
+        u_n, w, _ = run_protocol(u, pr, seed=1)
+    x0, w_rev = reverse_protocol(u_n, pr, seed=5)
+    assert torch.allclose(x0, u, rtol=0, atol=1e-12)
+    assert torch.allclose(w_rev, w, rtol=0, atol=1e-10)
+
+
+def test_nemcmc_alternating_with_hmc_is_exact():
+    """HMC at beta moves U between NE-MCMC steps (paths redrawn backwards): 2D U(1) exact."""
+    from bridge.mcmc.compose import compose
+
+    n_chains, n_steps, burn = 64, 60, 10
+    pr = Protocol(BETA0, BETA, 2, update="hmc", md_steps=6)
+    ne = nemcmc(pr, hmc(_integrator(BETA0, 6), 1.0), prior_steps=1)
+    kern = compose([(hmc(_integrator(BETA, 6), 1.0, name="hmc"), 1), (ne, 1)])
+    st = kern.init(Gg.unit_gauge(Lattice((L, L)), "U1", n_chains), seed=31)
+    plaq = []
+    for _ in range(n_steps):
+        st, _ = kern.step(st)
+        plaq.append(mesplq(st.U).w_plaq)
+    means = torch.stack(plaq[burn:]).mean(0)
+    err = float(means.std()) / math.sqrt(n_chains)
+    exact = u1_2d_plaquette(BETA, L)
+    assert abs(float(means.mean()) - exact) < 4 * err, (float(means.mean()), err, exact)
 
 
 def test_jarzynski_log_space():

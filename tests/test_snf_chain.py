@@ -119,11 +119,11 @@ def test_prior_file_without_parameters_gets_a_notice(tmp_path, su3_model, capsys
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--schedule", "hmc:1,nemcmc:1"], r"--schedule 'hmc:1,nemcmc:1': --model .* is a "
-                                       r"stochastic normalizing flow; its NE-MCMC kernel must "
-                                       r"be the only kernel moving U"),
-    (["--mixture", "nemcmc:1"], r"--mixture 'nemcmc:1': --model .* NE-MCMC kernel must be the "
-                                r"only kernel"),
+    (["--schedule", "hmc:1,flow:1,nemcmc:1"], r"--schedule 'hmc:1,flow:1,nemcmc:1': --model .* "
+                                              r"is a stochastic normalizing flow, not a flow "
+                                              r"proposal"),
+    (["--mixture", "hmc:1"], r"--mixture 'hmc:1': --model .* the schedule needs its kernel "
+                             r"nemcmc"),
 ])
 def test_refusals(tmp_path, u1_model, capsys, extra, message):
     assert main(["chain", "--model", str(u1_model), "--steps", "1", "--out",
@@ -172,3 +172,16 @@ def test_defect_training_refusals(tmp_path, capsys, extra, message):
     assert main(["train", "--arch", "snf", "--beta0", "2", "--beta", "2", "--steps", "1",
                  "--out", str(tmp_path / "m"), *extra]) == 1
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_hmc_and_nemcmc_schedule_is_exact_on_2d_u1(tmp_path, u1_model):
+    out = tmp_path / "c"
+    assert main(["chain", "--model", str(u1_model), "--schedule", "hmc:1,nemcmc:1", "--chains",
+                 "8", "--steps", "200", "--therm", "20", "--start", "cold", "--out", str(out),
+                 "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["acceptance"]) == {"hmc", "nemcmc"}
+    p = s["plaquette"]
+    exact = u1_2d_plaquette(2.0, 4)
+    assert abs(p["mean"] - exact) < 4 * p["error"], (p, exact)
+    assert p["error"] < 0.025

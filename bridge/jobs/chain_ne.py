@@ -3,8 +3,9 @@
 :func:`bridge.mcmc.nonequilibrium.nemcmc`: a prior chain at ``beta0`` (the model's own update,
 heatbath + overrelaxation or HMC, ``prior_steps`` updates between proposals) feeds the protocol
 ``beta0 -> beta`` with the model's layers, whose end point is accepted with
-``min(1, exp(-(W' - W)))``.  It must be the only kernel moving ``U`` (the work belongs to the
-whole path), so the schedule is ``nemcmc:1``.
+``min(1, exp(-(W' - W)))``.  The schedule is ``nemcmc:1`` by default; HMC at ``beta`` may be
+added (``hmc:2,nemcmc:1``): after an HMC move the current path is redrawn backwards from the new
+configuration, which keeps the chain exact.
 
 The prior chain starts from ``--start``: ``cold``/``hot`` (it thermalises during the first
 cycles, like any chain), or a gauge file holding an equilibrium configuration at ``beta0``, e.g.
@@ -37,20 +38,19 @@ def is_snf(model: Any) -> bool:
 
 
 def reconcile_snf(s: ChainSettings, explicit: set[str]) -> None:
-    """Settings of a chain with an SNF model: the schedule defaults to ``nemcmc:1`` and may
-    hold no other kernel; no fermions."""
-    if s.mixture is not None:
-        raise ConfigError(f"--mixture {s.mixture!r}: --model {s.model} is a stochastic "
-                          f"normalizing flow; its NE-MCMC kernel must be the only kernel "
-                          f"moving U (use the default schedule nemcmc:1)")
-    if "schedule" not in explicit or s.schedule is None:
+    """Settings of a chain with an SNF model: the schedule defaults to ``nemcmc:1`` and may add
+    HMC at ``beta`` (``hmc:1,nemcmc:1``: after an HMC move the current path is redrawn backwards,
+    :func:`~bridge.mcmc.nonequilibrium.nemcmc`), but no flow kernel; no fermions."""
+    if s.mixture is None and ("schedule" not in explicit or s.schedule is None):
         s.schedule = f"{NAME}:1"
-    others = [n for n, v in s.kernel_plan()[0] if v > 0 and n != NAME]
-    if others:
-        raise ConfigError(f"--schedule {s.schedule!r}: --model {s.model} is a stochastic "
-                          f"normalizing flow; its NE-MCMC kernel must be the only kernel moving "
-                          f"U (the work W belongs to the whole protocol path), so {others} "
-                          f"cannot run with it; use --schedule {NAME}:K")
+    plan = [n for n, v in s.kernel_plan()[0] if v > 0]
+    what = f"--mixture {s.mixture!r}" if s.mixture is not None else f"--schedule {s.schedule!r}"
+    if "flow" in plan:
+        raise ConfigError(f"{what}: --model {s.model} is a stochastic normalizing flow, not a "
+                          f"flow proposal; use its NE-MCMC kernel ({NAME}), alone or with hmc")
+    if NAME not in plan:
+        raise ConfigError(f"{what}: --model {s.model} is a stochastic normalizing flow; the "
+                          f"schedule needs its kernel {NAME}")
     if s.kappa is not None:
         raise ConfigError(f"--kappa {s.kappa:g}: --model {s.model} is a pure-gauge stochastic "
                           f"normalizing flow")

@@ -268,47 +268,58 @@ def half_sweep(u: torch.Tensor, mu: int, parity: int, beta: float | None = None,
 
 
 def _half_sweep_(flat: torch.Tensor, t: dict, nc: int, coeff: float | None,
-                 gen: torch.Generator | None, wflat: torch.Tensor | None = None) -> None:
+                 gen: torch.Generator | None, wflat: torch.Tensor | None = None,
+                 reverse: bool = False) -> None:
     links = flat.index_select(1, t["link"])
     w = mm(links, _staples(flat, t, wflat))
-    for i, j in SUBGROUPS[nc]:
+    for i, j in (reversed(SUBGROUPS[nc]) if reverse else SUBGROUPS[nc]):
         _subgroup_step(links, w, i, j, coeff, gen)
     flat.index_copy_(1, t["link"], links)
 
 
 def _sweep(u: torch.Tensor, coeff: float | None, gen: torch.Generator | None,
-           weights: torch.Tensor | None = None) -> torch.Tensor:
+           weights: torch.Tensor | None = None, reverse: bool = False) -> torch.Tensor:
     lat, nc = check_field(u)
     tab = _tables(lat, u.device)
     wflat = _flat_weights(weights, lat, u)
     out = u.clone(memory_format=torch.contiguous_format)  # a file read may be strided
     flat = out.view(u.shape[0], lat.nd * lat.volume, nc, nc)
-    for mu in range(lat.nd):
-        for p in (0, 1):
-            _half_sweep_(flat, tab[mu, p], nc, coeff, gen, wflat)
+    order = [(mu, p) for mu in range(lat.nd) for p in (0, 1)]
+    for mu, p in (reversed(order) if reverse else order):
+        _half_sweep_(flat, tab[mu, p], nc, coeff, gen, wflat, reverse)
     return out
 
 
 def heatbath_sweep(u: torch.Tensor, beta: float, gen: torch.Generator, *,
-                   n_or: int = 0, weights: torch.Tensor | None = None) -> torch.Tensor:
+                   n_or: int = 0, weights: torch.Tensor | None = None,
+                   reverse: bool = False) -> torch.Tensor:
     """One Cabibbo-Marinari heatbath sweep of ``exp(-S_W)`` (every link once, SU(2) subgroups
     in the order of :data:`SUBGROUPS`), then ``n_or`` :func:`overrelaxation_sweep`; a new
     tensor.  ``gen`` supplies all random numbers (the order of draws is fixed).  ``weights``:
-    plaquette coefficients (module docstring)."""
+    plaquette coefficients (module docstring).  ``reverse``: the links and subgroups in the
+    opposite order, the time reversal of the sweep (each subgroup update satisfies detailed
+    balance, so the reversed product is the reverse kernel of the sweep; the ``n_or`` sweeps
+    then come first)."""
     check_field(u)
     coeff = check_beta(beta) / int(u.shape[-1])
-    out = _sweep(u, coeff, gen, weights)
-    for _ in range(int(n_or)):
-        out = _sweep(out, None, None, weights)
+    out = u
+    if reverse:
+        for _ in range(int(n_or)):
+            out = _sweep(out, None, None, weights, reverse=True)
+    out = _sweep(out, coeff, gen, weights, reverse)
+    if not reverse:
+        for _ in range(int(n_or)):
+            out = _sweep(out, None, None, weights)
     return out
 
 
-def overrelaxation_sweep(u: torch.Tensor, *, weights: torch.Tensor | None = None
-                         ) -> torch.Tensor:
+def overrelaxation_sweep(u: torch.Tensor, *, weights: torch.Tensor | None = None,
+                         reverse: bool = False) -> torch.Tensor:
     """One overrelaxation sweep (``x = (V^dag)^2`` in every SU(2) subgroup of every link): keeps
     the Wilson action (with ``weights``: the weighted one) exactly for any ``beta``;
-    deterministic.  A new tensor."""
-    return _sweep(u, None, None, weights)
+    deterministic.  A new tensor.  Each subgroup step is an involution, so the ``reverse``
+    sweep (opposite order) is the inverse map."""
+    return _sweep(u, None, None, weights, reverse)
 
 
 # -- the kernel -----------------------------------------------------------------------------------

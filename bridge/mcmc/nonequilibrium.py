@@ -59,8 +59,8 @@ from .hmc import HMCState, hmc_kernel
 from .integrators import SCHEMES, Integrator, Level, scheme
 from .monomials import GaugeMonomial
 
-__all__ = ["Protocol", "ProtocolInfo", "run_protocol", "JarzynskiResult", "jarzynski",
-           "NEState", "nemcmc"]
+__all__ = ["Protocol", "ProtocolInfo", "run_protocol", "reverse_protocol", "JarzynskiResult",
+           "jarzynski", "NEState", "nemcmc"]
 
 UPDATES = ("heatbath", "hmc")
 
@@ -215,19 +215,25 @@ def _action(terms: torch.Tensor, beta: float, weights: torch.Tensor | None) -> t
 
 
 def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int,
-               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               weights: torch.Tensor | None = None, reverse: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's MC update at ``beta_k`` (plaquette coefficients ``weights``) from the stream
-    ``key``: the new ``U`` (no autograd) and the mean acceptance."""
+    ``key``: the new ``U`` (no autograd) and the mean acceptance.  ``reverse``: its reverse
+    kernel (the heatbath's sweeps in the opposite order; HMC is its own)."""
     one = torch.ones((), dtype=torch.float64)
     if protocol.update == "heatbath":
         if protocol.n_hb + protocol.n_or == 0:
             return u, one
         check_field(u)
         gen = generator(key, u.device)
+        if reverse:
+            for _ in range(protocol.n_or):
+                u = overrelaxation_sweep(u, weights=weights, reverse=True)
         for _ in range(protocol.n_hb):
-            u = heatbath_sweep(u, beta_k, gen, weights=weights)
-        for _ in range(protocol.n_or):
-            u = overrelaxation_sweep(u, weights=weights)
+            u = heatbath_sweep(u, beta_k, gen, weights=weights, reverse=reverse)
+        if not reverse:
+            for _ in range(protocol.n_or):
+                u = overrelaxation_sweep(u, weights=weights)
         return reunitarize(u), one
     if protocol.n_traj == 0:
         return u, one
@@ -301,6 +307,36 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
     info = ProtocolInfo(betas, torch.stack(blocks), torch.stack(logdets), torch.stack(accs),
                         time.perf_counter() - t0)
     return u, work, info
+
+
+def reverse_protocol(u_n: torch.Tensor, protocol: Protocol, *, seed: int, index: int = 0
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the rest of a path backwards from its end point ``u_n`` with the reverse process
+    ``P_R(. | x_n)`` (module docstring: ``y_k ~ P~_k(x_k, .)``, ``x_{k-1} = f_k^{-1}(y_k)``,
+    ``k = n .. 1``); returns ``(x_0, W)``, the path's start and its (forward) work in float64,
+    no autograd.  Used by :func:`nemcmc` after another kernel moved the end point.  Streams
+    ``rng_key(seed, index, k, stream_tag("nonequilibrium-reverse/" + update))``."""
+    if not isinstance(protocol, Protocol):
+        raise ConfigError(f"protocol: expected a Protocol, got {type(protocol).__name__}")
+    betas = protocol.betas
+    tag = stream_tag("nonequilibrium-reverse/" + protocol.update)
+    with torch.no_grad():
+        x = u_n.detach()
+        lat = Lattice.of(x)
+        weights = [protocol.weights(lat, k, x.device) for k in range(protocol.n_blocks + 1)]
+        work = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for k in range(protocol.n_blocks, 0, -1):
+            y, _ = _mc_update(x, protocol, betas[k], rng_key(seed, index, k, tag), weights[k],
+                              reverse=True)
+            lay = protocol.layer(k)
+            if lay is None:
+                x, ld_inv = y, torch.zeros_like(work)
+            else:
+                x, ld_inv = lay.reverse(y)  # log J of f_k^-1 at y = -log J_k(x_{k-1})
+            work += (_action(_unit_terms(y), betas[k], weights[k])
+                     - _action(_unit_terms(x), betas[k - 1], weights[k - 1])
+                     + ld_inv.to(torch.float64))
+    return x, work
 
 
 class JarzynskiResult(NamedTuple):
@@ -386,14 +422,26 @@ def nemcmc(protocol: Protocol, prior_kernel: Kernel, *, prior_steps: int = 1,
     limit ``prior_steps -> infinity``, i.e. independent exact prior samples).  Only ``x0``, the
     work and the end point of a path are stored; the rest never enters.
 
-    The kernel must be the only one moving ``U`` (the work belongs to the whole path; a kernel
-    that moved ``U`` would need a reverse path): a ``U`` that differs from the stored end point
-    raises :class:`~bridge.errors.ConfigError`.  ``state.log_est`` holds ``-W``; ``log q`` and
-    ``log w`` are unknown (NaN)."""
+    Other kernels.  A kernel leaving ``p`` invariant (HMC at ``beta``, flow Metropolis) may move
+    ``U`` between NE-MCMC steps.  The current path then no longer ends at ``U``: for every chain
+    whose ``U`` differs from the stored end point, the step first redraws the rest of the path
+    from ``P_R(. | U)`` (:func:`reverse_protocol`; stream ``rng_key(seed, tag, 3, step)``).  That
+    is a Gibbs move on the extended target (the marginal of the end point under ``pi~`` is
+    ``p``), so ``(p-invariant kernel, redraw)`` leaves ``Pi`` invariant and the composition
+    stays exact; a chain whose ``U`` was not moved (e.g. an HMC rejection) keeps its path, which
+    is also exact.  ``state.log_est`` holds ``-W``; ``log q`` and ``log w`` are unknown (NaN)."""
     if not isinstance(protocol, Protocol):
         raise ConfigError(f"protocol: expected a Protocol, got {type(protocol).__name__}")
     prior_steps = _count("prior_steps", prior_steps, 1)
     tag = stream_tag(name)
+
+    def _redraw_path(state: ChainState, ne: NEState) -> NEState:
+        moved = (state.U != ne.u_end).flatten(1).any(1)
+        x0, w = reverse_protocol(state.U, protocol, seed=rng_key(state.seed, tag, 3),
+                                 index=state.step)
+        a0 = prior_kernel.init(x0, seed=0).action.to(ne.x0_action.dtype)  # the prior's action
+        return NEState(ne.prior, _where(moved, x0, ne.x0), torch.where(moved, a0, ne.x0_action),
+                       torch.where(moved, w, ne.work), state.U)
 
     def action(u: torch.Tensor) -> torch.Tensor:  # the target: block n's action
         return _action(_unit_terms(u), protocol.beta,
@@ -405,10 +453,16 @@ def nemcmc(protocol: Protocol, prior_kernel: Kernel, *, prior_steps: int = 1,
 
     def init(u: torch.Tensor | ChainState, seed: int = 0, step: int = 0) -> ChainState:
         if isinstance(u, ChainState):
-            if name not in u.aux:
-                raise ConfigError(f"{name}: the state has no non-equilibrium path; start the "
-                                  f"chain with init(U0) from configurations at beta0")
-            return u
+            if name in u.aux:
+                return u
+            # another kernel's state (a composition): the prior chain starts at its U and the
+            # current path is drawn backwards from it (any start is a valid chain start)
+            prior = prior_kernel.init(u.U, seed=rng_key(u.seed, tag, 1), step=0)
+            x0, w = reverse_protocol(u.U, protocol, seed=rng_key(u.seed, tag, 3),
+                                     index=2**62 + int(u.step))
+            a0 = prior_kernel.init(x0, seed=0).action.to(prior.action.dtype)
+            aux = {**u.aux, name: NEState(prior, x0, a0, w, u.U)}
+            return u._replace(log_est=-w, aux=aux)
         prior = prior_kernel.init(u, seed=rng_key(seed, tag, 1), step=0)
         u_end, w, _ = propose(seed, 2**62 + int(step), prior.U)  # index apart from the steps
         st = chain_state(u_end, action(u_end), seed, step)
@@ -421,9 +475,7 @@ def nemcmc(protocol: Protocol, prior_kernel: Kernel, *, prior_steps: int = 1,
         if ne is None:
             raise ConfigError(f"{name}: the state has no non-equilibrium path (init first)")
         if not (state.U is ne.u_end or torch.equal(state.U, ne.u_end)):
-            raise ConfigError(f"{name}: U was moved by another kernel; the stored work belongs "
-                              f"to the path that ended at the old U, so NE-MCMC must be the "
-                              f"only kernel moving U")
+            ne = _redraw_path(state, ne)
         prior = ne.prior
         for _ in range(prior_steps):
             prior, _ = prior_kernel.step(prior)
