@@ -175,6 +175,7 @@ def test_fine_tuning_starts_from_the_source_parameters(model_dir, tmp_path, caps
     assert summary["nrow"] == [16, 16] and summary["beta"] == 1.5 and summary["steps"] == 2
     assert summary["init_from"] == {"model": str(model_dir), "group": "U(1)", "nrow": [8, 8],
                                     "beta": BETA, "steps": 3, "arch": "coupling",
+                                    "estimator": "reparam", "adam_eps": 0.01,
                                     "init_from": None}
     out2 = tmp_path / "ft2"
     assert _train(["--init-from", str(out), "--beta", "2.0", "--nrow", "8", "8", "--steps", "1",
@@ -187,6 +188,24 @@ def test_fine_tuning_starts_from_the_source_parameters(model_dir, tmp_path, caps
                    "--steps", "3", "--batch", "8", "--seed", "3", "--resume"], out) == 0
     state3 = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state3["step"] == 3 and state3["history"][:2] == state["history"]
+
+
+def test_fine_tuning_keeps_the_source_estimator(tmp_path):
+    """A plaquette flow trained with the path-gradient estimator is fine-tuned with it (and its
+    Adam epsilon) unless told otherwise."""
+    src, out = tmp_path / "plaq", tmp_path / "ft"
+    assert _train(["--arch", "plaquette", "--estimator", "path", "--lr", "0.03", "--steps", "2",
+                   "--batch", "4"], src) == 0
+    assert _train(["--init-from", str(src), "--nrow", "12", "12", "--beta", "3", "--steps", "1",
+                   "--batch", "4"], out) == 0
+    meta = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["meta"]
+    assert (meta["train"]["estimator"], meta["train"]["adam_eps"]) == ("path", 1e-2)
+    assert meta["model"]["arch"] == "plaquette" and meta["train"]["nrow"] == [12, 12]
+    out2 = tmp_path / "ft2"
+    assert _train(["--init-from", str(src), "--estimator", "reparam", "--steps", "1",
+                   "--batch", "4"], out2) == 0
+    meta2 = torch.load(out2 / "checkpoint.pt", map_location="cpu", weights_only=False)["meta"]
+    assert meta2["train"]["estimator"] == "reparam"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -16,7 +16,8 @@ statistics.  Under ``torchrun`` (``WORLD_SIZE > 1``) the run is data parallel
 Fine-tuning (``init_from``: a checkpoint or run directory of a gauge flow): the model and its
 parameters come from that run, used on this run's lattice and coupling (the checks of
 :func:`bridge.jobs.transfer.check_transfer`; a model of another group, dimension or one that
-is not local is refused before any work); the optimiser starts afresh.  The source (its path,
+is not local is refused before any work); the optimiser starts afresh, with the source's
+gradient estimator and Adam epsilon unless given.  The source (its path,
 lattice, coupling, steps and its own source) is recorded in the checkpoint's training metadata
 and as ``init_from`` and ``history`` in ``summary.json``.
 
@@ -215,6 +216,9 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
         model = source[0].to(dev).train()
     extra = dict(s["train"])
     extra.setdefault("total_steps", int(s["steps"]))
+    for key in ("estimator", "adam_eps") if source is not None else ():
+        if key not in extra and source[1].get(key) is not None:  # the source's, by default
+            extra[key] = source[1][key]
     cfg = TrainConfig(nrow=s["nrow"], beta=float(s["beta"]), batch=int(s["batch"]),
                       lr=float(s["lr"]), seed=int(s["seed"]), **extra)
     if source is not None:

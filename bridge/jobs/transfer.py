@@ -69,7 +69,8 @@ def transfer_notice(model_path: Any, trained: Sequence[int], nrow: Sequence[int]
 
 def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The model of ``s["init_from"]`` (training settings of :mod:`bridge.jobs.train`) and its
-    record ``{model, group, nrow, beta, steps, arch, init_from}``, after the checks: a gauge-only
+    record ``{model, group, nrow, beta, steps, arch, estimator, adam_eps, init_from}`` (the
+    last training settings are the fine-tuning's defaults), after the checks: a gauge-only
     flow (not a joint Nf = 2 model or a stochastic normalizing flow, and no ``kappa`` or
     ``--arch snf`` in this run), the run's group, no architecture settings that differ from the
     model's, and :func:`check_transfer` on the run's lattice.  Raises :class:`ConfigError`."""
@@ -109,6 +110,7 @@ def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     record = {"model": path, "group": model.group.name, "nrow": list(train.get("nrow", [])),
               "beta": train.get("beta"), "steps": int(state.get("step", 0)),
               "arch": meta["model"].get("arch", "coupling"),
+              "estimator": train.get("estimator"), "adam_eps": train.get("adam_eps"),
               "init_from": train.get("extra", {}).get("init_from")}
     return model, record
 
