@@ -245,7 +245,8 @@ def _print_table(args: DemoSettings, rows: list[dict[str, Any]], exact_p: float,
           f"cycles; dev/err = (mean - exact)/error;\n Q moves: changes of Q in all chains; "
           f"tau_int(Q) in cycles (a hybrid cycle is {args.schedule}, an HMC cycle one "
           f"trajectory),\n '>' a lower bound where Q barely moves; s/indep Q = wall seconds "
-          f"per cycle and chain x 2 tau_int(Q))")
+          f"per cycle and chain of the chain run\n (its measurements and files included) x 2 "
+          f"tau_int(Q); benchmarks/bench_scaling.py times the kernels alone)")
 
 
 def run_demo(args: DemoSettings) -> int:
