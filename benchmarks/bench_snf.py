@@ -13,6 +13,8 @@ same models (trained on 4^4) on a larger lattice without retraining.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_snf.py [--blocks 4 16] [--train-seconds 0]
         [--eval 1600] [--transfer 8 8 8 8 --transfer-eval 128] [--out benchmarks/results/snf.json]
+    OMP_NUM_THREADS=1 python benchmarks/bench_snf.py --volume-scaling 4 6 8 --blocks 4 \
+        --out benchmarks/results/snf_volume.json   # cost per protocol run against V
 """
 
 from __future__ import annotations
@@ -68,6 +70,46 @@ def _print(r: dict) -> None:
           f"{ratio(r['eff_per_second_ratio'])}", flush=True)
 
 
+def volume_scaling(sizes: list[int], n_blocks: int, batch: int, reps: int) -> list[dict]:
+    """Seconds per protocol run (one configuration through ``n_blocks`` blocks), with and
+    without the stout layers, on L^4 for L in ``sizes``; the configurations are heatbath
+    chains after 5 sweeps (the cost does not depend on equilibrium)."""
+    from bridge.gauge import random_gauge
+    from bridge.lattice import Lattice
+    from bridge.mcmc.heatbath import heatbath_sweep
+    from bridge.mcmc.nonequilibrium import run_protocol
+    from bridge.rng import generator
+
+    model = SNFModel("SU3", 4, beta0=BETA0, beta=BETA, n_blocks=n_blocks, update="heatbath",
+                     n_hb=1, n_or=1)
+    rows = []
+    for size in sizes:
+        u = random_gauge(Lattice((size,) * 4), "SU3", batch, generator=generator(size))
+        for _ in range(5):
+            u = heatbath_sweep(u, BETA0, generator(size + 1))
+        row = {"L": size, "volume": size**4, "n_blocks": n_blocks, "batch": batch}
+        for key, layers in (("seconds_per_run", True), ("seconds_per_run_no_layers", False)):
+            times = []
+            with torch.no_grad():
+                for r in range(reps):
+                    t0 = time.perf_counter()
+                    run_protocol(u, model.protocol(layers=layers), seed=r)
+                    times.append((time.perf_counter() - t0) / batch)
+            row[key] = sorted(times)[len(times) // 2]
+        rows.append(row)
+        print(f"L={size}: {row['seconds_per_run']:.4f} s/run with layers, "
+              f"{row['seconds_per_run_no_layers']:.4f} without", flush=True)
+    import numpy as np
+
+    v = np.log([r["volume"] for r in rows])
+    for key in ("seconds_per_run", "seconds_per_run_no_layers"):
+        slope = float(np.polyfit(v, np.log([r[key] for r in rows]), 1)[0])
+        print(f"cost ~ V^{slope:.3f} ({key})")
+        for r in rows:
+            r[f"exponent_{key}"] = slope
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", type=int, nargs="+", default=[4, 16])
@@ -82,8 +124,15 @@ def main() -> None:
                    help="also evaluate the 4^4 models on this lattice (e.g. 8 8 8 8)")
     p.add_argument("--transfer-eval", type=int, default=128)
     p.add_argument("--transfer-chunk", type=int, default=32)
+    p.add_argument("--volume-scaling", type=int, nargs="*", default=[], metavar="L",
+                   help="only time protocol runs on L^4 for these L and fit cost ~ V^a")
     p.add_argument("--out", default="benchmarks/results/snf.json")
     args = p.parse_args()
+    if args.volume_scaling:
+        rows = volume_scaling(args.volume_scaling, args.blocks[0], 4, 3)
+        write_results(args.out, rows, beta0=BETA0, beta=BETA, update="heatbath", n_hb=1,
+                      n_or=1, kind="volume_scaling")
+        return
     budgets = args.train_seconds * len(args.blocks) if len(args.train_seconds) == 1 else \
         args.train_seconds
     rows = []
