@@ -117,15 +117,22 @@ def _train(args: DemoSettings, out: Path) -> Path:
     return mdir
 
 
+def _hmc_therm(args: DemoSettings) -> int:
+    """HMC's thermalisation: the same fraction of its run as the hybrid's (from the unit field
+    the plaquette relaxes over tens of trajectories at beta 6, 32x32; a flow step equilibrates
+    at once)."""
+    return max(int(args.therm), int(args.therm) * int(args.hmc_steps) // int(args.steps))
+
+
 def _chain(args: DemoSettings, out: Path, name: str, model: str | None,
-           schedule: str, seed: int, steps: int) -> dict[str, Any]:
+           schedule: str, seed: int, steps: int, therm: int) -> dict[str, Any]:
     from .chain import chain_settings, resolve_model, run_chains
 
     s, explicit = chain_settings(
         model=model, group="u1", nrow=list(args.nrow), beta=float(args.beta),
         schedule=schedule, md_steps=int(args.md_steps), integrator=INTEGRATOR,
         flow_batch=int(args.flow_batch), chains=int(args.chains), steps=int(steps),
-        therm=int(args.therm), start="cold", seed=seed, out=str(out / name),
+        therm=int(therm), start="cold", seed=seed, out=str(out / name),
         checkpoint_every=max(int(steps) // 4, 1), device=args.device)
     flow = resolve_model(s, explicit)
     print(f"[demo] {name}: {args.chains} chains x {steps} cycles of {schedule}", flush=True)
@@ -241,8 +248,9 @@ def _print_table(args: DemoSettings, rows: list[dict[str, Any]], exact_p: float,
               f"{_fmt(row['chi_t'], row['chi_t_error']):>12s} {cdev:>7s} "
               f"{row['q_changes']:>7d} {tau:>11s} {cost:>10s} {row['seconds']:6.1f}s")
     print(f"{'exact':8s} {'':>16s}  {'':20s} {exact_p:>13.6f} {'':>7s}  {exact_chi:>12.6f}")
-    print(f"(errors: Gamma method, chains as replicas, after {args.therm} thermalisation "
-          f"cycles; dev/err = (mean - exact)/error;\n Q moves: changes of Q in all chains; "
+    print(f"(errors: Gamma method, chains as replicas, after {args.therm} (hybrid) and "
+          f"{_hmc_therm(args)} (HMC) thermalisation cycles; dev/err = (mean - exact)/error;"
+          f"\n Q moves: changes of Q in all chains; "
           f"tau_int(Q) in cycles (a hybrid cycle is {args.schedule}, an HMC cycle one "
           f"trajectory),\n '>' a lower bound where Q barely moves; s/indep Q = wall seconds "
           f"per cycle and chain of the chain run\n (its measurements and files included) x 2 "
@@ -280,11 +288,11 @@ def run_demo(args: DemoSettings) -> int:
         model = str(_train(args, out))
     t_train = time.perf_counter() - t_train
     runs = {}
-    for name, sched, seed, mod, steps in (
-            ("hybrid", args.schedule, args.seed, model, args.steps),
-            ("hmc", "hmc:1", args.seed + 1000, None, args.hmc_steps)):
+    for name, sched, seed, mod, steps, therm in (
+            ("hybrid", args.schedule, args.seed, model, args.steps, args.therm),
+            ("hmc", "hmc:1", args.seed + 1000, None, args.hmc_steps, _hmc_therm(args))):
         t1 = time.perf_counter()
-        runs[name] = _chain(args, out, name, mod, sched, seed, int(steps))
+        runs[name] = _chain(args, out, name, mod, sched, seed, int(steps), therm)
         runs[name]["wall_seconds"] = time.perf_counter() - t1
     exact_p = u1_2d_plaquette(float(args.beta), nrow)
     exact_chi = u1_2d_topological_susceptibility(float(args.beta), nrow)
