@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lxml import etree
-from test_run import store_series, write_workflow, write_xml
+from test_run import _mean_err, store_series, write_workflow, write_xml
 
 from bridge.cli import main
 from bridge.errors import ConfigError
@@ -93,11 +93,6 @@ def test_ne_refuses_a_defect_model(tmp_path):
     with pytest.raises(ConfigError, match=r"the model's prior has an open defect \[2, 2, 2\], "
                                           r"which Chroma's hmc does not simulate"):
         run_workflow(write_workflow(tmp_path, model="snf", flow_steps=1), log=None)
-
-
-def _mean_err(x: np.ndarray, blocks: int = 10) -> tuple[float, float]:
-    b = x[: len(x) // blocks * blocks].reshape(blocks, -1).mean(axis=1)
-    return float(x.mean()), float(b.std(ddof=1) / math.sqrt(blocks))
 
 
 @pytest.mark.slow

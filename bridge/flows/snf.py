@@ -57,6 +57,7 @@ from ..groups import get_group
 from ..lattice import Lattice
 from ..mcmc.nonequilibrium import UPDATES, Protocol, run_protocol
 from ..rng import rng_key
+from .models import GaugeFlow
 from .residual import ResidualStapleLayer, staple_mask_cycle
 
 __all__ = ["StoutCycle", "SNFModel", "PriorPool", "SNFLoss"]
@@ -71,37 +72,23 @@ _RUN_STREAM = 0x5F1
 _UPDATE_KEYS = ("n_hb", "n_or", "tau", "md_steps", "integrator", "n_traj")
 
 
-class StoutCycle(nn.Module):
+class StoutCycle(GaugeFlow):
     """The ``2 Nd`` masked stout steps of :func:`~.residual.staple_mask_cycle`, applied in
-    order (tied :class:`~.residual.ResidualStapleLayer` each, coefficient ``c``):
-    ``forward(U) -> (U', logdet)`` and the exact ``reverse``; every link moves once."""
+    order (tied :class:`~.residual.ResidualStapleLayer` each, coefficient ``c``): a
+    :class:`~.models.GaugeFlow` (``forward(U) -> (U', logdet)``, the exact ``reverse``) whose
+    layers move every link once."""
 
     def __init__(self, group: Any, nd: int, *, c: float = 0.0, kappa: float = 0.9,
                  dtype: torch.dtype = torch.float64) -> None:
-        super().__init__()
-        self.steps = nn.ModuleList(ResidualStapleLayer(group, nd, m, kappa=kappa, tied=True,
-                                                       dtype=dtype)
-                                   for m in staple_mask_cycle(nd))
-        for lay in self.steps:
+        steps = [ResidualStapleLayer(group, nd, m, kappa=kappa, tied=True, dtype=dtype)
+                 for m in staple_mask_cycle(nd)]
+        for lay in steps:
             lay.set_coefficients(c)
+        super().__init__(group, nd, steps)
 
     def coefficients(self) -> torch.Tensor:
         """The ``2 Nd`` stout coefficients ``c`` (one per mask)."""
-        return torch.stack([lay.coefficients()[0] for lay in self.steps])
-
-    def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = torch.zeros(u.shape[0], dtype=u.real.dtype, device=u.device)
-        for lay in self.steps:
-            u, ld = lay(u)
-            logdet = logdet + ld
-        return u, logdet
-
-    def reverse(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = torch.zeros(u.shape[0], dtype=u.real.dtype, device=u.device)
-        for lay in reversed(self.steps):
-            u, ld = lay.reverse(u)
-            logdet = logdet + ld
-        return u, logdet
+        return torch.stack([lay.coefficients()[0] for lay in self.layers])
 
 
 def luscher_coefficient(group: Any, d_beta: float, kappa: float = 0.9, nd: int = 4) -> float:
