@@ -32,11 +32,11 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                         "gradient; docs/flows.md), or 8 gauge-equivariant coupling layers")
     p.add_argument("--out", default="qcd-bridge-demo", help="output directory")
     p.add_argument("--nrow", nargs=2, type=int, default=None, metavar="L",
-                   help="lattice of the chains (default 32 32)")
+                   help="lattice of the chains (None: 32 32, or the training lattice of --model)")
     p.add_argument("--train-nrow", nargs=2, type=int, default=None, metavar="L",
-                   help="lattice of the training (default 8 8)")
+                   help="lattice of the training (None: 8 8)")
     p.add_argument("--beta", type=float, default=None,
-                   help="Wilson gauge coupling (default 6.0, or the coupling of --model)")
+                   help="Wilson gauge coupling (None: 6.0, or the coupling of --model)")
     p.add_argument("--train-steps", type=int, default=600, help="optimisation steps (plaquette "
                    "flow: lr 0.2, cosine decay to 3e-4 over these steps)")
     p.add_argument("--train-seconds", type=float, default=300.0,
@@ -45,7 +45,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chains", type=int, default=4, help="independent chains per sampler")
     p.add_argument("--steps", type=int, default=500, help="cycles per hybrid chain")
     p.add_argument("--hmc-steps", type=int, default=None,
-                   help="trajectories per HMC chain (default 4 x --steps)")
+                   help="trajectories per HMC chain (None: 4 x --steps)")
     p.add_argument("--therm", type=int, default=50, help="thermalisation cycles left out")
     p.add_argument("--schedule", default="hmc:1,flow:1", help="kernels of one hybrid cycle")
     p.add_argument("--md-steps", type=int, default=4,
