@@ -276,3 +276,13 @@ def test_snf_model_settings_are_refused_for_other_archs(tmp_path):
     cfg.write_text(json.dumps({"model": {"layer": "stout"}}))
     with pytest.raises(ConfigError, match=r"model: \['layer'\] apply to --arch snf only"):
         train_settings(cfg, arch="residual", group="su3", nrow=[2, 2, 2, 2])
+
+
+def test_default_learning_rate_shrinks_with_the_blocks():
+    # the stout coefficients scale like the coupling step per block, and so does Adam's step
+    s = train_settings(None, arch="snf", group="su3", nrow=[2, 2, 2, 2], beta0=0.5, beta=1.0,
+                       blocks=16)
+    assert s["lr"] == pytest.approx(4e-3 / 16)
+    s = train_settings(None, arch="snf", group="su3", nrow=[2, 2, 2, 2], beta0=0.5, beta=1.0,
+                       blocks=16, lr=0.01)
+    assert s["lr"] == 0.01

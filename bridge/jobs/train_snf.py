@@ -32,7 +32,10 @@ SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm":
                             "pool_sweeps": 1, "n_hb": 1, "n_or": 1, "n_traj": 1,
                             "md_steps": 10, "tau": 1.0, "defect": None, "c0": 0.0}
 # settings whose general default differs for an SNF run (applied when not given)
-_SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32, "lr": 1e-3}
+_SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32}
+# Adam moves a raw coefficient by ~lr per step whatever the gradient's size, and the stout
+# coefficients scale like the coupling step (beta - beta0) / blocks: lr = _LR_PER_BLOCK / blocks
+_LR_PER_BLOCK = 4e-3
 _SNF_MODEL_KEYS = {"arch", "kappa", "layer", "init"}
 
 
@@ -49,6 +52,8 @@ def snf_defaults(s: dict[str, Any], given: set[str]) -> None:
     for key, v in _SNF_OVERRIDES.items():
         if key not in given:
             s[key] = v
+    if "lr" not in given and isinstance(s["blocks"], int) and s["blocks"] > 0:
+        s["lr"] = _LR_PER_BLOCK / s["blocks"]
 
 
 def check_snf_settings(s: dict[str, Any]) -> None:
