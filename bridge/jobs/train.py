@@ -309,7 +309,15 @@ def sample_flow(args: SampleSettings) -> int:
     model, meta = load_model(args.model)
     nrow = [int(n) for n in (args.nrow or meta["train"]["nrow"])]
     beta = float(meta["train"]["beta"] if args.beta is None else args.beta)
-    if nrow != [int(n) for n in meta["train"]["nrow"]]:  # a local model travels
+    snf = None
+    if getattr(model, "config", {}).get("arch") == "snf":  # Jarzynski-weighted protocol runs
+        from .train_snf import SNFSampler
+
+        if args.beta is not None and args.beta != model.beta:
+            raise ConfigError(f"--beta {args.beta:g}: the stochastic normalizing flow "
+                              f"{args.model} ends at beta = {model.beta:g}")
+        snf = SNFSampler(model, str(args.model), nrow, args.batch, args.seed)
+    elif nrow != [int(n) for n in meta["train"]["nrow"]]:  # a local model travels
         from .transfer import check_transfer
 
         check_transfer(model, nrow, f"--nrow {' '.join(map(str, nrow))}: --model {args.model}")
@@ -330,7 +338,7 @@ def sample_flow(args: SampleSettings) -> int:
             raise ConfigError(f"--pf-draws {args.pf_draws}: expected at least 1 pseudofermion "
                               f"draw per field")
         est = model.estimator(draws)
-    elif args.pf_draws is not None:
+    elif args.pf_draws is not None:  # (an SNF has none either)
         raise ConfigError(f"--pf-draws {args.pf_draws}: the model {args.model} has no "
                           f"pseudofermion flow (train one with qcd-bridge train --kappa)")
     t0 = time.perf_counter()
@@ -340,6 +348,10 @@ def sample_flow(args: SampleSettings) -> int:
         with torch.no_grad():
             for i, start in enumerate(range(0, args.n, args.batch)):
                 m = min(args.batch, args.n - start)
+                if snf is not None:
+                    writer.write(*snf.chunk(i, m))
+                    done += m
+                    continue
                 gen = generator(rng_key(args.seed, i))
                 u, logq = model.sample(m, nrow, generator=gen)
                 act = wilson_action(u, beta)
@@ -365,6 +377,10 @@ class _Writer:
         self.logw_def = ("-S_g - log q + log W_hat (multi-draw pseudofermion estimate of "
                          "det(K^dag K))" if getattr(model, "kappa", None) is not None
                          else "-S - log q")
+        if getattr(model, "config", {}).get("arch") == "snf":
+            from .train_snf import SNFSampler
+
+            self.logw_def = SNFSampler.LOG_W
         self.offset: float | None = None
         self.records: list[dict[str, float]] = []
         from ..io.lime import check_output_path
@@ -435,6 +451,7 @@ class _Writer:
             self.store.close()
         elif self.kind == "plain":
             self.h5.attrs["n_configs"] = self.n
+            self.h5.attrs["log_w"] = self.logw_def
             self.h5.close()
         else:
             Path(self.weights_path).write_text(json.dumps(

@@ -25,7 +25,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["check_snf_settings", "snf_defaults", "run_train_snf", "evaluate_snf", "SNF_KEYS"]
+__all__ = ["check_snf_settings", "snf_defaults", "run_train_snf", "evaluate_snf", "SNF_KEYS",
+           "SNFSampler"]
 
 # settings keys of the SNF run (None: not given); the defaults of snf_defaults
 SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm": 50,
@@ -265,3 +266,47 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
           f"{ev['ess_no_layers']:.4f}), mean work {ev['mean_work']:.4f} (no layers "
           f"{ev['mean_work_no_layers']:.4f}); wrote {path}")
     return 0
+
+
+class SNFSampler:
+    """Weighted samples of an SNF for ``qcd-bridge sample``: chunk ``i`` of ``m`` runs the
+    model's protocol from draw ``i`` of a :class:`~bridge.flows.snf.PriorPool` of ``batch``
+    chains at ``beta0`` on ``nrow`` and returns ``(U, log w = -W, log q = NaN, S_beta(U))``
+    (Jarzynski: ``<O>_p = <O e^{-W}> / <e^{-W}>``).  The pool's ``therm`` and ``sweeps`` come
+    from the training run's ``config.json`` when it is there (else 50 and 1); consecutive
+    chunks come from the same chains ``sweeps`` updates apart."""
+
+    LOG_W = "-W (work of the protocol beta0 -> beta from equilibrium samples at beta0; log q " \
+            "undefined)"
+
+    def __init__(self, model: Any, model_path: str, nrow: list[int], batch: int,
+                 seed: int) -> None:
+        from ..flows.snf import PriorPool
+        from ..rng import rng_key
+
+        if any(int(n) % 2 for n in nrow):
+            raise ConfigError(f"--nrow {' '.join(map(str, nrow))}: --model {model_path} is a "
+                              f"stochastic normalizing flow; its heatbath and stout masks need "
+                              f"even extents")
+        cfg = Path(model_path) / "config.json"
+        run = json.loads(cfg.read_text()) if cfg.is_file() else {}
+        self.model, self.seed = model, int(seed)
+        self.pool = PriorPool(model, nrow, batch, seed=rng_key(seed, 0x5A0),
+                              therm=int(run.get("therm") or 50),
+                              sweeps=int(run.get("pool_sweeps") or 1))
+
+    def chunk(self, i: int, m: int) -> tuple[Any, Any, Any, Any]:
+        import torch
+
+        from ..mcmc.nonequilibrium import run_protocol
+        from ..rng import rng_key
+
+        x0 = self.pool.draw(i)[:m]
+        u, w, _ = run_protocol(x0, self.model.protocol(), seed=rng_key(self.seed, 0x5A1),
+                               index=i)
+        pr = self.model.protocol()
+        from ..gauge.defect import weighted_wilson_action
+        from ..lattice import Lattice
+
+        act = weighted_wilson_action(u, pr.beta, pr.weights(Lattice.of(u), pr.n_blocks))
+        return u, -w, torch.full_like(w, math.nan), act
