@@ -68,6 +68,22 @@ class SolveStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def final_stats(solver: str, tol: float, iters: torch.Tensor, rr: torch.Tensor,
+                bnorm2: torch.Tensor, seconds: float, applications: int, restarts: int,
+                iterations: int | None = None) -> SolveStats:
+    """The :class:`SolveStats` of a finished batched solve from its true squared residuals
+    ``rr`` and ``|b|^2`` (relative residuals; ``|r|`` itself where ``b = 0``); ``iterations``
+    defaults to the largest of ``iters``."""
+    nb = int(rr.shape[0])
+    res = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(), rr.sqrt())
+    return SolveStats(
+        solver=solver, tol=tol,
+        iterations=(int(iters.max()) if nb else 0) if iterations is None else iterations,
+        iterations_per_system=iters, residual=float(res.max()) if nb else 0.0, residuals=res,
+        seconds=seconds, converged=bool((rr <= (tol**2) * bnorm2).all()),
+        operator_applications=applications, restarts=restarts)
+
+
 class FusedCG(NamedTuple):
     """What an operator's own fused conjugate gradient returns (``op.fused_cg``, see
     :class:`bridge.solvers.CG`): the solution and the per-system numbers the solver reports.

@@ -23,6 +23,7 @@ from .base import (
     check_restarts,
     check_rhs,
     check_solver_params,
+    final_stats,
     initial_residual,
     raise_unconverged,
 )
@@ -119,19 +120,8 @@ class BiCGStab:
             if restarts >= self.max_restarts:
                 break
             restarts += 1
-        res = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(), rr.sqrt())
-        stats = SolveStats(
-            solver="BiCGStab",
-            tol=self.tol,
-            iterations=int(iters.max()) if nb else 0,
-            iterations_per_system=iters,
-            residual=float(res.max()) if nb else 0.0,
-            residuals=res,
-            seconds=timer.seconds(),
-            converged=bool((rr <= target2).all()),
-            operator_applications=napp,
-            restarts=restarts,
-        )
+        stats = final_stats("BiCGStab", self.tol, iters, rr, bnorm2, timer.seconds(), napp,
+                            restarts)
         if not stats.converged and self.raise_on_failure:
             raise_unconverged(stats, self.max_iter)
         return x, stats

@@ -33,6 +33,7 @@ from .base import (
     check_restarts,
     check_rhs,
     check_solver_params,
+    final_stats,
     initial_residual,
     raise_unconverged,
 )
@@ -148,19 +149,7 @@ class CG:
             if restarts >= self.max_restarts:
                 break
             restarts += 1
-        res = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(), rr.sqrt())
-        stats = SolveStats(
-            solver="CG",
-            tol=self.tol,
-            iterations=int(iters.max()) if nb else 0,
-            iterations_per_system=iters,
-            residual=float(res.max()) if nb else 0.0,
-            residuals=res,
-            seconds=timer.seconds(),
-            converged=bool((rr <= target2).all()),
-            operator_applications=napp,
-            restarts=restarts,
-        )
+        stats = final_stats("CG", self.tol, iters, rr, bnorm2, timer.seconds(), napp, restarts)
         if not stats.converged and self.raise_on_failure:
             raise_unconverged(stats, self.max_iter)
         return x, stats
@@ -170,28 +159,13 @@ def _finish_fused(cg: CG, res: FusedCG, timer: Timer) -> tuple[torch.Tensor, Sol
     """Stats and errors of a fused solve (``op.fused_cg``), as :meth:`CG.solve` reports its
     own."""
     bnorm2, rr = res.bnorm2, res.rr
-    target2 = (cg.tol**2) * bnorm2
     if res.breakdown is not None:
         k, pap = res.breakdown
         bad = torch.zeros_like(rr, dtype=torch.bool)
         bad[k] = True
         cg._breakdown(bad, torch.full_like(rr, pap), rr, bnorm2, res.total)
-    nb = int(rr.shape[0])
-    res_rel = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(),
-                          rr.sqrt())
-    iters = res.iterations_per_system
-    stats = SolveStats(
-        solver="CG",
-        tol=cg.tol,
-        iterations=int(iters.max()) if nb else 0,
-        iterations_per_system=iters,
-        residual=float(res_rel.max()) if nb else 0.0,
-        residuals=res_rel,
-        seconds=timer.seconds(),
-        converged=bool((rr <= target2).all()),
-        operator_applications=res.operator_applications,
-        restarts=res.restarts,
-    )
+    stats = final_stats("CG", cg.tol, res.iterations_per_system, rr, bnorm2, timer.seconds(),
+                        res.operator_applications, res.restarts)
     if not stats.converged and cg.raise_on_failure:
         raise_unconverged(stats, cg.max_iter)
     return res.x, stats

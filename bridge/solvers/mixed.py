@@ -27,6 +27,7 @@ from .base import (
     bview,
     check_rhs,
     check_solver_params,
+    final_stats,
     operator_in_dtype,
     raise_unconverged,
 )
@@ -111,20 +112,10 @@ class MixedPrecision:
             napp += 1
             rr = batch_norm2(r)
             outer += 1
-        res = torch.where(bnorm2 > 0, (rr / torch.where(bnorm2 > 0, bnorm2, 1.0)).sqrt(), rr.sqrt())
-        stats = SolveStats(
-            solver=f"MixedPrecision({getattr(self.inner, 'name', type(self.inner).__name__)})",
-            tol=self.tol,
-            iterations=inner_total,
-            iterations_per_system=iters,
-            residual=float(res.max()) if b.shape[0] else 0.0,
-            residuals=res,
-            seconds=timer.seconds(),
-            converged=bool((rr <= target2).all()),
-            operator_applications=napp,
-            restarts=outer,
-            extra={"outer_iterations": float(outer)},
-        )
+        stats = final_stats(
+            f"MixedPrecision({getattr(self.inner, 'name', type(self.inner).__name__)})",
+            self.tol, iters, rr, bnorm2, timer.seconds(), napp, outer, iterations=inner_total)
+        stats.extra["outer_iterations"] = float(outer)
         if not stats.converged and self.raise_on_failure:
             raise_unconverged(stats, self.max_outer, "max_outer")
         return x, stats
