@@ -67,8 +67,8 @@ def _run(name: str, kern, every: int, args: argparse.Namespace, seed: int) -> di
         if steps % every == 0:
             qs.append(flowed_topological_charge(st.U, flow_time=args.flow_time, eps=0.02))
     q = torch.stack(qs).T.numpy()  # [chains, measurements]
-    changes = int(np.abs(np.diff(np.rint(q), axis=1)).astype(bool).sum())
-    per_chain = np.abs(np.diff(np.rint(q), axis=1)).astype(bool).sum(1)
+    per_chain = (np.diff(np.rint(q), axis=1) != 0).sum(1)  # changes of round(Q) per chain
+    changes = int(per_chain.sum())
     sec = t_mc / steps / args.chains
     row = {"algorithm": name, "steps": steps, "measurements": q.shape[1],
            "seconds_per_step_per_chain": sec, "acceptance": float(np.mean(acc)),

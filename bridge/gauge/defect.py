@@ -26,7 +26,8 @@ from ..errors import ConfigError
 from ..lattice import Lattice, as_device
 from .loops import plaquette_traces
 
-__all__ = ["check_defect", "defect_mask", "defect_weights", "weighted_wilson_action"]
+__all__ = ["check_defect", "defect_mask", "defect_weights", "plaquette_terms",
+           "weighted_action", "weighted_wilson_action"]
 
 
 def check_defect(lattice: Lattice, extent: Sequence[int]) -> tuple[int, ...]:
@@ -69,14 +70,25 @@ def defect_weights(lattice: Lattice, extent: Sequence[int], c: float, *,
     return w.masked_fill(mask, c)
 
 
+def plaquette_terms(u: torch.Tensor) -> torch.Tensor:
+    """``1 - Re Tr P / N`` per plaquette, ``[batch, n_planes, *shape]`` in float64."""
+    return 1.0 - plaquette_traces(u).to(torch.float64)
+
+
+def weighted_action(terms: torch.Tensor, beta: float, weights: torch.Tensor | None
+                    ) -> torch.Tensor:
+    """``beta sum_p c_p terms_p`` per configuration from :func:`plaquette_terms` (reusable
+    for several couplings and coefficients); ``weights`` the ``c_p`` (None: all 1)."""
+    if weights is not None:
+        if tuple(weights.shape) != tuple(terms.shape[1:]):
+            raise ConfigError(f"weights: expected the shape {list(terms.shape[1:])} of the "
+                              f"plaquettes, got {list(weights.shape)}")
+        terms = terms * weights.to(device=terms.device, dtype=torch.float64)
+    return float(beta) * terms.flatten(1).sum(-1)
+
+
 def weighted_wilson_action(u: torch.Tensor, beta: float, weights: torch.Tensor | None
                            ) -> torch.Tensor:
     """``beta sum_p c_p (1 - Re Tr P / N)`` per configuration in float64; ``weights`` the
     ``c_p`` of :func:`defect_weights` (None: all 1, the Wilson action)."""
-    s = 1.0 - plaquette_traces(u).to(torch.float64)
-    if weights is not None:
-        if tuple(weights.shape) != tuple(s.shape[1:]):
-            raise ConfigError(f"weights: expected the shape {list(s.shape[1:])} of the "
-                              f"plaquettes, got {list(weights.shape)}")
-        s = s * weights.to(device=s.device, dtype=torch.float64)
-    return float(beta) * s.flatten(1).sum(-1)
+    return weighted_action(plaquette_terms(u), beta, weights)

@@ -298,15 +298,13 @@ class SNFSampler:
     def chunk(self, i: int, m: int) -> tuple[Any, Any, Any, Any]:
         import torch
 
+        from ..gauge.defect import weighted_wilson_action
+        from ..lattice import Lattice
         from ..mcmc.nonequilibrium import run_protocol
         from ..rng import rng_key
 
-        x0 = self.pool.draw(i)[:m]
-        u, w, _ = run_protocol(x0, self.model.protocol(), seed=rng_key(self.seed, 0x5A1),
-                               index=i)
         pr = self.model.protocol()
-        from ..gauge.defect import weighted_wilson_action
-        from ..lattice import Lattice
-
+        u, w, _ = run_protocol(self.pool.draw(i)[:m], pr, seed=rng_key(self.seed, 0x5A1),
+                               index=i)
         act = weighted_wilson_action(u, pr.beta, pr.weights(Lattice.of(u), pr.n_blocks))
         return u, -w, torch.full_like(w, math.nan), act

@@ -48,8 +48,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..errors import ConfigError, PhysicsError
-from ..gauge import plaquette_traces
-from ..gauge.defect import check_defect, defect_weights
+from ..gauge.defect import check_defect, defect_weights, plaquette_terms, weighted_action
 from ..groups import reunitarize
 from ..lattice import Lattice
 from ..rng import generator, rng_key
@@ -202,18 +201,6 @@ class ProtocolInfo(NamedTuple):
     seconds: float
 
 
-def _unit_terms(u: torch.Tensor) -> torch.Tensor:
-    """``1 - Re Tr P / N`` per plaquette ``[batch, n_planes, *shape]`` in float64."""
-    return 1.0 - plaquette_traces(u).to(torch.float64)
-
-
-def _action(terms: torch.Tensor, beta: float, weights: torch.Tensor | None) -> torch.Tensor:
-    """``beta sum_p c_p (1 - Re Tr P / N)`` from :func:`_unit_terms` (``c_p = 1`` for None)."""
-    if weights is not None:
-        terms = terms * weights
-    return beta * terms.flatten(1).sum(-1)
-
-
 def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int,
                weights: torch.Tensor | None = None, reverse: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,11 +265,12 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
     batch = u.shape[0]
     work = torch.zeros(batch, dtype=torch.float64, device=u.device)
     blocks, logdets, accs = [], [], []
-    a_prev = _action(_unit_terms(u), betas[0], weights[0])  # block k-1's action at U
+    terms = plaquette_terms(u)  # of the configuration entering block k
     for k in range(1, protocol.n_blocks + 1):
         lay = protocol.layer(k)
+        a_prev = weighted_action(terms, betas[k - 1], weights[k - 1])
         if lay is None:
-            dw = _action(_unit_terms(u), betas[k], weights[k]) - a_prev
+            dw = weighted_action(terms, betas[k], weights[k]) - a_prev
             ld = torch.zeros_like(dw)
         else:
             fwd = lay if callable(lay) else lay.forward
@@ -291,7 +279,7 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
             if ld.shape != (batch,):
                 raise ConfigError(f"layers[{k - 1}]: logdet has shape {tuple(ld.shape)}, "
                                   f"expected [{batch}]")
-            dw = _action(_unit_terms(u_new), betas[k], weights[k]) - a_prev - ld
+            dw = weighted_action(plaquette_terms(u_new), betas[k], weights[k]) - a_prev - ld
             u = u_new
         if not bool(torch.isfinite(dw.detach()).all()):
             raise PhysicsError(f"block {k} (beta {betas[k - 1]} -> {betas[k]}): non-finite "
@@ -303,7 +291,7 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
             u, acc = _mc_update(u.detach(), protocol, betas[k], rng_key(seed, index, k, tag),
                                 weights[k])
         accs.append(acc)
-        a_prev = _action(_unit_terms(u), betas[k], weights[k])
+        terms = plaquette_terms(u)
     info = ProtocolInfo(betas, torch.stack(blocks), torch.stack(logdets), torch.stack(accs),
                         time.perf_counter() - t0)
     return u, work, info
@@ -333,8 +321,8 @@ def reverse_protocol(u_n: torch.Tensor, protocol: Protocol, *, seed: int, index:
                 x, ld_inv = y, torch.zeros_like(work)
             else:
                 x, ld_inv = lay.reverse(y)  # log J of f_k^-1 at y = -log J_k(x_{k-1})
-            work += (_action(_unit_terms(y), betas[k], weights[k])
-                     - _action(_unit_terms(x), betas[k - 1], weights[k - 1])
+            work += (weighted_action(plaquette_terms(y), betas[k], weights[k])
+                     - weighted_action(plaquette_terms(x), betas[k - 1], weights[k - 1])
                      + ld_inv.to(torch.float64))
     return x, work
 
@@ -444,7 +432,7 @@ def nemcmc(protocol: Protocol, prior_kernel: Kernel, *, prior_steps: int = 1,
                        torch.where(moved, w, ne.work), state.U)
 
     def action(u: torch.Tensor) -> torch.Tensor:  # the target: block n's action
-        return _action(_unit_terms(u), protocol.beta,
+        return weighted_action(plaquette_terms(u), protocol.beta,
                        protocol.weights(Lattice.of(u), protocol.n_blocks, u.device))
 
     def propose(seed: int, index: int, u0: torch.Tensor):
