@@ -31,7 +31,7 @@ __all__ = ["available", "enabled", "usable", "force", "traces", "expm_su3_mul", 
 
 _NAME = "qcd_bridge_gauge_v2"
 
-_CPP = r"""
+CPP_MATRIX = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -100,6 +100,14 @@ inline T re_tr_mul(const T* __restrict a, const T* __restrict b) {
            a[(i * NC + j) * 2 + 1] * b[(j * NC + i) * 2 + 1];
   return s;
 }
+
+}  // namespace
+"""
+"""The colour-matrix helpers (``mul_nn``, ``mul_nd``, ``mul_dn_acc``, ``re_tr_mul``), shared by
+the native heatbath (:mod:`bridge._native_heatbath`)."""
+
+_CPP = CPP_MATRIX + r"""
+namespace {
 
 // The upper staple U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag of plane (mu, nu) into `up` and
 // Re Tr[U_mu(x) up] / NC.  Out of line, so that the force and the traces-only pass run the same

@@ -23,7 +23,9 @@ matters, ``Re Tr[x W] = k Re Tr[x V] + const``.
 SU(3) visits the subgroups ``(0, 1), (0, 2), (1, 2)`` in turn (Cabibbo-Marinari).  A sweep updates
 every link once: for each direction ``mu`` and each site parity, all ``U_mu(x)`` of that parity
 at once (they share no plaquette, so the updates are independent; every extent must be even),
-vectorised over sites and batch.  :func:`heatbath` is the kernel on
+vectorised over sites and batch (on CPUs one native C++ pass per half sweep,
+:mod:`bridge._native_heatbath`: the same algebra, its own random stream from the same
+generator; ``QCD_BRIDGE_NATIVE=0`` keeps the torch path).  :func:`heatbath` is the kernel on
 :class:`~bridge.mcmc.base.ChainState`; step ``n`` draws from ``rng_key(rng_key(seed, tag), n)``.
 
 Plaquette coefficients.  ``weights`` (``[n_planes, *lattice.shape]``, e.g. the defect of
@@ -39,6 +41,7 @@ import time
 
 import torch
 
+from .. import _native_heatbath as _native
 from ..errors import ConfigError, PhysicsError
 from ..gauge.defect import defect_weights, weighted_wilson_action
 from ..groups import dagger, mm, reunitarize
@@ -270,6 +273,11 @@ def half_sweep(u: torch.Tensor, mu: int, parity: int, beta: float | None = None,
 def _half_sweep_(flat: torch.Tensor, t: dict, nc: int, coeff: float | None,
                  gen: torch.Generator | None, wflat: torch.Tensor | None = None,
                  reverse: bool = False) -> None:
+    if _native.usable(flat):
+        if _native.half_sweep(flat, t, coeff, gen, wflat, reverse):
+            raise PhysicsError(f"heatbath: SU(2) draws not accepted (beta / N = {coeff}; "
+                               f"the links or plaquette coefficients are not finite)")
+        return
     links = flat.index_select(1, t["link"])
     w = mm(links, _staples(flat, t, wflat))
     for i, j in (reversed(SUBGROUPS[nc]) if reverse else SUBGROUPS[nc]):
