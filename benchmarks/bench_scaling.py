@@ -18,6 +18,18 @@ only a lower bound in the same run).
 
 ``--target-hmc-trajectories`` (default 20000) adds a longer HMC run at the target point alone,
 for a tighter bound on HMC's tau_int(Q) there.
+
+``--combine A.json B.json ...`` runs nothing: it merges 2D U(1) studies (results files of this
+script or ``scaling.json`` of the command) and fits their costs against the exact inverse
+spacing ``xi_t = (chi_t a^2)^(-1/2)`` at fixed L and at fixed physical volume
+(:mod:`bridge.jobs.scaling_spacing`), writing ``--json`` and ``OUT/scaling_spacing.png``:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py --physical-volume 1 --L 8 12 16 24 \\
+        --target-hmc-trajectories 0 --json benchmarks/results/scaling_lcp.json \\
+        --out benchmarks/results/scaling_lcp          # a line of constant physics, V chi_t = 1
+    python benchmarks/bench_scaling.py --combine benchmarks/results/scaling{,_beta2,_beta4,\\
+        _beta7,_lcp}.json --json benchmarks/results/scaling_spacing.json \\
+        --out benchmarks/results/scaling_spacing
 """
 
 from __future__ import annotations
@@ -32,10 +44,11 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from _results import write_results  # noqa: E402
 
 from bridge.cli.scaling import add_scaling_parser  # noqa: E402
-from bridge.jobs.scaling import ScalingSettings, long_hmc, run_scaling  # noqa: E402
+from bridge.jobs.scaling import FIT_KEYS, ScalingSettings, long_hmc, run_scaling  # noqa: E402
+from bridge.jobs.scaling_spacing import spacing_lines, spacing_study  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULTS = {"L": [8, 12, 16, 24, 32], "betas": [6.0], "train_steps": 600,
+DEFAULTS = {"L": [8, 12, 16, 24, 32], "train_steps": 600,
             "hmc_trajectories": 5000, "out": str(RESULTS / "scaling")}
 
 
@@ -58,6 +71,37 @@ def target(result: dict, L: int, beta: float) -> dict | None:
     return None
 
 
+def combine(files: list[str], json_out: str, rest: list[str]) -> int:
+    """The ``--combine`` mode (module docstring): fits against xi_t, JSON and figure."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(RESULTS / "scaling_spacing"))
+    out = ap.parse_args(rest).out
+    res = spacing_study({f: json.loads(Path(f).read_text()) for f in files}, out)
+    rows = [{"L": p["L"], "beta": p["beta"], **q} for p, q in
+            zip(res["points"], res["spacing_fits"]["points"], strict=True)]
+    for r, p in zip(rows, res["points"], strict=True):
+        for name, (path, flag) in FIT_KEYS.items():
+            part, key = path.split(".")
+            r[name] = p.get(part, {}).get(key)
+            if flag:
+                r[name + "_is_lower_bound"] = bool(p.get(part, {}).get(flag.split(".")[1]))
+    print(f"{'L':>4} {'beta':>7} {'xi_t':>7} {'V chi_t':>8} {'s/eff flow':>11} "
+          f"{'s/Q hybrid':>11} {'s/Q HMC':>10}")
+    for r in rows:
+        def f(key: str, r: dict = r) -> str:
+            v = r.get(key)
+            lb = ">" if r.get(key + "_is_lower_bound") else ""
+            return "-" if v is None else f"{lb}{v:.3g}"
+        print(f"{r['L']:4d} {r['beta']:7.4g} {r['xi_t']:7.3g} {r['volume_chi']:8.3g} "
+              f"{f('cost_per_effective_sample'):>11} {f('hybrid_cost_per_independent_q'):>11} "
+              f"{f('hmc_cost_per_independent_q'):>10}")
+    for line in spacing_lines(res["spacing_fits"]):
+        print(line)
+    write_results(json_out, rows, sources=res["sources"], spacing_fits=res["spacing_fits"],
+                  figure=res["figure"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd")
@@ -70,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap2.add_argument("--json", default=str(RESULTS / "scaling.json"))
     ap2.add_argument("--reuse", metavar="SCALING_JSON", help="take the study from this "
                      "scaling.json (of qcd-bridge scaling) instead of running it")
+    ap2.add_argument("--combine", nargs="+", metavar="JSON", help="fit the costs of these 2D "
+                     "U(1) studies against xi_t (1/a) instead of running a study")
     own, rest = ap2.parse_known_args(argv)
+    if own.combine:
+        return combine(own.combine, own.json, rest)
     scaling = sub.choices["scaling"]
     scaling.set_defaults(**DEFAULTS)
     args = scaling.parse_args(rest)

@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-__all__ = ["u1_2d_plaquette", "u1_2d_topological_susceptibility", "bessel_i",
+__all__ = ["u1_2d_plaquette", "u1_2d_topological_susceptibility",
+           "u1_2d_topological_susceptibility_infinite", "bessel_i",
            "su2_plaquette_log_z", "su2_2d_log_z", "su2_2d_plaquette"]
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(400)
@@ -73,6 +74,19 @@ def u1_2d_topological_susceptibility(
     zpp = np.sum(v * (v - 1) * r ** (v - 2) * (f1 / f[nmax]) ** 2 + v * r ** (v - 1) * f2 / f[nmax])
     z = np.sum(r**v)
     return float(-(zpp / z) / (2 * math.pi) ** 2 / v)
+
+
+def u1_2d_topological_susceptibility_infinite(beta: float) -> float:
+    """Exact ``chi_t a^2`` of 2D U(1) Wilson theory in infinite volume (geometric charge):
+    ``<phi^2> / (4 pi^2)`` with ``phi ~ exp(beta cos phi)`` on ``(-pi, pi]`` (the ``V -> oo``
+    limit of :func:`u1_2d_topological_susceptibility`, where the ``n = 0`` character dominates).
+    Its continuum limit ``1 / (4 pi^2 beta)`` (``beta = 1 / (e^2 a^2)``, ``chi_t = e^2 / (4
+    pi^2)``) makes ``(chi_t a^2)^(-1/2)`` the inverse lattice spacing in units of
+    ``sqrt(chi_t)``."""
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta: expected a finite positive coupling, got {beta}")
+    w = np.exp(beta * (np.cos(_PHI) - 1.0)) * _W
+    return float((w @ _PHI**2) / w.sum() / (2 * math.pi) ** 2)
 
 
 # -- 2D SU(2) -------------------------------------------------------------------------------------

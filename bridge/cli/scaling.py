@@ -12,27 +12,38 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``qcd-bridge scaling``."""
     p = sub.add_parser(
         "scaling",
-        help="scaling study of a 2D U(1) flow family against the volume: ESS of a transferred "
-             "model, training cost to a target ESS, tau_int and cost of hybrid vs HMC chains, "
-             "fitted exponents, JSON and plots",
+        help="scaling study of a flow family (2D U(1) or 4D SU(3)) against the volume and the "
+             "lattice spacing: ESS of a transferred model, training cost to a target ESS, "
+             "tau_int and cost of hybrid vs HMC chains, fitted exponents, JSON and plots",
         description=(
             "For each beta: train a fixed model on --train-L; for each L: the transferred "
             "model's ESS and acceptance, training seconds to --target-ess from scratch and "
             "from the transferred start, hybrid (flow + HMC) and HMC chains with tau_int of Q "
-            "and of the plaquette (Gamma method) and the cost per independent sample; fits "
-            "cost ~ V^z. Writes OUT/scaling.json and OUT/scaling_{ess,training,cost}.png."),
+            "and of the plaquette (Gamma method) and the cost per independent sample (2D U(1) "
+            "only); fits cost ~ V^z and, for 2D U(1) at several betas, cost ~ xi_t^z with "
+            "xi_t = (chi_t a^2)^(-1/2) the exact inverse spacing. Writes OUT/scaling.json and "
+            "OUT/scaling_{ess,training,cost}.png (and scaling_spacing.png)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--family", choices=["plaquette", "coupling"], default="plaquette",
-                   help="flow family: the constrained plaquette flow (path gradient) or 8 "
-                        "gauge-equivariant coupling layers")
-    p.add_argument("--L", nargs="+", type=int, default=[8, 16, 32], help="lattice sizes L x L")
-    p.add_argument("--betas", nargs="+", type=float, default=[6.0], help="couplings")
+    p.add_argument("--family", choices=["plaquette", "coupling", "residual"],
+                   default="plaquette",
+                   help="flow family: 2D U(1) with the constrained plaquette flow (path "
+                        "gradient) or 8 gauge-equivariant coupling layers; 4D SU(3) with one "
+                        "cycle of residual staple layers (no chains then)")
+    p.add_argument("--L", nargs="+", type=int, default=[8, 16, 32],
+                   help="lattice sizes L^nd")
+    p.add_argument("--betas", nargs="+", type=float, default=None,
+                   help="couplings (None: 6, unless --physical-volume)")
+    p.add_argument("--physical-volume", type=float, default=None, metavar="V_CHI",
+                   help="2D U(1): instead of --betas, one beta per L with V chi_t = V_CHI "
+                        "(exact infinite-volume chi_t): a line of constant physics")
     p.add_argument("--train-L", type=int, default=8, help="lattice of the fixed models")
     p.add_argument("--train-steps", type=int, default=600, help="steps of each fixed model")
     p.add_argument("--batch", type=int, default=64, help="samples per training step")
     p.add_argument("--lr", type=float, default=None, help="initial learning rate, cosine "
                    "decay to 3e-4 (default: the family's, 0.2 plaquette, 3e-3 coupling)")
     p.add_argument("--target-ess", type=float, default=0.5, help="ESS to train to")
+    p.add_argument("--target-L", nargs="+", type=int, default=None,
+                   help="the L (of --L) where training to the target is measured (None: all)")
     p.add_argument("--window", type=int, default=10, help="steps of the batch-ESS mean")
     p.add_argument("--target-max-steps", type=int, default=300,
                    help="at most this many steps to the target")

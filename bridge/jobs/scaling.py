@@ -3,17 +3,24 @@ with the volume, in the manner of Abbott et al., arXiv:2211.07541 (secs. III-V: 
 model against V, training to a target ESS from scratch and from a transferred start, cost per
 effective sample, autocorrelations of the hybrid chain against HMC).
 
+Families: 2D U(1) (``plaquette``, ``coupling``; ``V = L^2``) and 4D SU(3) (``residual``: one
+cycle of residual staple layers, :mod:`bridge.flows.residual`; ``V = L^4``; the flow's own
+quantities only, no chains).  The couplings are ``betas`` (every ``L`` at every beta) or, for 2D
+U(1), one beta per ``L`` on a line of constant physics ``V chi_t = physical_volume``
+(:mod:`bridge.jobs.scaling_spacing`, the exact scale).
+
 For each coupling ``beta`` of the grid a *fixed model* of the family is trained on
-``train_L x train_L`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`; Adam
+``train_L^nd`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`; Adam
 with a cosine decay of the learning rate over the steps: Adam's steps are about ``lr`` whatever
 the gradient, and the jitter of the parameters that a constant rate leaves adds up over the
 plaquettes of a larger lattice).  Then
-for each ``L`` of the grid (2D U(1), ``V = L^2``):
+for each ``L`` of the grid:
 
 * **transferred model**: ESS and independence-Metropolis acceptance of the fixed model on
-  ``L x L`` (:func:`bridge.jobs.transfer.check_transfer`; ``eval_samples`` fresh samples), the
+  ``L^nd`` (:func:`bridge.jobs.transfer.check_transfer`; ``eval_samples`` fresh samples), the
   seconds per sample and the *cost per effective sample* ``t_sample / ESS``;
-* **training to the target ESS**: steps and seconds until the mean batch ESS of the last
+* **training to the target ESS** (at every ``L``, or those of ``target_L``): steps and seconds
+  until the mean batch ESS of the last
   ``window`` steps reaches ``target_ess`` and ``eval_samples`` fresh samples confirm it (a
   batch of 64 overestimates the ESS; the checks' time is not counted; at most one check per
   ``window`` steps), from scratch and from the transferred fixed model (0
@@ -21,7 +28,7 @@ for each ``L`` of the grid (2D U(1), ``V = L^2``):
   most ``target_max_steps`` steps (the length of the cosine schedule) or
   ``target_max_seconds``; not reached is a lower bound; the ESS on fresh samples at the end is
   recorded beside it;
-* **chains**: ``chains`` hybrid chains (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed
+* **chains** (2D U(1)): ``chains`` hybrid chains (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed
   model's proposals) and ``hmc_chains`` HMC chains (Omelyan 2MN, tau 1, the MD steps tuned to
   acceptance >= 0.8), both started from the same thermalised HMC state; ``tau_int`` of the
   geometric charge ``Q`` and of the plaquette from the Gamma method
@@ -31,8 +38,11 @@ for each ``L`` of the grid (2D U(1), ``V = L^2``):
   measurements excluded).
 
 Fits: ``cost = a V^z`` by least squares in log-log (:func:`fit_power_law`) for every cost (and for
-``-log ESS``, which a local model makes linear in ``V``), per beta.  Output: ``OUT/scaling.json``
-and the figures of :mod:`bridge.jobs.scaling_plots` (``OUT/scaling_*.png``).
+``-log ESS``, which a local model makes linear in ``V``), per beta; for 2D U(1) at two or more
+couplings also ``cost = c xi_t^z`` against the exact inverse spacing at fixed ``L`` and at fixed
+physical volume (:func:`bridge.jobs.scaling_spacing.spacing_fits`).  Output:
+``OUT/scaling.json`` and the figures of :mod:`bridge.jobs.scaling_plots`
+(``OUT/scaling_*.png``).
 """
 
 from __future__ import annotations
@@ -57,10 +67,15 @@ FAMILIES: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {
                                           "schedule": "cosine", "lr_min": 3e-4}, 0.2),
     "coupling": ({"n_layers": 8, "k": 8, "hidden": [8, 8]},
                  {"schedule": "cosine", "lr_min": 3e-4}, 3e-3),
+    "residual": ({"arch": "residual"}, {"schedule": "cosine", "lr_min": 1e-3}, 0.02),
 }
+# the group and dimension of each family (the residual staple flow: 4D SU(3))
+FAMILY_GROUP = {"plaquette": ("U1", 2), "coupling": ("U1", 2), "residual": ("SU3", 4)}
 # a converged model ends its schedule near lr_min: restarting at a tenth of lr (0.02) undid it
-# (measured: 32x32 ESS 0.972 -> 0.53 in 39 steps, 16x16 0.989 -> 0.94 in 163 steps)
+# (measured: 32x32 ESS 0.972 -> 0.53 in 39 steps, 16x16 0.989 -> 0.94 in 163 steps); the
+# residual flow's few constant coefficients restart at its lr_min (0.05 x 0.02)
 FINE_TUNE = 0.005
+FINE_TUNE_FAMILY = {"residual": 0.05}
 
 
 @dataclass
@@ -70,7 +85,9 @@ class ScalingSettings:
 
     family: str = "plaquette"
     L: list[int] = field(default_factory=lambda: [8, 16, 32])
-    betas: list[float] = field(default_factory=lambda: [6.0])
+    betas: list[float] | None = None  # [6.0] unless physical_volume sets one beta per L
+    physical_volume: float | None = None
+    target_L: list[int] | None = None  # where training to the target is measured (None: all L)
     train_L: int = 8
     train_steps: int = 600
     batch: int = 64
@@ -97,8 +114,18 @@ def check_settings(s: ScalingSettings) -> None:
         raise ConfigError(f"--family {s.family!r}: expected one of {sorted(FAMILIES)}")
     if not s.L or any(int(n) < 2 for n in s.L) or int(s.train_L) < 2:
         raise ConfigError(f"--L {s.L} / --train-L {s.train_L}: expected extents >= 2")
-    if not s.betas or any(not (b > 0 and math.isfinite(b)) for b in s.betas):
+    if s.physical_volume is not None:
+        if s.betas is not None:
+            raise ConfigError(f"--betas {s.betas} and --physical-volume {s.physical_volume}: "
+                              f"give one of them (the physical volume sets beta for each L)")
+        if FAMILY_GROUP[s.family] != ("U1", 2):
+            raise ConfigError(f"--physical-volume with --family {s.family}: the exact scale "
+                              f"(chi_t a^2) exists for 2D U(1) only")
+    elif s.betas is not None and (not s.betas or any(not (b > 0 and math.isfinite(b))
+                                                     for b in s.betas)):
         raise ConfigError(f"--betas {s.betas}: expected positive couplings")
+    if s.target_L is not None and not set(s.target_L) <= set(s.L):
+        raise ConfigError(f"--target-L {s.target_L}: expected some of --L {s.L}")
     if not 0 < s.target_ess <= 1:
         raise ConfigError(f"--target-ess {s.target_ess}: expected a number in (0, 1]")
     for name in ("train_steps", "batch", "window", "target_max_steps", "eval_samples", "chains",
@@ -302,7 +329,7 @@ def _trainer(model: Any, s: ScalingSettings, nrow: list[int], beta: float, seed:
     from ..flows.training import TrainConfig, Trainer
 
     _, train_kw, lr = FAMILIES[s.family]
-    lr = float(s.lr or lr) * (FINE_TUNE if fine_tune else 1.0)
+    lr = float(s.lr or lr) * (FINE_TUNE_FAMILY.get(s.family, FINE_TUNE) if fine_tune else 1.0)
     kw = {**train_kw, "lr_min": min(train_kw.get("lr_min", 0.0), lr)}
     return Trainer(model, TrainConfig(nrow=nrow, beta=beta, batch=int(s.batch), lr=lr,
                                       seed=seed, total_steps=int(steps), **kw))
@@ -314,29 +341,37 @@ def _new_model(s: ScalingSettings, seed: int) -> Any:
     from ..flows import make_flow
 
     torch.manual_seed(seed)
-    return make_flow("U1", 2, **FAMILIES[s.family][0])
+    return make_flow(*FAMILY_GROUP[s.family], **FAMILIES[s.family][0])
+
+
+def nrow_of(s: ScalingSettings, L: int) -> list[int]:
+    """The lattice ``L^nd`` of the family."""
+    return [int(L)] * FAMILY_GROUP[s.family][1]
 
 
 def train_fixed(s: ScalingSettings, beta: float) -> tuple[Any, dict[str, Any]]:
-    """The fixed model of ``beta``: ``train_steps`` steps on ``train_L x train_L``."""
+    """The fixed model of ``beta``: ``train_steps`` steps on ``train_L^nd``."""
     model = _new_model(s, s.seed)
-    tr = _trainer(model, s, [s.train_L] * 2, beta, s.seed, int(s.train_steps))
+    nrow = nrow_of(s, s.train_L)
+    tr = _trainer(model, s, nrow, beta, s.seed, int(s.train_steps))
     t0 = time.perf_counter()
     tr.train(int(s.train_steps))
-    return model, {"nrow": [s.train_L] * 2, "steps": tr.step_count,
-                   "seconds": time.perf_counter() - t0}
+    return model, {"nrow": nrow, "steps": tr.step_count, "seconds": time.perf_counter() - t0,
+                   "batch_ess_last10": sum(h["ess"] for h in tr.history[-10:])
+                   / max(len(tr.history[-10:]), 1)}
 
 
 def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: int,
                     start: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Steps and seconds of training ``model`` on ``L x L`` until the mean batch ESS of the last
+    """Steps and seconds of training ``model`` on ``L^nd`` until the mean batch ESS of the last
     ``window`` steps reaches the target and a fresh evaluation confirms it (module docstring);
     ``start``: the model's evaluation
     before training (a transferred start that already reaches the target takes 0 steps)."""
     if start is not None and start["ess"] >= s.target_ess:
         return {"steps": 0, "seconds": 0.0, "reached": True, "is_lower_bound": False,
                 "ess_fresh": start["ess"], "note": "the transferred model reaches the target"}
-    tr = _trainer(model, s, [L, L], beta, seed, int(s.target_max_steps),
+    nrow = nrow_of(s, L)
+    tr = _trainer(model, s, nrow, beta, seed, int(s.target_max_steps),
                   fine_tune=start is not None)
     t0, hist, reached, checks, check_s = time.perf_counter(), [], False, [], 0.0
     fresh: dict[str, Any] = {}
@@ -348,7 +383,7 @@ def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: i
         if (len(hist) >= int(s.window) and since >= int(s.window)
                 and sum(hist[-s.window:]) / s.window >= s.target_ess):
             t1 = time.perf_counter()  # a small batch overestimates the ESS: confirm it
-            fresh = _evaluate(model, [L, L], beta, int(s.eval_samples), seed + len(checks) + 1)
+            fresh = _evaluate(model, nrow, beta, int(s.eval_samples), seed + len(checks) + 1)
             check_s += time.perf_counter() - t1
             checks.append({"step": tr.step_count, "ess": fresh["ess"]})
             if fresh["ess"] >= s.target_ess:
@@ -356,7 +391,7 @@ def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: i
                 break
     seconds = time.perf_counter() - t0 - check_s
     if not reached:
-        fresh = _evaluate(model, [L, L], beta, int(s.eval_samples), seed + len(checks) + 1)
+        fresh = _evaluate(model, nrow, beta, int(s.eval_samples), seed + len(checks) + 1)
     return {"steps": tr.step_count, "seconds": seconds, "reached": reached,
             "is_lower_bound": not reached, "ess_fresh": fresh["ess"],
             "acceptance_fresh": fresh["acceptance"], "checks": checks,
@@ -466,66 +501,96 @@ def _line(p: dict[str, Any]) -> str:
     def f(x: Any, spec: str) -> str:
         return "-" if x is None else format(x, spec)
 
-    def bound(part: dict[str, Any], key: str, spec: str) -> str:
+    def bound(part: dict[str, Any] | None, key: str, spec: str) -> str:
+        if part is None:
+            return "-"
         return (">" if part.get("is_lower_bound") else "") + f(part.get(key), spec)
 
-    t, h, m = p["transfer"], p["hybrid"], p["hmc"]
-    return (f"{p['L']:4d} {p['beta']:5g} {t['ess']:6.3f} {t['acceptance']:6.3f} "
+    t, h, m = p["transfer"], p.get("hybrid") or {}, p.get("hmc") or {}
+    return (f"{p['L']:4d} {p['beta']:6.4g} {t['ess']:6.3f} {t['acceptance']:6.3f} "
             f"{f(t['cost_per_effective_sample'], '9.3g')} "
-            f"{bound(p['train_scratch'], 'seconds', '.3g'):>8} "
-            f"{bound(p['train_transfer'], 'seconds', '.3g'):>8} "
+            f"{bound(p.get('train_scratch'), 'seconds', '.3g'):>8} "
+            f"{bound(p.get('train_transfer'), 'seconds', '.3g'):>8} "
             f"{bound(h, 'tau_int_q', '.3g'):>9} {bound(m, 'tau_int_q', '.3g'):>9} "
-            f"{f(h['tau_int_plaquette'], '.3g'):>7} {f(m['tau_int_plaquette'], '.3g'):>7} "
+            f"{f(h.get('tau_int_plaquette'), '.3g'):>7} {f(m.get('tau_int_plaquette'), '.3g'):>7} "
             f"{bound(h, 'cost_per_independent_q', '.3g'):>9} "
             f"{bound(m, 'cost_per_independent_q', '.3g'):>9}")
 
 
-HEADER = (f"{'L':>4} {'beta':>5} {'ESS':>6} {'acc':>6} {'s/eff':>9} {'tr.scr':>8} "
+HEADER = (f"{'L':>4} {'beta':>6} {'ESS':>6} {'acc':>6} {'s/eff':>9} {'tr.scr':>8} "
           f"{'tr.xfer':>8} {'tauQ hyb':>9} {'tauQ hmc':>9} {'tauP h':>7} {'tauP m':>7} "
           f"{'s/Q hyb':>9} {'s/Q hmc':>9}")
+
+
+def schedule(s: ScalingSettings) -> list[tuple[float, list[int]]]:
+    """``(beta, [L, ...])`` groups of the study: every L at every beta of ``--betas``, or on
+    a line of constant physics (``--physical-volume``) one beta per L
+    (:func:`bridge.jobs.scaling_spacing.beta_at_physical_volume`)."""
+    from .scaling_spacing import beta_at_physical_volume
+
+    if s.physical_volume is not None:
+        return [(beta_at_physical_volume(L, float(s.physical_volume)), [L]) for L in s.L]
+    return [(float(b), list(s.L)) for b in (s.betas or [6.0])]
+
+
+def _point(s: ScalingSettings, fixed: Any, L: int, beta: float, seed: int) -> dict[str, Any]:
+    """One (L, beta) point of the study (module docstring)."""
+    import copy
+
+    nrow = nrow_of(s, L)
+    tr = _evaluate(fixed, nrow, beta, int(s.eval_samples), seed)
+    p: dict[str, Any] = {"L": L, "volume": L ** len(nrow), "beta": beta, "transfer": tr}
+    if s.target_L is None or L in s.target_L:
+        p["train_scratch"] = train_to_target(_new_model(s, seed), s, L, beta, seed + 2)
+        p["train_transfer"] = train_to_target(copy.deepcopy(fixed), s, L, beta, seed + 3,
+                                              start=tr)
+    if FAMILY_GROUP[s.family] != ("U1", 2):
+        return p  # the chains and exact values below are those of 2D U(1)
+    from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
+
+    p.update(chains_at(fixed, s, L, beta, seed + 4))
+    p["exact"] = {"plaquette": u1_2d_plaquette(beta, (L, L)),
+                  "chi_t": u1_2d_topological_susceptibility(beta, (L, L))}
+    h, m = p["hybrid"], p["hmc"]
+    p["hmc_over_hybrid_cost_q"] = m["cost_per_independent_q"] / h["cost_per_independent_q"]
+    p["ratio_is_lower_bound"] = bool(m["is_lower_bound"]) and not h["is_lower_bound"]
+    return p
 
 
 def run_scaling(s: ScalingSettings) -> dict[str, Any]:
     """The study of the module docstring; writes ``OUT/scaling.json`` and the figures and
     returns the result."""
-    import copy
-
-    from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
     from .scaling_plots import plot_scaling
+    from .scaling_spacing import spacing_fits, spacing_lines
     from .transfer import check_transfer
 
     check_settings(s)
     s.L = sorted(int(n) for n in s.L)
     probe = _new_model(s, s.seed)
     for L in [s.train_L, *s.L]:  # refuse an impossible lattice before any work
-        check_transfer(probe, [L, L], f"--L {L}")
+        check_transfer(probe, nrow_of(s, L), f"--L {L}")
+    plan = schedule(s)
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     points, fixed_info = [], {}
+    group, nd = FAMILY_GROUP[s.family]
+    if nd != 2:
+        print(f"note: --family {s.family} ({nd}D {group}): the flow's ESS, cost and training "
+              f"only; no hybrid/HMC chains", flush=True)
     print(HEADER, flush=True)
-    for bi, beta in enumerate(s.betas):
-        fixed, fixed_info[f"{beta:g}"] = train_fixed(s, float(beta))
-        for li, L in enumerate(s.L):
+    for bi, (beta, Ls) in enumerate(plan):
+        fixed, fixed_info[f"{beta:g}"] = train_fixed(s, beta)
+        for li, L in enumerate(Ls):
             seed = int(s.seed) + 100 * (bi * len(s.L) + li) + 1
-            tr = _evaluate(fixed, [L, L], float(beta), int(s.eval_samples), seed)
-            scratch = train_to_target(_new_model(s, seed), s, L, float(beta), seed + 2)
-            transfer = train_to_target(copy.deepcopy(fixed), s, L, float(beta), seed + 3,
-                                       start=tr)
-            p = {"L": L, "volume": L * L, "beta": float(beta), "transfer": tr,
-                 "train_scratch": scratch, "train_transfer": transfer,
-                 **chains_at(fixed, s, L, float(beta), seed + 4),
-                 "exact": {"plaquette": u1_2d_plaquette(float(beta), (L, L)),
-                           "chi_t": u1_2d_topological_susceptibility(float(beta), (L, L))}}
-            h, m = p["hybrid"], p["hmc"]
-            p["hmc_over_hybrid_cost_q"] = m["cost_per_independent_q"] / h[
-                "cost_per_independent_q"]
-            p["ratio_is_lower_bound"] = bool(m["is_lower_bound"]) and not h["is_lower_bound"]
-            points.append(p)
-            print(_line(p), flush=True)
-    result = {"format": "qcd-bridge-scaling", "settings": asdict(s), "group": "U(1)", "nd": 2,
+            points.append(_point(s, fixed, L, beta, seed))
+            print(_line(points[-1]), flush=True)
+    result = {"format": "qcd-bridge-scaling", "settings": asdict(s),
+              "group": {"U1": "U(1)", "SU3": "SU(3)"}[group], "nd": nd,
               "fixed_models": fixed_info, "points": points, "fits": fits(points),
               "seconds": time.perf_counter() - t_start}
+    if nd == 2 and len({p["beta"] for p in points}) >= 2:
+        result["spacing_fits"] = spacing_fits(points)
     result["figures"] = [str(f) for f in plot_scaling(result, out)]
     path = out / "scaling.json"
     path.write_text(json.dumps(result, indent=1, default=float) + "\n")
@@ -535,6 +600,8 @@ def run_scaling(s: ScalingSettings) -> dict[str, Any]:
                 err = "" if f["z_error"] is None else f" +- {f['z_error']:.2f}"
                 lb = " (includes lower bounds)" if f["includes_lower_bounds"] else ""
                 print(f"beta {beta}: {name} ~ V^{f['z']:.2f}{err}{lb}")
+    for line in spacing_lines(result["spacing_fits"]) if "spacing_fits" in result else []:
+        print(line)
     print(f"wrote {path} and {', '.join(result['figures'])} in "
           f"{result['seconds']:.0f} s", flush=True)
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_scaling"]
+__all__ = ["plot_scaling", "plot_spacing"]
 
 _FLOOR = 0.1  # seconds: where a training time of 0 (target met by the transfer) is drawn
 
@@ -17,8 +17,8 @@ _FLOOR = 0.1  # seconds: where a training time of 0 (target met by the transfer)
 def _series(points: list[dict[str, Any]], beta: float, part: str, key: str
             ) -> tuple[list[float], list[float | None], list[bool]]:
     pts = sorted((p for p in points if p["beta"] == beta), key=lambda p: p["volume"])
-    return ([p["volume"] for p in pts], [p[part].get(key) for p in pts],
-            [bool(p[part].get("is_lower_bound")) for p in pts])
+    return ([p["volume"] for p in pts], [(p.get(part) or {}).get(key) for p in pts],
+            [bool((p.get(part) or {}).get("is_lower_bound")) for p in pts])
 
 
 def _draw(ax: Any, v: list[float], y: list[float | None], lower: list[bool], *, color: Any,
@@ -49,13 +49,14 @@ def _fit_line(ax: Any, v: list[float], f: dict[str, Any] | None, color: Any, nam
                 "includes_lower_bounds") else ""))
 
 
-def _style(ax: Any, ylabel: str, title: str) -> None:
+def _style(ax: Any, ylabel: str, title: str, xlabel: str = "V = L^2") -> None:
     ax.set_xscale("log")
-    ax.set_xlabel("V = L^2")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=6.5)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -79,7 +80,10 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
     betas = sorted({p["beta"] for p in points})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fam = result["settings"]["family"]
-    src = f"{result['settings']['train_L']}x{result['settings']['train_L']}"
+    nd = int(result.get("nd", 2))
+    src = "x".join([str(result["settings"]["train_L"])] * nd)
+    xl = f"V = L^{nd}"
+    chains = any("hybrid" in p for p in points)
     paths = []
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
@@ -89,7 +93,7 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
         _draw(a1, v, e, lb, color=c, marker="o", label=f"ESS, beta {beta:g}")
         v, a, lb = _series(points, beta, "transfer", "acceptance")
         _draw(a1, v, a, lb, color=c, marker="s", label=f"acceptance, beta {beta:g}", ls=":")
-        for part, mk in (("hybrid", "D"),):
+        for part, mk in (("hybrid", "D"),) if chains else ():
             v, a, _ = _series(points, beta, part, "acceptance")
             _draw(a1, v, [x.get("flow") for x in a], [False] * len(v), color=c, marker=mk,
                   label=f"hybrid chain flow acc., beta {beta:g}", ls="--")
@@ -97,9 +101,9 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
         _draw(a2, v, m, lb, color=c, marker="o", label=f"beta {beta:g}")
         _fit_line(a2, v, fits[f"{beta:g}"].get("minus_log_ess"), c, "fit")
     a1.set_ylim(0, 1.05)
-    _style(a1, "ESS / IMH acceptance", f"{fam} flow trained on {src}, used on L x L")
+    _style(a1, "ESS / IMH acceptance", f"{fam} flow trained on {src}, used on L^{nd}", xl)
     a2.set_yscale("log")
-    _style(a2, "-log ESS", "local model: -log ESS ~ V")
+    _style(a2, "-log ESS", "local model: -log ESS ~ V", xl)
     paths.append(_save(fig, out / "scaling_ess.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -112,7 +116,7 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
                   floor=_FLOOR, ls="-" if part == "train_scratch" else ":")
     ax.set_yscale("log")
     _style(ax, f"training seconds to ESS {result['settings']['target_ess']:g} "
-               f"(0 drawn at {_FLOOR})", "training cost to the target ESS")
+               f"(0 drawn at {_FLOOR})", "training cost to the target ESS", xl)
     paths.append(_save(fig, out / "scaling_training.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -122,6 +126,8 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
                 ("hmc", "cost_per_independent_q", "o", "-", "HMC, per indep. Q"),
                 ("hybrid", "cost_per_independent_q", "s", "-", "hybrid, per indep. Q"),
                 ("transfer", "cost_per_effective_sample", "^", ":", "flow, per eff. sample"))):
+            if part != "transfer" and not chains:
+                continue
             c = colors[(3 * i + j) % len(colors)]
             v, y, lb = _series(points, beta, part, key)
             _draw(ax, v, y, lb, color=c, marker=mk, label=f"{name}, beta {beta:g}", ls=ls)
@@ -130,6 +136,55 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
             if fit:
                 _fit_line(ax, v, per.get(fit), c, "fit")
     ax.set_yscale("log")
-    _style(ax, "seconds (one CPU thread)", "cost per independent sample (open: lower bound)")
+    _style(ax, "seconds (one CPU thread)", "cost per independent sample (open: lower bound)", xl)
     paths.append(_save(fig, out / "scaling_cost.png"))
+    if "spacing_fits" in result:
+        paths.append(plot_spacing(points, result["spacing_fits"], out / "scaling_spacing.png"))
     return paths
+
+
+_COSTS = (("hmc", "cost_per_independent_q", "o", "-", "HMC per indep. Q",
+           "hmc_cost_per_independent_q"),
+          ("hybrid", "cost_per_independent_q", "s", "-", "hybrid per indep. Q",
+           "hybrid_cost_per_independent_q"),
+          ("transfer", "cost_per_effective_sample", "^", ":", "flow per eff. sample",
+           "cost_per_effective_sample"))
+
+
+def plot_spacing(points: list[dict[str, Any]], sf: dict[str, Any], path: Path) -> Path:
+    """Costs against ``xi_t`` (1/a in units of sqrt(chi_t), :mod:`.scaling_spacing`) at fixed
+    L (left) and at fixed physical volume ``V chi_t`` (right), with the fitted ``xi_t^z``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .scaling_spacing import xi_t
+
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    lines = [(axes[0], f"L = {k}", fs, lambda p, k=k: p["L"] == int(k))
+             for k, fs in sf["fixed_L"].items()]
+    for k, fs in sf["fixed_physical_volume"].items():
+        members = {(int(a), float(b)) for a, b in fs["points"]}
+        lines.append((axes[1], f"V chi_t = {k}", fs,
+                      lambda p, m=members: (int(p["L"]), float(p["beta"])) in m))
+    n = {id(axes[0]): 0, id(axes[1]): 0}
+    for ax, name, fs, member in lines:
+        pts = sorted((p for p in points if member(p)), key=lambda p: p["beta"])
+        for part, key, mk, ls, what, fitname in _COSTS:
+            if not any(part in p for p in pts):
+                continue
+            c = colors[n[id(ax)] % len(colors)]
+            n[id(ax)] += 1
+            x = [xi_t(p["beta"]) for p in pts]
+            _draw(ax, x, [p[part].get(key) for p in pts],
+                  [bool(p[part].get("is_lower_bound")) for p in pts], color=c, marker=mk,
+                  label=f"{what}, {name}", ls=ls)
+            _fit_line(ax, x, fs.get(fitname), c, "fit")
+    for ax, title in ((axes[0], "fixed L x L, beta varies"),
+                      (axes[1], "fixed physical volume (L ~ xi_t)")):
+        ax.set_yscale("log")
+        _style(ax, "seconds (one CPU thread)", f"{title}; open: lower bound",
+               "xi_t = (chi_t a^2)^(-1/2)  (1/a in units of sqrt(chi_t))")
+    return _save(fig, path)
