@@ -396,7 +396,8 @@ def train_to_target(model: Any, s: ScalingSettings, L: int, beta: float, seed: i
             "is_lower_bound": not reached, "ess_fresh": fresh["ess"],
             "acceptance_fresh": fresh["acceptance"], "checks": checks,
             "check_seconds": check_s,
-            "batch_ess_window": sum(hist[-s.window:]) / max(len(hist[-s.window:]), 1)}
+            "batch_ess_window": sum(hist[-s.window:]) / max(len(hist[-s.window:]), 1),
+            "batch_ess_history": hist}
 
 
 # -- chains -----------------------------------------------------------------------------------

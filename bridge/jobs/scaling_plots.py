@@ -143,17 +143,26 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-_COSTS = (("hmc", "cost_per_independent_q", "o", "-", "HMC per indep. Q",
-           "hmc_cost_per_independent_q"),
-          ("hybrid", "cost_per_independent_q", "s", "-", "hybrid per indep. Q",
+_COSTS = (("hmc", "cost_per_independent_q", "o", "-", "HMC/Q", "hmc_cost_per_independent_q"),
+          ("hybrid", "cost_per_independent_q", "s", "-", "hybrid/Q",
            "hybrid_cost_per_independent_q"),
-          ("transfer", "cost_per_effective_sample", "^", ":", "flow per eff. sample",
+          ("transfer", "cost_per_effective_sample", "^", ":", "flow/eff.",
            "cost_per_effective_sample"))
 
 
-def plot_spacing(points: list[dict[str, Any]], sf: dict[str, Any], path: Path) -> Path:
+def _z(f: dict[str, Any] | None) -> str:
+    if not f:
+        return ""
+    err = "" if f.get("z_error") is None else f"({f['z_error']:.2f})"
+    return f": z = {f['z']:.2f}{err}" + (" bounds" if f.get("includes_lower_bounds") else "")
+
+
+def plot_spacing(points: list[dict[str, Any]], sf: dict[str, Any], path: Path,
+                 min_points: int = 3) -> Path:
     """Costs against ``xi_t`` (1/a in units of sqrt(chi_t), :mod:`.scaling_spacing`) at fixed
-    L (left) and at fixed physical volume ``V chi_t`` (right), with the fitted ``xi_t^z``."""
+    L (left; the lines of ``min_points`` or more couplings) and at fixed physical volume
+    ``V chi_t`` (right), with the fitted ``xi_t^z``: one colour per line, one marker per cost
+    (HMC and hybrid per independent Q, the flow per effective sample)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,29 +171,32 @@ def plot_spacing(points: list[dict[str, Any]], sf: dict[str, Any], path: Path) -
     from .scaling_spacing import xi_t
 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
-    lines = [(axes[0], f"L = {k}", fs, lambda p, k=k: p["L"] == int(k))
-             for k, fs in sf["fixed_L"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
+    lines = [(axes[0], f"L={k}", fs, lambda p, k=k: p["L"] == int(k))
+             for k, fs in sf["fixed_L"].items() if len(fs["betas"]) >= min_points]
     for k, fs in sf["fixed_physical_volume"].items():
         members = {(int(a), float(b)) for a, b in fs["points"]}
-        lines.append((axes[1], f"V chi_t = {k}", fs,
+        lines.append((axes[1], f"V chi_t={k}", fs,
                       lambda p, m=members: (int(p["L"]), float(p["beta"])) in m))
     n = {id(axes[0]): 0, id(axes[1]): 0}
     for ax, name, fs, member in lines:
         pts = sorted((p for p in points if member(p)), key=lambda p: p["beta"])
+        c = colors[n[id(ax)] % len(colors)]
+        n[id(ax)] += 1
+        x = [xi_t(p["beta"]) for p in pts]
         for part, key, mk, ls, what, fitname in _COSTS:
             if not any(part in p for p in pts):
                 continue
-            c = colors[n[id(ax)] % len(colors)]
-            n[id(ax)] += 1
-            x = [xi_t(p["beta"]) for p in pts]
             _draw(ax, x, [p[part].get(key) for p in pts],
                   [bool(p[part].get("is_lower_bound")) for p in pts], color=c, marker=mk,
-                  label=f"{what}, {name}", ls=ls)
-            _fit_line(ax, x, fs.get(fitname), c, "fit")
+                  label=f"{name} {what}{_z(fs.get(fitname))}", ls=ls)
+            f = fs.get(fitname)
+            if f:
+                xs = [min(x) / 1.15, max(x) * 1.15]
+                ax.plot(xs, [f["a"] * v ** f["z"] for v in xs], ls="--", color=c, lw=0.8)
     for ax, title in ((axes[0], "fixed L x L, beta varies"),
-                      (axes[1], "fixed physical volume (L ~ xi_t)")):
+                      (axes[1], "fixed physical volume V chi_t (L ~ xi_t)")):
         ax.set_yscale("log")
-        _style(ax, "seconds (one CPU thread)", f"{title}; open: lower bound",
+        _style(ax, "seconds (one CPU thread)", f"{title}; open: lower bound, dashed: fit",
                "xi_t = (chi_t a^2)^(-1/2)  (1/a in units of sqrt(chi_t))")
     return _save(fig, path)
