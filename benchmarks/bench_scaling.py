@@ -1,5 +1,6 @@
-"""Volume scaling of the 2D U(1) flow families (``qcd-bridge scaling``, bridge.jobs.scaling, in the
-manner of arXiv:2211.07541) and the transfer target 8x8 -> 32x32 at beta 6.
+"""Volume scaling of the flow families (``qcd-bridge scaling``, bridge.jobs.scaling, in the manner
+of arXiv:2211.07541; 2D U(1), and 4D SU(3) with ``--family residual``) and the transfer target
+8x8 -> 32x32 at beta 6.
 
 Runs :func:`bridge.jobs.scaling.run_scaling` with the options given (the command's own, defaults
 below: L 8 12 16 24 32, beta 6, plaquette family, fixed model 600 steps on 8x8, 5000 HMC
@@ -7,9 +8,9 @@ trajectories per chain), writes ``benchmarks/results/scaling.json`` (through
 ``benchmarks/_results.py``: one row per (L, beta) with the transferred model's ESS and acceptance,
 training to the target, hybrid and HMC tau_int and costs; the fits in the metadata) and the
 figures into ``--out`` (default ``benchmarks/results/scaling/``), and prints the target:
-at (``--target-L``, ``--target-beta``) the acceptance of the transferred model (goal >= 0.5) and
-HMC's cost per independent Q over the hybrid's (goal >= 100; ">=" where HMC's tau_int(Q) is
-only a lower bound in the same run).
+at (``--target-point-L``, ``--target-beta``) the acceptance of the transferred model (goal
+>= 0.5) and HMC's cost per independent Q over the hybrid's (goal >= 100; ">=" where HMC's
+tau_int(Q) is only a lower bound in the same run).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py --betas 4 6 --L 8 16 32
@@ -106,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd")
     add_scaling_parser(sub)
-    ap2 = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap2.add_argument("--target-L", type=int, default=32)
+    # allow_abbrev=False: the study's own options (--target-L, --target-ess) pass through
+    ap2 = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    ap2.add_argument("--target-point-L", type=int, default=32,
+                     help="L of the transfer target point (the study's --target-L is where "
+                          "training to the target ESS is measured)")
     ap2.add_argument("--target-beta", type=float, default=6.0)
     ap2.add_argument("--target-hmc-trajectories", type=int, default=20000,
                      help="a longer HMC run at the target point alone (0: none)")
@@ -128,16 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = run_scaling(ScalingSettings(**{k: getattr(args, k) for k in keys}))
     rows = [{k: v for k, v in p.items()} for p in result["points"]]
-    tgt = target(result, own.target_L, own.target_beta)
+    tgt = target(result, own.target_point_L, own.target_beta)
     if tgt and own.target_hmc_trajectories > 0:
         s = ScalingSettings(**result["settings"])
-        long = long_hmc(s, own.target_L, own.target_beta, own.target_hmc_trajectories,
+        long = long_hmc(s, own.target_point_L, own.target_beta, own.target_hmc_trajectories,
                         int(s.seed) + 7)
         cost = long["cost_per_independent_q"]
         tgt["long_hmc"] = {k: v for k, v in long.items() if k != "q"} | {"q": long["q"]}
         tgt["ratio_long_hmc"] = cost / tgt["hybrid_cost_per_independent_q"]
         tgt["ratio_long_hmc_is_lower_bound"] = bool(long["is_lower_bound"])
-        print(f"long HMC at L {own.target_L}: {long['chains']} x {long['steps']} trajectories, "
+        print(f"long HMC at L {own.target_point_L}: {long['chains']} x {long['steps']} "
+              f"trajectories, "
               f"{long['q']['q_changes']} changes of Q, tau_int(Q) "
               f"{'>' if long['is_lower_bound'] else ''}{long['tau_int_q']:.3g} "
               f"(tunnelling estimate {long['q']['tau_tunnel']:.3g}), cost per independent Q "
