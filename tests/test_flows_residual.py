@@ -22,6 +22,7 @@ from bridge.flows import (
 )
 from bridge.flows.checkpoints import load_model
 from bridge.flows.masks import loop_links_count
+from bridge.flows.residual import active_staples
 from bridge.flows.training import TrainConfig, Trainer, reverse_kl_loss
 from bridge.gauge import (
     plaquette_traces,
@@ -90,6 +91,38 @@ def test_link_staples_sum_to_the_staple_and_give_the_plaquettes():
     ref = 4 * 3 * float(plaquette_traces(u).sum())
     assert abs(total - ref) < 1e-9 * max(1.0, abs(ref))
     assert lat.nd == 4
+
+
+@pytest.mark.parametrize("group, nrow", [("SU3", (4, 2, 2, 4)), ("U1", (4, 6)),
+                                         ("SU2", (2, 4, 2))])
+def test_gathered_active_staples_are_the_link_staples(group, nrow):
+    # the layer's gathered staples (active links only) against the full-lattice ones
+    u = _field(group, nrow, batch=2)
+    lat = Lattice.of(u)
+    for mask in staple_mask_cycle(lat.nd):
+        idx, up, low = active_staples(u, lat, mask)
+        assert torch.equal(idx, mask.active_sites(lat).flatten().nonzero().squeeze(1))
+        full = link_staples(u, mask.mu)
+        for i in range(lat.nd - 1):
+            for got, ref in ((up[:, i], full[2 * i]), (low[:, i], full[2 * i + 1])):
+                torch.testing.assert_close(got, ref.flatten(1, lat.nd)[:, idx], atol=1e-14,
+                                           rtol=0)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_forward_without_graph_equals_forward_with_graph(tied):
+    # inference takes the Cayley-Hamilton exponential, training torch's matrix_exp
+    u = _field("SU3", (4, 2, 2, 4), batch=2)
+    layer = ResidualStapleLayer("SU3", 4, StapleMask(1, 1), tied=tied)
+    with torch.no_grad():
+        layer.raw.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(4))
+    y, ld = layer(u)
+    assert y.requires_grad
+    with torch.no_grad():
+        y0, ld0 = layer(u)
+    torch.testing.assert_close(y0, y.detach(), atol=1e-13, rtol=0)
+    torch.testing.assert_close(ld0, ld.detach(), atol=1e-13, rtol=0)
+    assert (y0 - u).abs().max() > 1e-3  # the layer moved the links
 
 
 @pytest.mark.parametrize("hidden", [None, (4,)], ids=["constant", "context"])

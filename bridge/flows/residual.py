@@ -66,7 +66,16 @@ import torch
 from torch import nn
 
 from ..errors import ConvergenceError
-from ..groups import Group, algebra_basis, dagger, get_group, mm, project_algebra, trace
+from ..groups import (
+    Group,
+    algebra_basis,
+    dagger,
+    expm_algebra_mul,
+    get_group,
+    mm,
+    project_algebra,
+    trace,
+)
 from ..lattice import Lattice, as_device
 from .layers import ContextNet, check_layer_input
 from .masks import MaskError
@@ -139,10 +148,12 @@ def staple_logdet(y: torch.Tensor, m: torch.Tensor, nc: int, terms: int) -> torc
     ad = _apply_map(y, ka, d)  # ad[a, b] = coords_a([Y, T_b])
     # psi(ad_Y) L = sum_{j <= J} (-ad_Y)^j L / (j + 1)!  by Horner's rule (at most 22 terms,
     # remainder below 2^23 / 24! = 1.4e-17)
+    shape = lmat.shape
+    lmat, ad = lmat.reshape(-1, d, d), ad.reshape(-1, d, d)
     pl = lmat * (1.0 / math.factorial(terms + 1))
     for j in range(terms - 1, -1, -1):
-        pl = lmat * (1.0 / math.factorial(j + 1)) - ad @ pl
-    return torch.linalg.slogdet(eye + pl)[1]
+        pl = torch.baddbmm(lmat, ad, pl, beta=1.0 / math.factorial(j + 1), alpha=-1.0)
+    return torch.linalg.slogdet(eye + pl)[1].reshape(shape[:-2])
 
 
 @dataclass(frozen=True)
@@ -214,6 +225,47 @@ def link_staples(u: torch.Tensor, mu: int) -> list[torch.Tensor]:
         low = mm(dagger(mm(umu, unu_xmu)), unu)  # built at y = x - nu
         out.append(lat.shift(low, nu, -1))
     return out
+
+
+_STAPLE_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _staple_tables(lat: Lattice, mask: StapleMask, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Active site indices ``[n]`` and the flat link indices (into ``[Nd * V]``) of the staples of
+    the active links ``[6, Nd - 1, n]``: ``U_nu(x+mu), U_mu(x+nu), U_nu(x)`` (forward) and
+    ``U_mu(x-nu), U_nu(x-nu+mu), U_nu(x-nu)`` (backward), ``nu != mu`` in order."""
+    key = (lat.nrow, mask, device)
+    if key not in _STAPLE_TABLES:
+        v, mu = lat.volume, mask.mu
+        idx = mask.active_sites(lat, device).flatten().nonzero().squeeze(1)
+        site = torch.arange(v, device=device).reshape(1, *lat.shape)
+        fwd = [lat.shift(site, d).reshape(v) for d in range(lat.nd)]
+        bwd = [lat.shift(site, d, -1).reshape(v) for d in range(lat.nd)]
+        rows = []
+        for nu in (n for n in range(lat.nd) if n != mu):
+            xm, xn = fwd[mu][idx], bwd[nu][idx]
+            rows.append(torch.stack([nu * v + xm, mu * v + fwd[nu][idx], nu * v + idx,
+                                     mu * v + xn, nu * v + fwd[mu][xn], nu * v + xn]))
+        _STAPLE_TABLES[key] = idx, torch.stack(rows, 1).contiguous()
+    return _STAPLE_TABLES[key]
+
+
+def active_staples(u: torch.Tensor, lat: Lattice, mask: StapleMask
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The active site indices and the forward and backward staples of the active links,
+    ``[batch, Nd - 1, n, N, N]`` each (the entries of :func:`link_staples` at the active sites,
+    gathered: no products at inactive sites, no shifted copies of the field)."""
+    idx, tab = _staple_tables(lat, mask, u.device)
+    nc, nb, n = int(u.shape[-1]), int(u.shape[0]), int(idx.numel())
+    flat = u.reshape(nb, lat.nd * lat.volume, nc, nc)
+
+    def g(i: int) -> torch.Tensor:
+        return flat.index_select(1, tab[i].reshape(-1)).view(nb, lat.nd - 1, n, nc, nc)
+
+    up = mm(g(0), dagger(mm(g(2), g(1))))
+    low = mm(dagger(mm(g(3), g(4))), g(5))
+    return idx, up, low
 
 
 class ResidualStapleLayer(nn.Module):
@@ -293,23 +345,27 @@ class ResidualStapleLayer(nn.Module):
 
     def _frozen(self, u: torch.Tensor, lat: Lattice) -> tuple[torch.Tensor, torch.Tensor]:
         """Active site indices (flattened) and ``B = sum_k c_k S_k`` there ``[batch, n, N, N]``."""
+        rdt = u.real.dtype
+        if self.net is None:
+            idx, up, low = active_staples(u, lat, self.mask)
+            c = self.coefficients().to(rdt).view(-1, 2)  # [nu, forward / backward]
+            if self.tied:
+                return idx, c[0, 0] * (up.sum(1) + low.sum(1))
+            return idx, ((c[:, 0, None, None, None] * up).sum(1)
+                         + (c[:, 1, None, None, None] * low).sum(1))
         sites = self.mask.active_sites(lat, u.device)
         idx = sites.flatten().nonzero().squeeze(1)
         staples = link_staples(u, self.mask.mu)
-        rdt = u.real.dtype
-        if self.net is None:
-            c = self.coefficients().to(rdt)[None, None, :]  # [1, 1, k]
-        else:
-            act = sites.to(rdt)
-            nc = self.group.nc
-            feats = []
-            for a, b in self.pairs:
-                t = trace(mm(staples[a], dagger(staples[b]))) / nc
-                feats += [t.real * act, t.imag * act]
-            wdt = self.net.layers[0].weights()[0].dtype
-            z = self.net(torch.stack(feats, dim=1).to(wdt)).movedim(1, -1).to(rdt)
-            z = z.flatten(1, lat.nd)[:, idx]  # [batch, n, k]
-            c = self.kappa * torch.tanh(self.raw.to(rdt) + z) / self.n_staples
+        act = sites.to(rdt)
+        nc = self.group.nc
+        feats = []
+        for a, b in self.pairs:
+            t = trace(mm(staples[a], dagger(staples[b]))) / nc
+            feats += [t.real * act, t.imag * act]
+        wdt = self.net.layers[0].weights()[0].dtype
+        z = self.net(torch.stack(feats, dim=1).to(wdt)).movedim(1, -1).to(rdt)
+        z = z.flatten(1, lat.nd)[:, idx]  # [batch, n, k]
+        c = self.kappa * torch.tanh(self.raw.to(rdt) + z) / self.n_staples
         b = 0
         for k, s in enumerate(staples):
             b = b + c[..., k, None, None] * s.flatten(1, lat.nd)[:, idx]
@@ -334,7 +390,10 @@ class ResidualStapleLayer(nn.Module):
         idx, b = self._frozen(u, lat)
         ua = u[:, self.mask.mu].flatten(1, lat.nd)[:, idx]
         y, m = self._y(ua, b)
-        ua_new = mm(torch.linalg.matrix_exp(y), ua)
+        if torch.is_grad_enabled() and (y.requires_grad or ua.requires_grad):
+            ua_new = mm(torch.linalg.matrix_exp(y), ua)  # smooth everywhere, also at Y = 0
+        else:  # Cayley-Hamilton for SU(3) (native on CPUs): the same map to rounding
+            ua_new = expm_algebra_mul(y, ua.contiguous())
         return self._replace(u, lat, idx, ua_new), self._logdet(y, m).sum(-1)
 
     def reverse(self, u: torch.Tensor, *, tol: float | None = None,
