@@ -14,7 +14,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "run_command", "build_parser", "COMMANDS"]
 
 # (module of this package, registering function), in the order of `qcd-bridge --help`
 COMMANDS: list[tuple[str, str]] = [
@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("chroma", "add_chroma_xml_parser"),
     ("demo", "add_demo_parser"),
     ("scaling", "add_scaling_parser"),
+    ("serve", "add_serve_parser"),
 ]
 
 
@@ -59,14 +60,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``qcd-bridge`` console script; returns the exit status."""
-    from ..errors import BridgeError
+    """Entry point of the ``qcd-bridge`` console script; returns the exit status.
 
+    Called without ``argv`` (the console script, ``python -m bridge.cli``), the commands that
+    import torch (:data:`~bridge.cli.serve_client.SERVED`) run in a ``qcd-bridge serve``
+    server when ``QCD_BRIDGE_SERVER`` asks for one (docs/server.md), and otherwise end the
+    process without the interpreter's teardown once their files are closed
+    (:func:`~bridge.cli.common.fast_exit`).  Called with ``argv`` (a script, the tests), it
+    runs the command here and returns."""
+    console = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if console:
+        from .serve_client import SERVED
+
+        if args.command in SERVED:
+            from .common import fast_exit, open_for_writing
+            from .serve_client import forward, server_socket
+
+            before = open_for_writing()
+            path = server_socket()
+            status = forward(argv, path) if path is not None else None
+            if status is None:
+                status = run_command(args)
+            return fast_exit(status, before)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command in this process: its exit status, with the project's errors
+    reported in one line on stderr."""
+    from ..errors import BridgeError
+
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # output piped into `head` and closed: not an error
