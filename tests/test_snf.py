@@ -286,3 +286,61 @@ def test_default_learning_rate_shrinks_with_the_blocks():
     s = train_settings(None, arch="snf", group="su3", nrow=[2, 2, 2, 2], beta0=0.5, beta=1.0,
                        blocks=16, lr=0.01)
     assert s["lr"] == 0.01
+
+
+# -- fine-tuning on another lattice: qcd-bridge train --init-from SNF ---------------------------
+@pytest.fixture
+def snf_dir(tmp_path):
+    out = tmp_path / "src"
+    assert cli_main([*CLI, "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_fine_tuning_starts_from_the_source_on_a_larger_lattice(snf_dir, tmp_path, capsys):
+    """The protocol, group and layers come from the model; with no step the evaluation on the
+    new lattice is that of the source model itself (same seed), so the run starts from its
+    parameters; the summary records the history."""
+    out = tmp_path / "fine"
+    assert cli_main(["train", "--init-from", str(snf_dir), "--nrow", "4", "2", "2", "2",
+                     "--steps", "0", "--therm", "3", "--eval-samples", "32", "--eval-batch",
+                     "16", "--log-every", "0", "--out", str(out)]) == 0
+    assert f"fine-tuning {snf_dir} (trained on 2x2x2x2" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["nrow"], s["blocks"], s["beta0"], s["beta"]) == ([4, 2, 2, 2], 2, 0.5, 1.0)
+    assert s["init_from"]["model"] == str(snf_dir) and s["init_from"]["nrow"] == list(NROW)
+    assert s["history"][0]["steps"] == 2
+    from bridge.jobs.train_snf import evaluate_snf
+
+    src = load_model(snf_dir)[0]
+    ref = evaluate_snf(src, [4, 2, 2, 2], 32, 16, seed=0, therm=3, sweeps=1)
+    assert s["mean_work"] == pytest.approx(ref["mean_work"], abs=1e-9)
+    assert s["mean_work"] != pytest.approx(s["mean_work_no_layers"], abs=1e-6)
+    # a fine-tuning step moves the source's coefficients
+    assert cli_main(["train", "--init-from", str(snf_dir), "--nrow", "4", "2", "2", "2",
+                     "--steps", "1", "--eval-samples", "16", "--eval-batch", "16",
+                     "--log-every", "0", "--out", str(tmp_path / "one")]) == 0
+    moved = load_model(tmp_path / "one")[0]
+    diffs = [float((p - q).detach().abs().max()) for p, q in zip(src.parameters(), moved.parameters(),
+                                                        strict=True)]
+    assert 0 < max(diffs) < 0.1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--blocks", "3"], "--init-from {m}: the protocol comes from the model, whose n_blocks is "
+                        "2, not 3; drop --blocks"),
+    (["--beta", "1.5"], "--init-from {m}: the protocol comes from the model, whose beta is 1.0, "
+                        "not 1.5; drop --beta"),
+    (["--arch", "coupling"], "--init-from {m}: the model is a stochastic normalizing flow; drop "
+                             "--arch coupling"),
+    (["--nrow", "4", "2", "2", "3"], "--nrow 4 2 2 3: the heatbath and the staple layers need "
+                                     "even extents"),
+    (["--group", "su2"], "--init-from {m}: the model is for SU(3), this run for SU(2) (--group "
+                         "su2); give the model's group"),
+])
+def test_fine_tuning_refusals(snf_dir, tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert cli_main(["train", "--init-from", str(snf_dir), "--steps", "1", "--out", str(out),
+                     *args]) == 1
+    err = capsys.readouterr().err
+    assert message.format(m=snf_dir) in err, err
+    assert not out.exists()

@@ -221,8 +221,8 @@ def test_fine_tuning_keeps_the_source_estimator(tmp_path):
     (["--group", "su3", "--nrow", "2", "2", "2", "2", "--kappa", "0.1"],
      "--init-from {m}: fine-tuning takes gauge-only flows; with --kappa (a joint Nf = 2 model) "
      "start from a checkpoint with --init instead"),
-    (["--arch", "snf", "--beta0", "0.5"], "--init-from {m}: fine-tuning takes gauge-only flows; "
-                                          "--arch snf trains a stochastic normalizing flow"),
+    (["--arch", "snf", "--beta0", "0.5"], "--init-from {m}: the model is a gauge flow (coupling), "
+                                          "not a stochastic normalizing flow; drop --arch snf"),
 ])
 def test_fine_tuning_refusals(model_dir, tmp_path, capsys, args, message):
     out = tmp_path / "never"
@@ -241,5 +241,6 @@ def test_fine_tuning_refuses_a_joint_model(tmp_path, capsys):
     assert _train(["--init-from", str(src), "--group", "su3", "--nrow", "2", "2", "2", "2"],
                   tmp_path / "never") == 1
     assert (f"--init-from {src}: the model is a joint Nf = 2 model; fine-tuning takes gauge-only "
-            f"flows (coupling, residual, plaquette)") in capsys.readouterr().err
+            f"flows (coupling, residual, plaquette) and stochastic normalizing flows"
+            ) in capsys.readouterr().err
     assert not (tmp_path / "never").exists()

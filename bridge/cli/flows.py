@@ -56,9 +56,10 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default flow-run)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", metavar="MODEL",
-                   help="fine-tune: start from the parameters of this gauge flow (checkpoint or "
-                        "run directory), trained on another lattice or coupling; the "
-                        "architecture is the model's, summary.json records the history")
+                   help="fine-tune: start from the parameters of this gauge flow or "
+                        "stochastic normalizing flow (checkpoint or run directory), trained on "
+                        "another lattice or coupling; the architecture (an SNF's protocol, "
+                        "group and layers too) is the model's, summary.json records the history")
     p.add_argument("--device", help="torch device of the model and the samples (default cpu; "
                    "'cuda' under torchrun: one GPU per rank, cuda:LOCAL_RANK, nccl)")
     p.add_argument("--eval-samples", type=int, help="fresh samples for the final ESS (>= 4096 "

@@ -113,6 +113,10 @@ def train_settings(config: str | os.PathLike[str] | None = None, *, arch: str | 
         raise ConfigError(f"nrow: expected 2 or 4 extents, got {s['nrow']}")
     from .train_snf import check_snf_settings, snf_defaults
 
+    if s.get("init_from"):
+        from .transfer import snf_source_settings
+
+        snf_source_settings(s, given_keys | ({"arch"} if arch is not None else set()))
     snf_defaults(s, given_keys)
     check_snf_settings(s)
     bad = set(s["model"]) - _MODEL_KEYS
@@ -192,7 +196,7 @@ def run_train(s: dict[str, Any], *, resume: bool = False) -> int:
     if s["model"].get("arch") == "snf":
         from .train_snf import run_train_snf
 
-        return run_train_snf(s, resume=resume)
+        return run_train_snf(s, resume=resume, source=source)
     import torch
 
     from ..flows import make_flow

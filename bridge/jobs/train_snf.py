@@ -199,8 +199,11 @@ def _pool_snapshot(path: Path, pool: Any) -> None:
     os.replace(tmp, path)
 
 
-def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
-    """Train and evaluate the SNF of settings ``s`` (module docstring); the exit status."""
+def run_train_snf(s: dict[str, Any], *, resume: bool = False,
+                  source: tuple[Any, dict[str, Any]] | None = None) -> int:
+    """Train and evaluate the SNF of settings ``s`` (module docstring); the exit status.
+    ``source``: ``(model, record)`` of :func:`~bridge.jobs.transfer.fine_tune_source`, the
+    trained SNF to fine-tune (on another lattice), whose protocol ``s`` already holds."""
     import torch
 
     from ..flows.snf import PriorPool, SNFLoss
@@ -217,12 +220,18 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     check_resume(ck, resume)
     torch.manual_seed(int(s["seed"]))
-    model = _build(s)
+    model = _build(s) if source is None else source[0].train()
     nrow, batch, steps = s["nrow"], int(s["batch"]), int(s["steps"])
     extra = dict(s["train"])
     extra.setdefault("total_steps", steps)
     cfg = TrainConfig(nrow=nrow, beta=float(s["beta"]), batch=batch, lr=float(s["lr"]),
                       seed=int(s["seed"]), **extra)
+    if source is not None:
+        from .transfer import fine_tune_notice
+
+        cfg.extra = {**cfg.extra, "init_from": source[1]}
+        if not resume:
+            print(fine_tune_notice(source[1], s), flush=True)
     pool = PriorPool(model, nrow, batch, seed=int(s["seed"]), therm=int(s["therm"]),
                      sweeps=int(s["pool_sweeps"]))
     loss = SNFLoss(model, pool, batch, nrow)
@@ -257,6 +266,10 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False) -> int:
                "blocks": int(s["blocks"]), "update": s["update"], "batch": batch,
                "pool_replayed": pool.replayed, "checkpoint": str(ck),
                "stopped_by_time_budget": len(hist) < remaining}
+    if source is not None:
+        from .transfer import history_of
+
+        summary["init_from"], summary["history"] = source[1], history_of(source[1])
     path = out / "summary.json"
     tmp = path.with_name(".summary.json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")

@@ -13,7 +13,9 @@ operator of a joint model needs; a model marked ``transferable = False`` is refu
 
 Fine-tuning (``qcd-bridge train --init-from MODEL``) starts from such a model on another lattice
 or coupling: :func:`fine_tune_source` loads and checks it before any work and describes it for
-the run's history.
+the run's history.  A stochastic normalizing flow (stout layers and heatbath, local too) is
+fine-tuned on any lattice with even extents; its protocol, group and layers come from the model
+(:func:`snf_source_settings`), so ``--init-from SNF --nrow 8 8 8 8`` is the whole command.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["check_transfer", "transfer_notice", "fine_tune_source", "fine_tune_notice",
-           "history_of"]
+           "history_of", "snf_source_settings"]
 
 
 def _fmt(nrow: Sequence[int]) -> str:
@@ -71,9 +73,10 @@ def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The model of ``s["init_from"]`` (training settings of :mod:`bridge.jobs.train`) and its
     record ``{model, group, nrow, beta, steps, arch, estimator, adam_eps, init_from}`` (the
     last training settings are the fine-tuning's defaults), after the checks: a gauge-only
-    flow (not a joint Nf = 2 model or a stochastic normalizing flow, and no ``kappa`` or
-    ``--arch snf`` in this run), the run's group, no architecture settings that differ from the
-    model's, and :func:`check_transfer` on the run's lattice.  Raises :class:`ConfigError`."""
+    flow (not a joint Nf = 2 model, no ``kappa`` in this run) or a stochastic normalizing flow
+    (with ``--arch snf``, which :func:`snf_source_settings` sets), the run's group, no
+    architecture settings that differ from the model's, and :func:`check_transfer` (an SNF:
+    even extents) on the run's lattice.  Raises :class:`ConfigError`."""
     import torch
 
     from ..flows.checkpoints import GROUPS, load_model
@@ -84,15 +87,18 @@ def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     if s.get("kappa") is not None:
         raise ConfigError(f"{where}: fine-tuning takes gauge-only flows; with --kappa (a joint "
                           f"Nf = 2 model) start from a checkpoint with --init instead")
-    if s.get("model", {}).get("arch") == "snf":
-        raise ConfigError(f"{where}: fine-tuning takes gauge-only flows; --arch snf trains a "
-                          f"stochastic normalizing flow, which does not start from a model")
     model, meta = load_model(path)
     arch = meta.get("model", {}).get("arch")
-    if arch in ("joint", "snf"):
-        kind = "a joint Nf = 2 model" if arch == "joint" else "a stochastic normalizing flow"
-        raise ConfigError(f"{where}: the model is {kind}; fine-tuning takes gauge-only flows "
-                          f"(coupling, residual, plaquette)")
+    snf_run = s.get("model", {}).get("arch") == "snf"
+    if arch == "joint":
+        raise ConfigError(f"{where}: the model is a joint Nf = 2 model; fine-tuning takes "
+                          f"gauge-only flows (coupling, residual, plaquette) and stochastic "
+                          f"normalizing flows")
+    if snf_run != (arch == "snf"):
+        raise ConfigError(f"{where}: the model is a gauge flow ({arch or 'coupling'}), not a "
+                          f"stochastic normalizing flow; drop --arch snf to fine-tune it"
+                          if snf_run else f"{where}: the model is a stochastic normalizing "
+                          f"flow; fine-tune it with --arch snf")
     want = get_group(GROUPS[s["group"]]).name
     if model.group.name != want:
         raise ConfigError(f"{where}: the model is for {model.group.name}, this run for {want} "
@@ -102,7 +108,12 @@ def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
                 isinstance(value, list) and list(meta["model"].get(key)) == value):
             raise ConfigError(f"{where}: the architecture comes from the model, whose {key} is "
                               f"{meta['model'].get(key)!r}, not {value!r}; drop that setting")
-    check_transfer(model, s["nrow"], where)
+    if arch == "snf":
+        if any(int(n) % 2 for n in s["nrow"]):
+            raise ConfigError(f"{where}: the stochastic normalizing flow's heatbath and stout "
+                              f"masks need even extents; got {_fmt(s['nrow'])}")
+    else:
+        check_transfer(model, s["nrow"], where)
     p = Path(path)
     state = torch.load(p / "checkpoint.pt" if p.is_dir() else p, map_location="cpu",
                        weights_only=False)
@@ -113,6 +124,53 @@ def fine_tune_source(s: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
               "estimator": train.get("estimator"), "adam_eps": train.get("adam_eps"),
               "init_from": train.get("extra", {}).get("init_from")}
     return model, record
+
+
+# the settings of an SNF run that make its protocol, and the model config's names of them
+_SNF_PROTOCOL = {"beta0": "beta0", "beta": "beta", "blocks": "n_blocks", "update": "update",
+                 "n_hb": "n_hb", "n_or": "n_or", "tau": "tau", "md_steps": "md_steps",
+                 "n_traj": "n_traj", "defect": "defect", "c0": "c0"}
+
+
+def snf_source_settings(s: dict[str, Any], given: set[str]) -> None:
+    """When ``s["init_from"]`` is a stochastic normalizing flow, make ``s`` its fine-tuning (in
+    place, before the SNF defaults): ``--arch snf``, the model's layer type and protocol
+    (``beta0``, ``beta``, blocks, updates, defect).  A protocol option given with another value
+    than the model's is refused (the layers belong to that protocol).  Any other source (or an
+    unreadable one, which :func:`fine_tune_source` reports) leaves ``s`` as it is."""
+    import torch
+
+    p = Path(str(s["init_from"]))
+    try:
+        state = torch.load(p / "checkpoint.pt" if p.is_dir() else p, map_location="cpu",
+                           weights_only=False)
+        mc = state["meta"]["model"]
+    except Exception:  # noqa: BLE001 - reported with the file's name by fine_tune_source
+        return
+    if not isinstance(mc, dict) or mc.get("arch") != "snf":
+        return
+    where = f"--init-from {p}"
+    if s["model"].get("arch", "snf") != "snf":
+        raise ConfigError(f"{where}: the model is a stochastic normalizing flow; drop --arch "
+                          f"{s['model']['arch']}")
+    s["model"].update(arch="snf", layer=mc.get("layer", "staple"),
+                      init=mc.get("init", "identity"))
+    if "group" not in given:
+        from ..flows.checkpoints import GROUPS
+        from ..groups import get_group
+
+        names = {get_group(v).name: k for k, v in GROUPS.items()}
+        s["group"] = names.get(str(mc.get("group")), s["group"])
+    if "nrow" not in given and state["meta"].get("train", {}).get("nrow"):
+        s["nrow"] = [int(n) for n in state["meta"]["train"]["nrow"]]
+    for key, name in _SNF_PROTOCOL.items():
+        value = mc.get(name, 0.0 if key == "c0" else None)
+        if key in given and s.get(key) is not None and s[key] != value and not (
+                isinstance(value, list) and list(s[key]) == value):
+            opt = f"--{key.replace('_', '-')}"
+            raise ConfigError(f"{where}: the protocol comes from the model, whose {name} is "
+                              f"{value!r}, not {s[key]!r}; drop {opt}")
+        s[key] = value
 
 
 def history_of(record: dict[str, Any] | None) -> list[dict[str, Any]]:
