@@ -320,8 +320,8 @@ def test_fine_tuning_starts_from_the_source_on_a_larger_lattice(snf_dir, tmp_pat
                      "--steps", "1", "--eval-samples", "16", "--eval-batch", "16",
                      "--log-every", "0", "--out", str(tmp_path / "one")]) == 0
     moved = load_model(tmp_path / "one")[0]
-    diffs = [float((p - q).detach().abs().max()) for p, q in zip(src.parameters(), moved.parameters(),
-                                                        strict=True)]
+    diffs = [float((p - q).detach().abs().max())
+             for p, q in zip(src.parameters(), moved.parameters(), strict=True)]
     assert 0 < max(diffs) < 0.1
 
 
