@@ -153,6 +153,12 @@ def test_errors_and_statuses_are_relayed(server, tmp_path):
         assert a.returncode == b.returncode == 1
         assert a.stderr == b.stderr
         assert a.stderr.startswith(f"qcd-bridge {args[0]}: error: ")
+    # the server parses the command line: a usage error is its argparse message and status 2
+    a, b = _cli(["hmc", "-i", "in.xml"], tmp_path, server), _cli(["hmc", "-i", "in.xml"], tmp_path)
+    assert a.returncode == b.returncode == 2
+    assert a.stderr == b.stderr
+    assert a.stderr.endswith("qcd-bridge hmc: error: the following arguments are required: "
+                             "-o/--output\n")
     a = _cli(["chroma", "-i", "bad.xml", "-o", "o.xml"], tmp_path, server)
     assert a.stderr == "qcd-bridge chroma: error: bad.xml: missing required element " \
                        "/chroma/Param\n"
@@ -196,12 +202,11 @@ def test_a_client_that_cannot_use_the_server_runs_the_command_itself(case, serve
 
 def test_client_never_imports_torch(server, tmp_path, data_dir):
     served, _ = _hmc_dirs(tmp_path, data_dir)
-    code = ("import sys, bridge.cli.common as c\n"
-            "def probe(status, before):\n"
+    code = ("import atexit, sys\n"
+            "def probe():\n"
             "    heavy = [m for m in ('torch', 'numpy', 'h5py', 'lxml') if m in sys.modules]\n"
             "    print('HEAVY', heavy, file=sys.stderr)\n"
-            "    return status\n"
-            "c.fast_exit = probe\n"
+            "atexit.register(probe)\n"
             "from bridge.cli import main\n"
             "sys.argv = ['qcd-bridge', 'hmc', '-i', 'in.xml', '-o', 'out.xml', '--quiet']\n"
             "sys.exit(main())\n")

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+
+from .common import SERVED
 
 __all__ = ["main", "run_command", "build_parser", "COMMANDS"]
 
@@ -70,24 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs the command here and returns."""
     console = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
+    if console and argv and argv[0] in SERVED and os.environ.get("QCD_BRIDGE_SERVER"):
+        from .serve_client import forward, server_socket
+
+        path = server_socket()  # None for QCD_BRIDGE_SERVER=0
+        status = forward(argv, path) if path is not None else None
+        if status is not None:  # the server parsed and ran it
+            return status
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if console:
-        from .serve_client import SERVED
+    if console and args.command in SERVED:
+        from .common import fast_exit, open_for_writing
 
-        if args.command in SERVED:
-            from .common import fast_exit, open_for_writing
-            from .serve_client import forward, server_socket
-
-            before = open_for_writing()
-            path = server_socket()
-            status = forward(argv, path) if path is not None else None
-            if status is None:
-                status = run_command(args)
-            return fast_exit(status, before)
+        before = open_for_writing()
+        return fast_exit(run_command(args), before)
     return run_command(args)
 
 

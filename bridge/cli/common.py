@@ -6,7 +6,13 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["GROUP_CHOICES", "given", "open_for_writing", "opened_since", "flush_stdio", "fast_exit"]
+__all__ = ["GROUP_CHOICES", "SERVED", "given", "open_for_writing", "opened_since", "flush_stdio",
+           "fast_exit"]
+
+SERVED = frozenset({"hmc", "chroma", "measure", "run"})
+"""The commands that import torch and that scripts start once per configuration or HMC
+segment: the console entry ends them with :func:`fast_exit`, and a ``qcd-bridge serve`` server
+runs them (bridge.cli.serve)."""
 
 # the settings keys of the gauge groups (bridge.flows.checkpoints.GROUPS; a test keeps them
 # equal) spelled out so that building the parser imports no torch

@@ -299,8 +299,12 @@ class _Requests:
                 return
             op = msg.get("op") if msg else None
             if op == "ping":
+                import resource
+
+                ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ended commands' CPU
                 send_msg(conn, {"ok": True, "pid": os.getpid(), "tag": self.tag,
-                                "threads": thread_count(), "running": len(self.children)})
+                                "threads": thread_count(), "running": len(self.children),
+                                "children_cpu_s": ru.ru_utime + ru.ru_stime})
             elif op == "stop":
                 send_msg(conn, {"ok": True, "pid": os.getpid(), "running": len(self.children)})
                 self._begin_stop(kill=False)

@@ -30,13 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .common import SERVED
+
 __all__ = ["ENV", "SERVED", "START_ENV", "default_socket", "server_socket", "source_tag",
            "send_msg", "recv_msg", "forward", "request"]
 
 ENV = "QCD_BRIDGE_SERVER"
-SERVED = frozenset({"hmc", "chroma", "measure", "run"})
-"""The commands a server runs (those that import torch and are started once per segment or
-configuration by scripts)."""
 
 START_ENV = ("ATEN_CPU_CAPABILITY", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHASHSEED",
              "QCD_BRIDGE_TEST_SEED_SHIFT")
