@@ -166,6 +166,9 @@ def test_cli_end_to_end_and_resume(tmp_path):
      r"model: \['n_layers'\] do not apply to --arch snf"),
     ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": 1.0, "kappa": 0.1},
      r"--kappa 0.1: --arch snf is pure gauge"),
+    ({"arch": "snf", "group": "su3", "nrow": [2, 2, 2, 2], "beta0": 1.0, "init_scale": -0.5},
+     r"--init-scale -0.5: expected a factor >= 0 of Luescher's coefficients or 'auto'"),
+    ({"init_scale": 0.5}, r"--init-scale 0.5: protocol settings need --arch snf"),
 ])
 def test_settings_errors(opts, match):
     with pytest.raises(ConfigError, match=match):
@@ -257,6 +260,49 @@ def test_luscher_init_and_its_bound():
         SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init="zero")
 
 
+def test_init_scale_multiplies_the_luscher_coefficients_and_its_errors():
+    want = -(0.25) / (4 * 8)
+    m = SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init_scale=0.5)
+    assert m.config["init_scale"] == 0.5
+    for b in m.blocks:
+        assert torch.allclose(b.coefficients(), torch.full((8,), 0.5 * want, dtype=torch.float64))
+    m.set_init_scale(2.0)
+    assert m.config["init_scale"] == 2.0
+    assert torch.allclose(m.blocks[1].coefficients(), torch.full((8,), 2 * want,
+                                                                 dtype=torch.float64))
+    assert flow_from_config(m.config).config["init_scale"] == 2.0
+    with pytest.raises(ConfigError, match=r"init_scale: expected a finite factor >= 0 of the "
+                                          r"Luescher coefficients, got -1"):
+        SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init_scale=-1)
+    ident = SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init="identity")
+    with pytest.raises(ConfigError, match=r"init_scale: scales the Luescher initialisation, "
+                                          r"not init 'identity'"):
+        ident.set_init_scale(0.5)
+
+
+def test_init_scale_scan_uses_common_random_numbers_and_keeps_the_best(tmp_path):
+    from bridge.jobs.train_snf import scan_init_scale
+
+    m = SNFModel("SU3", 4, beta0=5.0, beta=6.0, n_blocks=2)
+    scales = (0.0, 0.5, 1.0)
+    rows = scan_init_scale(m, list(NROW), 16, 8, seed=3, therm=3, sweeps=1, scales=scales)
+    assert [r["scale"] for r in rows] == list(scales)
+    best = min(rows, key=lambda r: r["mean_work"])
+    assert m.config["init_scale"] == best["scale"]
+    # the scan is a function of the seed: a second scan gives the same numbers, and the
+    # factor 0 is the layer-free protocol on the same prior configurations
+    again = scan_init_scale(m, list(NROW), 16, 8, seed=3, therm=3, sweeps=1, scales=scales)
+    assert [r["mean_work"] for r in again] == [r["mean_work"] for r in rows]
+    assert len({r["mean_work"] for r in rows}) == 3
+    # through the CLI: the summary records the scan and the factor the training started from
+    out = tmp_path / "auto"
+    assert cli_main([*CLI, "--steps", "1", "--init-scale", "auto", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["scale"] for r in summary["init_scan"]] == [0.25, 0.5, 0.75, 1.0, 1.5]
+    assert summary["init_scale"] == min(summary["init_scan"],
+                                        key=lambda r: r["mean_work"])["scale"]
+
+
 def test_luscher_init_lowers_the_dissipated_work():
     # at strong coupling the leading-order trivialising map is close to the exact transport of
     # exp(-S_{beta_k-1}) to exp(-S_{beta_k}): paired runs (same priors, same MC streams) have
@@ -336,6 +382,8 @@ def test_fine_tuning_starts_from_the_source_on_a_larger_lattice(snf_dir, tmp_pat
                                      "even extents"),
     (["--group", "su2"], "--init-from {m}: the model is for SU(3), this run for SU(2) (--group "
                          "su2); give the model's group"),
+    (["--init-scale", "0.5"], "--init-from {m}: the layers start from the model's; drop "
+                              "--init-scale"),
 ])
 def test_fine_tuning_refusals(snf_dir, tmp_path, capsys, args, message):
     out = tmp_path / "never"

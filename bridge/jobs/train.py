@@ -57,7 +57,7 @@ _DEFAULTS: dict[str, Any] = {
     # --arch snf (bridge.jobs.train_snf; None: not given, its defaults then apply)
     "beta0": None, "blocks": None, "update": None, "therm": None, "pool_sweeps": None,
     "n_hb": None, "n_or": None, "n_traj": None, "md_steps": None, "tau": None,
-    "defect": None, "c0": None,
+    "defect": None, "c0": None, "init_scale": None,
 }
 _DICTS = ("model", "train", "conditional")
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",

@@ -26,12 +26,15 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["check_snf_settings", "snf_defaults", "run_train_snf", "evaluate_snf", "SNF_KEYS",
-           "SNFSampler"]
+           "SNFSampler", "scan_init_scale", "SCAN_SCALES"]
 
 # settings keys of the SNF run (None: not given); the defaults of snf_defaults
 SNF_KEYS: dict[str, Any] = {"beta0": None, "blocks": 4, "update": None, "therm": 50,
                             "pool_sweeps": 1, "n_hb": 1, "n_or": 1, "n_traj": 1,
-                            "md_steps": 10, "tau": 1.0, "defect": None, "c0": 0.0}
+                            "md_steps": 10, "tau": 1.0, "defect": None, "c0": 0.0,
+                            "init_scale": 1.0}
+# factors of Luescher's coefficients tried by --init-scale auto
+SCAN_SCALES = (0.25, 0.5, 0.75, 1.0, 1.5)
 # settings whose general default differs for an SNF run (applied when not given)
 _SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32}
 # Adam moves a raw coefficient by ~lr per step whatever the gradient's size, and the stout
@@ -111,6 +114,14 @@ def check_snf_settings(s: dict[str, Any]) -> None:
     if isinstance(c0, bool) or not isinstance(c0, int | float) or not (math.isfinite(c0)
                                                                        and c0 >= 0):
         raise ConfigError(f"--c0 {c0!r}: expected a defect coefficient >= 0")
+    scale = s.get("init_scale", 1.0)
+    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, int | float)
+                            or not (math.isfinite(scale) and scale >= 0)):
+        raise ConfigError(f"--init-scale {scale!r}: expected a factor >= 0 of Luescher's "
+                          f"coefficients or 'auto' (a scan of the mean work)")
+    if scale != 1.0 and s["model"].get("init", "luscher") != "luscher":
+        raise ConfigError(f"--init-scale {scale}: scales the Luescher initialisation; the "
+                          f"model's init is {s['model']['init']!r}")
     bad = set(s["model"]) - _SNF_MODEL_KEYS
     if bad:
         raise ConfigError(f"model: {sorted(bad)} do not apply to --arch snf (settable: "
@@ -129,7 +140,36 @@ def _build(s: dict[str, Any]) -> Any:
                     n_hb=int(s["n_hb"]), n_or=int(s["n_or"]), tau=float(s["tau"]),
                     md_steps=int(s["md_steps"]), n_traj=int(s["n_traj"]),
                     defect=s.get("defect"), c0=float(s.get("c0", 0.0)),
+                    init_scale=1.0 if s.get("init_scale") == "auto" else
+                    float(s.get("init_scale", 1.0)),
                     **{k: v for k, v in s["model"].items() if k != "arch"})
+
+
+def scan_init_scale(model: Any, nrow: list[int], n: int, chunk: int, *, seed: int,
+                    therm: int, sweeps: int, scales: tuple[float, ...] = SCAN_SCALES
+                    ) -> list[dict[str, float]]:
+    """Mean work and ESS of ``n`` protocol runs of ``model`` for each factor in ``scales`` of
+    Luescher's coefficients, from the same prior configurations with the same MC random
+    numbers (common random numbers: the differences between factors are much more precise
+    than each mean); leaves the model at the factor of the lowest mean work (the SNF loss)."""
+    import torch
+
+    from ..flows.snf import PriorPool
+    from ..mcmc.nonequilibrium import jarzynski, run_protocol
+    from ..rng import rng_key
+
+    pool = PriorPool(model, nrow, chunk, seed=rng_key(seed, 0xE7A4), therm=therm, sweeps=sweeps)
+    x0s = [pool.draw(i)[: min(chunk, n - start)] for i, start in enumerate(range(0, n, chunk))]
+    rows = []
+    with torch.no_grad():
+        for sc in scales:
+            model.set_init_scale(sc)
+            w = torch.cat([run_protocol(x0, model.protocol(), seed=rng_key(seed, 0xE7A5),
+                                        index=i)[1] for i, x0 in enumerate(x0s)])
+            rows.append({"scale": float(sc), "mean_work": float(w.mean()),
+                         "ess": float(jarzynski(w).ess)})
+    model.set_init_scale(min(rows, key=lambda r: r["mean_work"])["scale"])
+    return rows
 
 
 def _finite(x: float) -> float | None:
@@ -222,6 +262,15 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False,
     torch.manual_seed(int(s["seed"]))
     model = _build(s) if source is None else source[0].train()
     nrow, batch, steps = s["nrow"], int(s["batch"]), int(s["steps"])
+    scan = None
+    if s.get("init_scale") == "auto" and source is None and not resume:
+        t_scan = time.perf_counter()
+        scan = scan_init_scale(model, nrow, 4 * batch, batch, seed=int(s["seed"]),
+                               therm=int(s["therm"]), sweeps=int(s["pool_sweeps"]))
+        print("init scale scan (mean work of " + str(4 * batch) + " runs): " + ", ".join(
+            f"{r['scale']:g} -> {r['mean_work']:.4f}" for r in scan) + f"; starting at "
+            f"{model.config['init_scale']:g} x Luescher ({time.perf_counter() - t_scan:.1f} s)",
+            flush=True)
     extra = dict(s["train"])
     extra.setdefault("total_steps", steps)
     cfg = TrainConfig(nrow=nrow, beta=float(s["beta"]), batch=batch, lr=float(s["lr"]),
@@ -265,7 +314,10 @@ def run_train_snf(s: dict[str, Any], *, resume: bool = False,
                "beta0": float(s["beta0"]), "beta": float(s["beta"]),
                "blocks": int(s["blocks"]), "update": s["update"], "batch": batch,
                "pool_replayed": pool.replayed, "checkpoint": str(ck),
-               "stopped_by_time_budget": len(hist) < remaining}
+               "stopped_by_time_budget": len(hist) < remaining,
+               "init_scale": model.config.get("init_scale")}
+    if scan is not None:
+        summary["init_scan"] = scan
     if source is not None:
         from .transfer import history_of
 

@@ -153,6 +153,8 @@ def snf_source_settings(s: dict[str, Any], given: set[str]) -> None:
     if s["model"].get("arch", "snf") != "snf":
         raise ConfigError(f"{where}: the model is a stochastic normalizing flow; drop --arch "
                           f"{s['model']['arch']}")
+    if "init_scale" in given:
+        raise ConfigError(f"{where}: the layers start from the model's; drop --init-scale")
     s["model"].update(arch="snf", layer=mc.get("layer", "staple"),
                       init=mc.get("init", "identity"))
     if "group" not in given:
