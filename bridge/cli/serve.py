@@ -365,6 +365,9 @@ class _Requests:
             return False  # the client gave up: it runs the command itself
         sys.stdout.flush()
         sys.stderr.flush()
+        import gc
+
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             from .serve_child import become
@@ -499,6 +502,10 @@ class Server(_Requests):
         t0 = time.perf_counter()
         _preload()
         self.loaded = _loaded_sources()
+        import gc
+
+        gc.collect()
+        gc.freeze()  # the children's collections skip (and so never copy) the preloaded objects
         self._bind()
         r, w = os.pipe()
         os.set_blocking(r, False)
