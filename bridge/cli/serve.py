@@ -265,6 +265,18 @@ def _loaded_sources() -> dict[str, tuple[int, int]]:
     return out
 
 
+def _changed_source(loaded: dict[str, tuple[int, int]]) -> str | None:
+    """The first of the ``loaded`` files (:func:`_loaded_sources`) that changed since."""
+    for path, (size, mtime) in loaded.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path
+        if (st.st_size, st.st_mtime_ns) != (size, mtime):
+            return path
+    return None
+
+
 class _Requests:
     """What the server does with one connection: answer, fork a command, relay signals to it,
     report how it ended.  :class:`Server` holds the state and the loop."""
@@ -334,22 +346,11 @@ class _Requests:
         if diff:
             return (f"it differs from this client in its {diff} (restart it: "
                     f"`qcd-bridge serve --stop`, then `qcd-bridge serve --detach`)")
-        changed = self._changed_source()
+        changed = _changed_source(self.loaded)
         if changed:
             self._begin_stop(kill=False)  # it can never serve again: make room for a new one
             return (f"{changed} changed since the server loaded it; the server stops (start "
                     f"a new one with `qcd-bridge serve --detach`)")
-        return None
-
-    def _changed_source(self) -> str | None:
-        """The first module of the package loaded by the server whose file changed since."""
-        for path, (size, mtime) in self.loaded.items():
-            try:
-                st = os.stat(path)
-            except OSError:
-                return path
-            if (st.st_size, st.st_mtime_ns) != (size, mtime):
-                return path
         return None
 
     def _start(self, conn: socket.socket, msg: dict[str, Any], fds: list[int]) -> bool:
