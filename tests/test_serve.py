@@ -399,3 +399,43 @@ def test_a_server_of_another_user_is_not_used(tmp_path, data_dir):
     assert res.stderr == (f"qcd-bridge: the server at {path} runs as uid 65534, not as this "
                           f"user (0); running the command in this process\n")
     assert (served / "pg_b5.5_4x4_cfg_4.lime").is_file()
+
+
+def test_measure_and_run_through_the_server_equal_their_own_process(server, tmp_path, data_dir):
+    """The HDF5 writers: ``measure`` (a store of series) and ``run`` (the drop-in loop with the
+    built-in engine and flow updates) leave the same stores through the server."""
+    import h5py
+    import numpy as np
+    from test_run import store_series, write_model, write_workflow, write_xml
+
+    dirs = []
+    for name in ("served", "own"):
+        d = tmp_path / name
+        d.mkdir()
+        for n in (1500, 4300):
+            shutil.copy(data_dir / NF2 / f"nf2_b1.0_k0.1_4x4_cfg_{n}.lime", d)
+        write_xml(d)
+        write_model(d)
+        write_workflow(d, cycles=2)
+        dirs.append(d)
+    for args in (["measure", "-O", "plaquette", "-O", "pion", "--kappa", "0.1", "-o", "m.h5",
+                  "*.lime", "--quiet"], ["run", "wf.json", "--quiet"]):
+        a, b = _cli(args, dirs[0], server), _cli(args, dirs[1])
+        assert a.returncode == b.returncode == 0, a.stderr + b.stderr
+        assert a.stderr == ""
+        assert a.stdout.replace(str(dirs[0]), "D") == b.stdout.replace(str(dirs[1]), "D")
+    series = []
+    for d in dirs:
+        with h5py.File(d / "m.h5", "r") as f:
+            found: dict[str, object] = {}
+            f.visititems(lambda n, o, found=found: found.__setitem__(
+                n, o[()] if isinstance(o, h5py.Dataset) else dict(o.attrs)))
+        series.append((found, store_series(d / "run" / "ensemble.h5")))
+    (ma, ra), (mb, rb) = series
+    assert sorted(ma) == sorted(mb) and len(ma) > 2
+    for k in ma:
+        assert (np.array_equal(ma[k], mb[k]) if isinstance(ma[k], np.ndarray)
+                else ma[k] == mb[k]), k
+    for k in ("w_plaq", "accepted", "delta"):
+        assert np.array_equal(ra[k], rb[k]), k
+    assert all(np.array_equal(x, y) for x, y in zip(ra["configs"], rb["configs"], strict=True))
