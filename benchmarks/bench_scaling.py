@@ -15,7 +15,7 @@ tau_int(Q) is only a lower bound in the same run).
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py --betas 4 6 --L 8 16 32
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py \\
-        --reuse benchmarks/results/scaling/scaling.json    # the target and the long HMC only
+        --reuse benchmarks/results/scaling/scaling.json    # refit; the target and long HMC
 
 ``--target-hmc-trajectories`` (default 20000) adds a longer HMC run at the target point alone,
 for a tighter bound on HMC's tau_int(Q) there.
@@ -45,7 +45,13 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from _results import write_results  # noqa: E402
 
 from bridge.cli.scaling import add_scaling_parser  # noqa: E402
-from bridge.jobs.scaling import FIT_KEYS, ScalingSettings, long_hmc, run_scaling  # noqa: E402
+from bridge.jobs.scaling import (  # noqa: E402
+    FIT_KEYS,
+    ScalingSettings,
+    long_hmc,
+    refit,
+    run_scaling,
+)
 from bridge.jobs.scaling_spacing import spacing_lines, spacing_study  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -127,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     scaling.set_defaults(**DEFAULTS)
     args = scaling.parse_args(rest)
     keys = ScalingSettings.__dataclass_fields__
-    if own.reuse:
-        result = json.loads(Path(own.reuse).read_text())
+    if own.reuse:  # the measurements of the file; flags, fits and figures recomputed
+        result = refit(json.loads(Path(own.reuse).read_text()), args.out)
     else:
         result = run_scaling(ScalingSettings(**{k: getattr(args, k) for k in keys}))
     rows = [{k: v for k, v in p.items()} for p in result["points"]]

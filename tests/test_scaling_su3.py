@@ -55,3 +55,26 @@ def test_su3_odd_extent_refused_before_any_work(tmp_path, capsys):
     assert ("--L 3: flow: layer 0 of the model (SU(3), Nd = 4) cannot act on the chain's "
             "lattice Lattice(3x3x3x3)") in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_few_effective_samples_make_bounds_and_refit(tmp_path):
+    from bridge.jobs.scaling import few_effective, refit
+
+    assert few_effective(0.011, 128) and not few_effective(0.056, 128)  # 1.4 vs 7 samples
+    pts = []
+    for L, e in ((4, 0.58), (6, 0.056), (8, 0.011)):
+        sec = 1e-3 * L**4
+        pts.append({"L": L, "volume": L**4, "beta": 1.0,
+                    "transfer": {"ess": e, "acceptance": e, "eval_samples": 128,
+                                 "seconds_per_sample": sec,
+                                 "cost_per_effective_sample": sec / e,
+                                 "minus_log_ess": -math.log(e)}})
+    res = refit({"points": pts, "nd": 4, "settings": {"family": "residual", "train_L": 4,
+                                                      "target_ess": 0.3}}, tmp_path)
+    assert [p["transfer"]["is_lower_bound"] for p in res["points"]] == [False, False, True]
+    per = res["fits"]["1"]
+    assert per["minus_log_ess"]["includes_lower_bounds"] and per["minus_log_ess"]["points"] == 3
+    two = per["minus_log_ess_resolved"]
+    assert two["points"] == 2 and two["z"] == pytest.approx(
+        math.log(math.log(0.056) / math.log(0.58)) / math.log(6**4 / 4**4))
+    assert len(res["figures"]) == 3 and "spacing_fits" not in res

@@ -266,8 +266,9 @@ def fit_power_law(x: Any, y: Any) -> dict[str, Any] | None:
 
 
 FIT_KEYS = {  # name: (value, the flag saying it is a lower bound or None)
-    "cost_per_effective_sample": ("transfer.cost_per_effective_sample", None),
-    "minus_log_ess": ("transfer.minus_log_ess", None),
+    "cost_per_effective_sample": ("transfer.cost_per_effective_sample",
+                                  "transfer.is_lower_bound"),
+    "minus_log_ess": ("transfer.minus_log_ess", "transfer.is_lower_bound"),
     "train_seconds_scratch": ("train_scratch.seconds", "train_scratch.is_lower_bound"),
     "train_seconds_transfer": ("train_transfer.seconds", "train_transfer.is_lower_bound"),
     "hybrid_cost_per_independent_q": ("hybrid.cost_per_independent_q", "hybrid.is_lower_bound"),
@@ -282,20 +283,31 @@ def _get(point: dict[str, Any], path: str) -> Any:
     return point.get(part, {}).get(key)
 
 
+def fit_all(pts: list[dict[str, Any]], xs: list[float]) -> dict[str, Any]:
+    """Every cost of :data:`FIT_KEYS` of the points ``pts`` fitted as ``a x^z`` against ``xs``;
+    a fit over values that include lower bounds (unreached targets, unresolved tau_int, too few
+    effective samples) says so and is repeated over the measured values alone
+    (``NAME_resolved``, where two or more remain)."""
+    per: dict[str, Any] = {}
+    for name, (path, flag) in FIT_KEYS.items():
+        f = fit_power_law(xs, [_get(p, path) for p in pts])
+        if f is not None:
+            f["includes_lower_bounds"] = bool(flag) and any(
+                _get(p, flag) for p in pts if (_get(p, path) or 0) > 0)
+        per[name] = f
+        if f is not None and f["includes_lower_bounds"]:
+            ok = [(x, p) for x, p in zip(xs, pts, strict=True) if not _get(p, flag)]
+            per[f"{name}_resolved"] = fit_power_law([x for x, _ in ok],
+                                                    [_get(p, path) for _, p in ok])
+    return per
+
+
 def fits(points: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per beta, the exponent of every cost of :data:`FIT_KEYS` against ``V``; a fit over values
-    that include lower bounds (unreached targets, unresolved tau_int) says so."""
+    """Per beta, :func:`fit_all` against ``V``."""
     out: dict[str, Any] = {}
     for beta in sorted({p["beta"] for p in points}):
         pts = sorted((p for p in points if p["beta"] == beta), key=lambda p: p["volume"])
-        per: dict[str, Any] = {}
-        for name, (path, flag) in FIT_KEYS.items():
-            f = fit_power_law([p["volume"] for p in pts], [_get(p, path) for p in pts])
-            if f is not None:
-                f["includes_lower_bounds"] = bool(flag) and any(
-                    _get(p, flag) for p in pts if (_get(p, path) or 0) > 0)
-            per[name] = f
-        out[f"{beta:g}"] = per
+        out[f"{beta:g}"] = fit_all(pts, [p["volume"] for p in pts])
     return out
 
 
@@ -321,7 +333,20 @@ def _evaluate(model: Any, nrow: list[int], beta: float, n: int, seed: int,
     e = ess(lw)
     return {"ess": e, "acceptance": imh_acceptance(lw, generator(rng_key(seed, 22))),
             "seconds_per_sample": sec, "cost_per_effective_sample": sec / e if e > 0 else None,
-            "minus_log_ess": -math.log(e) if e > 0 else None, "eval_samples": n}
+            "minus_log_ess": -math.log(e) if e > 0 else None, "eval_samples": n,
+            "is_lower_bound": few_effective(e, n)}
+
+
+# fewer effective samples than this among the fresh ones: the ESS estimate rests on the largest
+# weights seen, and the largest weights of the tail are unseen, so the true ESS is most likely
+# smaller (its floor is 1/n): cost per effective sample and -log ESS count as lower bounds
+FEW_EFFECTIVE = 3.0
+
+
+def few_effective(ess_value: float, n: int) -> bool:
+    """Whether ``ess_value`` of ``n`` samples is too few effective samples to be an estimate
+    (:data:`FEW_EFFECTIVE`)."""
+    return bool(ess_value * n < FEW_EFFECTIVE)
 
 
 def _trainer(model: Any, s: ScalingSettings, nrow: list[int], beta: float, seed: int,
@@ -558,6 +583,23 @@ def _point(s: ScalingSettings, fixed: Any, L: int, beta: float, seed: int) -> di
     return p
 
 
+def refit(result: dict[str, Any], out: Path | str) -> dict[str, Any]:
+    """Recompute the flags of :func:`few_effective`, the fits and the figures of a study (a
+    ``scaling.json`` written by an earlier version keeps its measurements)."""
+    from .scaling_plots import plot_scaling
+    from .scaling_spacing import spacing_fits
+
+    for p in result["points"]:
+        t = p["transfer"]
+        t["is_lower_bound"] = few_effective(t["ess"], int(t["eval_samples"]))
+    result["fits"] = fits(result["points"])
+    if int(result.get("nd", 2)) == 2 and len({p["beta"] for p in result["points"]}) >= 2:
+        result["spacing_fits"] = spacing_fits(result["points"])
+    Path(out).mkdir(parents=True, exist_ok=True)
+    result["figures"] = [str(f) for f in plot_scaling(result, Path(out))]
+    return result
+
+
 def run_scaling(s: ScalingSettings) -> dict[str, Any]:
     """The study of the module docstring; writes ``OUT/scaling.json`` and the figures and
     returns the result."""
@@ -599,7 +641,7 @@ def run_scaling(s: ScalingSettings) -> dict[str, Any]:
         for name, f in per.items():
             if f is not None:
                 err = "" if f["z_error"] is None else f" +- {f['z_error']:.2f}"
-                lb = " (includes lower bounds)" if f["includes_lower_bounds"] else ""
+                lb = " (includes lower bounds)" if f.get("includes_lower_bounds") else ""
                 print(f"beta {beta}: {name} ~ V^{f['z']:.2f}{err}{lb}")
     for line in spacing_lines(result["spacing_fits"]) if "spacing_fits" in result else []:
         print(line)

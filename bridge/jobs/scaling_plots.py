@@ -49,8 +49,16 @@ def _fit_line(ax: Any, v: list[float], f: dict[str, Any] | None, color: Any, nam
                 "includes_lower_bounds") else ""))
 
 
-def _style(ax: Any, ylabel: str, title: str, xlabel: str = "V = L^2") -> None:
+def _style(ax: Any, ylabel: str, title: str, xlabel: str = "V = L^2",
+           ticks: list[float] | None = None) -> None:
+    """Log x axis labelled at ``ticks`` only (the measured values; the minor labels of a
+    narrow logarithmic range overlap), grid, legend."""
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(sorted(set(ticks)), [f"{t:g}" for t in sorted(set(ticks))])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -83,16 +91,20 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
     nd = int(result.get("nd", 2))
     src = "x".join([str(result["settings"]["train_L"])] * nd)
     xl = f"V = L^{nd}"
+    vt = [float(p["volume"]) for p in points]
     chains = any("hybrid" in p for p in points)
     paths = []
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.4))
     for i, beta in enumerate(betas):
         c = colors[i % len(colors)]
+        # few effective samples make the ESS an upper bound, drawn as measured here; the -log
+        # ESS on the right and the costs are drawn as lower bounds
         v, e, lb = _series(points, beta, "transfer", "ess")
-        _draw(a1, v, e, lb, color=c, marker="o", label=f"ESS, beta {beta:g}")
-        v, a, lb = _series(points, beta, "transfer", "acceptance")
-        _draw(a1, v, a, lb, color=c, marker="s", label=f"acceptance, beta {beta:g}", ls=":")
+        _draw(a1, v, e, [False] * len(v), color=c, marker="o", label=f"ESS, beta {beta:g}")
+        v, a, _ = _series(points, beta, "transfer", "acceptance")
+        _draw(a1, v, a, [False] * len(v), color=c, marker="s",
+              label=f"acceptance, beta {beta:g}", ls=":")
         for part, mk in (("hybrid", "D"),) if chains else ():
             v, a, _ = _series(points, beta, part, "acceptance")
             _draw(a1, v, [x.get("flow") for x in a], [False] * len(v), color=c, marker=mk,
@@ -101,9 +113,10 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
         _draw(a2, v, m, lb, color=c, marker="o", label=f"beta {beta:g}")
         _fit_line(a2, v, fits[f"{beta:g}"].get("minus_log_ess"), c, "fit")
     a1.set_ylim(0, 1.05)
-    _style(a1, "ESS / IMH acceptance", f"{fam} flow trained on {src}, used on L^{nd}", xl)
+    _style(a1, "ESS / IMH acceptance", f"{fam} flow trained on {src}, used on L^{nd}", xl,
+           vt)
     a2.set_yscale("log")
-    _style(a2, "-log ESS", "local model: -log ESS ~ V", xl)
+    _style(a2, "-log ESS", "local model: -log ESS ~ V", xl, vt)
     paths.append(_save(fig, out / "scaling_ess.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -116,7 +129,7 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
                   floor=_FLOOR, ls="-" if part == "train_scratch" else ":")
     ax.set_yscale("log")
     _style(ax, f"training seconds to ESS {result['settings']['target_ess']:g} "
-               f"(0 drawn at {_FLOOR})", "training cost to the target ESS", xl)
+               f"(0 drawn at {_FLOOR})", "training cost to the target ESS", xl, vt)
     paths.append(_save(fig, out / "scaling_training.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -136,7 +149,8 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
             if fit:
                 _fit_line(ax, v, per.get(fit), c, "fit")
     ax.set_yscale("log")
-    _style(ax, "seconds (one CPU thread)", "cost per independent sample (open: lower bound)", xl)
+    _style(ax, "seconds (one CPU thread)", "cost per independent sample (open: lower bound)", xl,
+           vt)
     paths.append(_save(fig, out / "scaling_cost.png"))
     if "spacing_fits" in result:
         paths.append(plot_spacing(points, result["spacing_fits"], out / "scaling_spacing.png"))
@@ -197,6 +211,8 @@ def plot_spacing(points: list[dict[str, Any]], sf: dict[str, Any], path: Path,
     for ax, title in ((axes[0], "fixed L x L, beta varies"),
                       (axes[1], "fixed physical volume V chi_t (L ~ xi_t)")):
         ax.set_yscale("log")
+        lo, hi = ax.get_xlim()
         _style(ax, "seconds (one CPU thread)", f"{title}; open: lower bound, dashed: fit",
-               "xi_t = (chi_t a^2)^(-1/2)  (1/a in units of sqrt(chi_t))")
+               "xi_t = (chi_t a^2)^(-1/2)  (1/a in units of sqrt(chi_t))",
+               [t for t in (4, 6, 8, 12, 16, 24, 32, 48, 64) if lo <= t <= hi])
     return _save(fig, path)

@@ -84,21 +84,9 @@ def merge_points(*point_lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fit_all(pts: list[dict[str, Any]]) -> dict[str, Any]:
-    from .scaling import FIT_KEYS, _get, fit_power_law
+    from .scaling import fit_all
 
-    per: dict[str, Any] = {}
-    xs = [p["xi_t"] for p in pts]
-    for name, (path, flag) in FIT_KEYS.items():
-        f = fit_power_law(xs, [_get(p, path) for p in pts])
-        if f is not None:
-            f["includes_lower_bounds"] = bool(flag) and any(
-                _get(p, flag) for p in pts if (_get(p, path) or 0) > 0)
-        per[name] = f
-        if f is not None and f["includes_lower_bounds"]:  # and over the measured values only
-            ok = [p for p in pts if not _get(p, flag)]
-            per[f"{name}_resolved"] = fit_power_law([p["xi_t"] for p in ok],
-                                                    [_get(p, path) for p in ok])
-    return per
+    return fit_all(pts, [p["xi_t"] for p in pts])
 
 
 def spacing_fits(points: list[dict[str, Any]], tol: float = 0.02) -> dict[str, Any]:
@@ -138,10 +126,8 @@ def spacing_lines(fits: dict[str, Any]) -> list[str]:
             for name, f in fs.items():
                 if not isinstance(f, dict) or "z" not in f:
                     continue
-                if name.endswith("_resolved"):
-                    f = {**f, "includes_lower_bounds": False}
                 err = "" if f["z_error"] is None else f" +- {f['z_error']:.2f}"
-                lb = " (includes lower bounds)" if f["includes_lower_bounds"] else ""
+                lb = " (includes lower bounds)" if f.get("includes_lower_bounds") else ""
                 lines.append(f"{kind} = {key}: {name} ~ xi_t^{f['z']:.2f}{err}{lb}")
     return lines
 
