@@ -117,12 +117,15 @@ def _hmc_dirs(tmp_path: Path, data_dir: Path) -> tuple[Path, Path]:
 def test_hmc_through_the_server_equals_its_own_process(server, tmp_path, data_dir):
     served, own = _hmc_dirs(tmp_path, data_dir)
     args = ["hmc", "-i", "in.xml", "-o", "out.xml", "--quiet"]
-    a, b = _cli(args, served, server), _cli(args, own)
+    a, b = _cli(args, served, server, umask=0o027), _cli(args, own, umask=0o027)
     assert a.returncode == b.returncode == 0, a.stderr + b.stderr
     assert a.stderr == b.stderr == ""  # no fallback notice: the server ran it
     assert _SECONDS.sub("", a.stdout) == _SECONDS.sub("", b.stdout)
     assert "4 production updates" in a.stdout
     names = _same_files(served, own)
+    for name in names:  # created under the client's umask
+        assert (served / name).stat().st_mode == (own / name).stat().st_mode, name
+    assert (served / "out.xml").stat().st_mode & 0o777 == 0o640
     assert {"pg_b5.5_4x4_cfg_2.lime", "pg_b5.5_4x4_cfg_4.lime",
             "pg_b5.5_4x4_restart_4.xml", "out.xml"} <= set(names)
 

@@ -39,6 +39,11 @@ def become(conn: Any, msg: dict[str, Any], fds: list[int], sel: Any, wake_w: int
         os.close(wake_w)
         take_stdio(fds, msg["stdio"], msg.get("encoding") or ["utf-8", "strict"])
         os.chdir(msg["cwd"])
+        os.umask(int(msg.get("umask", 0o022)))  # files are created as the client would
+        try:  # the client's scheduling priority (only ever lowered without privileges)
+            os.setpriority(os.PRIO_PROCESS, 0, int(msg.get("nice", 0)))
+        except OSError:
+            pass
         os.environ.clear()
         os.environ.update(msg["env"])
         apply_threads(msg["env"])

@@ -215,8 +215,11 @@ def _connect(path: Path, argv: list[str]) -> socket.socket | None:
         return None
     fds, present = _stdio()
     out = sys.stdout
+    umask = os.umask(0o022)
+    os.umask(umask)
     req = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ),
-           "tag": source_tag(), "stdio": present,
+           "tag": source_tag(), "stdio": present, "umask": umask,
+           "nice": os.getpriority(os.PRIO_PROCESS, 0),
            "encoding": [getattr(out, "encoding", None) or "utf-8",
                         getattr(out, "errors", None) or "strict"]}
     try:
