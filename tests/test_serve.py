@@ -442,3 +442,23 @@ def test_measure_and_run_through_the_server_equal_their_own_process(server, tmp_
     for k in ("w_plaq", "accepted", "delta"):
         assert np.array_equal(ra[k], rb[k]), k
     assert all(np.array_equal(x, y) for x, y in zip(ra["configs"], rb["configs"], strict=True))
+
+
+def test_opt_in_values_and_what_must_match():
+    from bridge.cli.serve_client import default_socket, server_socket, source_tag, tag_difference
+
+    for off in ("", "0", "off", "No", "false"):
+        assert server_socket({"QCD_BRIDGE_SERVER": off}) is None
+    assert server_socket({}) is None
+    for on in ("1", "on", "YES", "true", "default"):
+        assert server_socket({"QCD_BRIDGE_SERVER": on}) == default_socket()
+    assert server_socket({"QCD_BRIDGE_SERVER": "/x/s.sock"}) == Path("/x/s.sock")
+    assert default_socket().name == "server.sock"
+    tag = source_tag()
+    assert tag_difference(tag, dict(tag)) is None
+    older = {**tag, "version": "0.0.9"}
+    assert tag_difference(tag, older) == (f"package version: server 0.0.9, client "
+                                          f"{tag['version']}")
+    other = {**tag, "env": {**tag["env"], "PYTHONHASHSEED": "3"}}
+    assert tag_difference(other, tag) == (f"environment PYTHONHASHSEED: server "
+                                          f"{tag['env']['PYTHONHASHSEED']!r}, client '3'")
