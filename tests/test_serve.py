@@ -284,8 +284,20 @@ def test_other_users_are_refused(server):
     assert f"runs as uid 65534; this server serves uid {os.getuid()} only" in answer
 
 
-def test_detach_status_stop_and_idle_timeout(tmp_path):
+@pytest.fixture
+def detached(tmp_path):
+    """The socket of a server the test detaches; stopped (and killed) afterwards if alive."""
     path = tmp_path / "d.sock"
+    yield path
+    try:
+        pid = request(path, {"op": "ping"})["pid"]
+    except (OSError, ValueError, KeyError):
+        return
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_detach_status_stop_and_idle_timeout(detached, tmp_path):
+    path = detached
     base = [sys.executable, "-m", "bridge.cli", "serve", "--socket", str(path)]
     run = dict(capture_output=True, text=True, env=_env(), timeout=300)
     res = subprocess.run([*base, "--detach", "--idle-timeout", "600"], **run)
