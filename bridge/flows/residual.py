@@ -353,23 +353,7 @@ class ResidualStapleLayer(nn.Module):
                 return idx, c[0, 0] * (up.sum(1) + low.sum(1))
             return idx, ((c[:, 0, None, None, None] * up).sum(1)
                          + (c[:, 1, None, None, None] * low).sum(1))
-        sites = self.mask.active_sites(lat, u.device)
-        idx = sites.flatten().nonzero().squeeze(1)
-        staples = link_staples(u, self.mask.mu)
-        act = sites.to(rdt)
-        nc = self.group.nc
-        feats = []
-        for a, b in self.pairs:
-            t = trace(mm(staples[a], dagger(staples[b]))) / nc
-            feats += [t.real * act, t.imag * act]
-        wdt = self.net.layers[0].weights()[0].dtype
-        z = self.net(torch.stack(feats, dim=1).to(wdt)).movedim(1, -1).to(rdt)
-        z = z.flatten(1, lat.nd)[:, idx]  # [batch, n, k]
-        c = self.kappa * torch.tanh(self.raw.to(rdt) + z) / self.n_staples
-        b = 0
-        for k, s in enumerate(staples):
-            b = b + c[..., k, None, None] * s.flatten(1, lat.nd)[:, idx]
-        return idx, b
+        return _context_frozen(self, u, lat)
 
     def _y(self, ua: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m = mm(ua, b)
@@ -425,3 +409,27 @@ class ResidualStapleLayer(nn.Module):
         # log-Jacobian of the inverse = -(log-Jacobian of the forward map at the preimage)
         y, m = self._y(cur, b)
         return self._replace(u, lat, idx, cur), -self._logdet(y, m).sum(-1)
+
+
+def _context_frozen(layer: ResidualStapleLayer, u: torch.Tensor, lat: Lattice
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_frozen`` of a layer with a context net: site-dependent ``c_k(x)`` from the
+    gauge-invariant staple features of the active sites (class docstring)."""
+    rdt = u.real.dtype
+    sites = layer.mask.active_sites(lat, u.device)
+    idx = sites.flatten().nonzero().squeeze(1)
+    staples = link_staples(u, layer.mask.mu)
+    act = sites.to(rdt)
+    nc = layer.group.nc
+    feats = []
+    for a, b in layer.pairs:
+        t = trace(mm(staples[a], dagger(staples[b]))) / nc
+        feats += [t.real * act, t.imag * act]
+    wdt = layer.net.layers[0].weights()[0].dtype
+    z = layer.net(torch.stack(feats, dim=1).to(wdt)).movedim(1, -1).to(rdt)
+    z = z.flatten(1, lat.nd)[:, idx]  # [batch, n, k]
+    c = layer.kappa * torch.tanh(layer.raw.to(rdt) + z) / layer.n_staples
+    out = 0
+    for k, st in enumerate(staples):
+        out = out + c[..., k, None, None] * st.flatten(1, lat.nd)[:, idx]
+    return idx, out
