@@ -474,3 +474,33 @@ def test_opt_in_values_and_what_must_match():
     other = {**tag, "env": {**tag["env"], "PYTHONHASHSEED": "3"}}
     assert tag_difference(other, tag) == (f"environment PYTHONHASHSEED: server "
                                           f"{tag['env']['PYTHONHASHSEED']!r}, client '3'")
+
+
+def test_threads_are_waited_for_as_by_the_ordinary_exit(tmp_path):
+    """A thread the exit would wait for: the console entry takes the ordinary exit, and a
+    served command's child ends its thread pool and joins it before ``os._exit``."""
+    console = ("import sys, threading, time\n"
+               "from bridge.cli.common import fast_exit, open_for_writing\n"
+               "before = open_for_writing()\n"
+               "t = threading.Thread(target=lambda: (time.sleep(0.3), open('t.txt', 'w')"
+               ".write('done')))\n"
+               "t.start()\n"
+               "status = fast_exit(4, before)\n"
+               "sys.stderr.write('ordinary exit')\n"
+               "sys.exit(status)\n")
+    res = subprocess.run([sys.executable, "-c", console], cwd=tmp_path, capture_output=True,
+                         text=True, env=_env(), timeout=60)
+    assert (res.returncode, res.stderr) == (4, "ordinary exit")
+    assert (tmp_path / "t.txt").read_text() == "done"
+    child = ("import time\n"
+             "from concurrent.futures import ThreadPoolExecutor\n"
+             "from bridge.cli.common import open_for_writing\n"
+             "from bridge.cli.serve_child import leave\n"
+             "before = open_for_writing()\n"
+             "pool = ThreadPoolExecutor(1)\n"  # never shut down by the command
+             "pool.submit(lambda: (time.sleep(0.3), open('p.txt', 'w').write('done')))\n"
+             "leave(6, before)\n")
+    res = subprocess.run([sys.executable, "-c", child], cwd=tmp_path, capture_output=True,
+                         text=True, env=_env(), timeout=60)
+    assert (res.returncode, res.stderr) == (6, "")
+    assert (tmp_path / "p.txt").read_text() == "done"

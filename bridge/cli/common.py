@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 __all__ = ["GROUP_CHOICES", "SERVED", "given", "open_for_writing", "opened_since", "flush_stdio",
-           "fast_exit"]
+           "fast_exit", "other_threads"]
 
 SERVED = frozenset({"hmc", "chroma", "measure", "run"})
 """The commands that import torch and that scripts start once per configuration or HMC
@@ -82,16 +82,29 @@ def flush_stdio() -> bool:
 def fast_exit(status: int, before: dict[int, str] | None) -> int:
     """End the process with ``status`` without the interpreter's teardown (with torch loaded,
     0.3-0.5 s of freeing modules), where that is safe: the ``atexit`` handlers run first, and
-    the fast way is taken only when stdout and stderr flushed and the command left no file or
-    pipe open for writing beyond those open in ``before`` (its start; every command closes
-    what it wrote before it returns).  Otherwise returns ``status`` for the ordinary exit.
-    Used by the console entry of the commands that import torch, never by
-    :func:`bridge.cli.main` called as a function."""
+    the fast way is taken only when no thread is left that the exit would wait for, stdout and
+    stderr flushed, and the command left no file or pipe open for writing beyond those open in
+    ``before`` (its start; every command closes what it wrote before it returns).  Otherwise
+    returns ``status`` for the ordinary exit.  Used by the console entry of the commands that
+    import torch, never by :func:`bridge.cli.main` called as a function."""
     import atexit
 
+    if other_threads():  # the ordinary exit waits for them
+        return status
     atexit._run_exitfuncs()
     atexit._clear()
     held = opened_since(before)
     if held is None or held or not flush_stdio():
         return status
     os._exit(status)
+
+
+def other_threads() -> list[str]:
+    """Names of the threads besides the main one that the interpreter's exit would wait for
+    (alive, not daemons)."""
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return []
+    main = threading.main_thread()
+    return [t.name for t in threading.enumerate()
+            if t is not main and t.is_alive() and not t.daemon]

@@ -141,12 +141,16 @@ def flush_leftovers() -> None:
 
 
 def leave(status: int, before: dict[int, str] | None) -> None:
-    """End the child: atexit handlers, files the command left open flushed, ``os._exit``."""
+    """End the child as the interpreter would end a process (non-daemon threads joined, atexit
+    handlers, files the command left open flushed), then ``os._exit``."""
     import atexit
 
     from .common import flush_stdio, opened_since
 
     try:
+        threading = sys.modules.get("threading")
+        if threading is not None and hasattr(threading, "_shutdown"):
+            threading._shutdown()  # as the interpreter's exit: end and join non-daemon threads
         atexit._run_exitfuncs()
         if opened_since(before) != {}:
             flush_leftovers()
