@@ -80,7 +80,7 @@ def _print(r: dict) -> None:
 
 
 def volume_scaling(sizes: list[int], n_blocks: int, batch: int, reps: int) -> list[dict]:
-    """Seconds per protocol run (one configuration through ``n_blocks`` blocks), with and
+    """CPU seconds per protocol run (one configuration through ``n_blocks`` blocks), with and
     without the stout layers, on L^4 for L in ``sizes``; the configurations are heatbath
     chains after 5 sweeps (the cost does not depend on equilibrium)."""
     from bridge.gauge import random_gauge
@@ -100,10 +100,10 @@ def volume_scaling(sizes: list[int], n_blocks: int, batch: int, reps: int) -> li
         for key, layers in (("seconds_per_run", True), ("seconds_per_run_no_layers", False)):
             times = []
             with torch.no_grad():
-                for r in range(reps):
-                    t0 = time.perf_counter()
+                for r in range(reps):  # CPU time: robust to other jobs on the machine
+                    t0 = time.process_time()
                     run_protocol(u, model.protocol(layers=layers), seed=r)
-                    times.append((time.perf_counter() - t0) / batch)
+                    times.append((time.process_time() - t0) / batch)
             row[key] = sorted(times)[len(times) // 2]
         rows.append(row)
         print(f"L={size}: {row['seconds_per_run']:.4f} s/run with layers, "
