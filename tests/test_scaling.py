@@ -88,6 +88,8 @@ def test_charge_analysis_bounds_a_frozen_chain():
     (["--cycles", "10", "--therm", "8"], "--cycles 10: expected more than --therm 8 + 4"),
     (["--betas", "-1"], "--betas [-1.0]: expected positive couplings"),
     (["--batch", "1"], "--batch 1: expected a positive integer >= 2"),
+    (["--L", "8", "--chain-L", "16"], "--chain-L [16]: expected some of --L [8] (or none)"),
+    (["--q-flow-time", "-1"], "--q-flow-time -1.0 / --q-flow-eps 0.1: expected a flow time >= 0"),
 ])
 def test_refusals_before_any_work(tmp_path, capsys, args, message):
     out = tmp_path / "never"

@@ -19,16 +19,18 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> None:
             "For each beta: train a fixed model on --train-L; for each L: the transferred "
             "model's ESS and acceptance, training seconds to --target-ess from scratch and "
             "from the transferred start, hybrid (flow + HMC) and HMC chains with tau_int of Q "
-            "and of the plaquette (Gamma method) and the cost per independent sample (2D U(1) "
-            "only); fits cost ~ V^z and, for 2D U(1) at several betas, cost ~ xi_t^z with "
+            "and of the plaquette (Gamma method) and the cost per independent sample (in 4D "
+            "SU(3) Q is the clover charge after a short Wilson flow, times are CPU seconds); "
+            "fits cost ~ V^z and, for 2D U(1) at several betas, cost ~ xi_t^z with "
             "xi_t = (chi_t a^2)^(-1/2) the exact inverse spacing. Writes OUT/scaling.json and "
-            "OUT/scaling_{ess,training,cost}.png (and scaling_spacing.png)."),
+            "OUT/scaling_{ess,training,cost}.png (scaling_spacing.png for several 2D betas, "
+            "scaling_chains.png for 4D SU(3) with chains)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--family", choices=["plaquette", "coupling", "residual"],
                    default="plaquette",
                    help="flow family: 2D U(1) with the constrained plaquette flow (path "
                         "gradient) or 8 gauge-equivariant coupling layers; 4D SU(3) with one "
-                        "cycle of residual staple layers (no chains then)")
+                        "cycle of residual staple layers")
     p.add_argument("--L", nargs="+", type=int, default=[8, 16, 32],
                    help="lattice sizes L^nd")
     p.add_argument("--betas", nargs="+", type=float, default=None,
@@ -42,8 +44,12 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="initial learning rate, cosine "
                    "decay to 3e-4 (default: the family's, 0.2 plaquette, 3e-3 coupling)")
     p.add_argument("--target-ess", type=float, default=0.5, help="ESS to train to")
-    p.add_argument("--target-L", nargs="+", type=int, default=None,
-                   help="the L (of --L) where training to the target is measured (None: all)")
+    p.add_argument("--target-L", nargs="*", type=int, default=None,
+                   help="the L (of --L) where training to the target is measured (not given: "
+                        "all; given without values: none)")
+    p.add_argument("--chain-L", nargs="*", type=int, default=None,
+                   help="the L (of --L) where the hybrid and HMC chains run (not given: all; "
+                        "given without values: none)")
     p.add_argument("--window", type=int, default=10, help="steps of the batch-ESS mean")
     p.add_argument("--target-max-steps", type=int, default=300,
                    help="at most this many steps to the target")
@@ -59,6 +65,9 @@ def add_scaling_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hmc-trajectories", type=int, default=2000,
                    help="trajectories per HMC chain")
     p.add_argument("--therm", type=int, default=20, help="steps left out of the analysis")
+    p.add_argument("--q-flow-time", type=float, default=0.5,
+                   help="4D SU(3): Wilson flow time of the clover charge Q in the chains")
+    p.add_argument("--q-flow-eps", type=float, default=0.1, help="its RK3 step")
     p.add_argument("--seed", type=int, default=0, help="seed of models and chains")
     p.add_argument("--out", default="scaling", help="output directory")
     p.set_defaults(func=_run)

@@ -4,10 +4,10 @@ model against V, training to a target ESS from scratch and from a transferred st
 effective sample, autocorrelations of the hybrid chain against HMC).
 
 Families: 2D U(1) (``plaquette``, ``coupling``; ``V = L^2``) and 4D SU(3) (``residual``: one
-cycle of residual staple layers, :mod:`bridge.flows.residual`; ``V = L^4``; the flow's own
-quantities only, no chains).  The couplings are ``betas`` (every ``L`` at every beta) or, for 2D
-U(1), one beta per ``L`` on a line of constant physics ``V chi_t = physical_volume``
-(:mod:`bridge.jobs.scaling_spacing`, the exact scale).
+cycle of residual staple layers, :mod:`bridge.flows.residual`; ``V = L^4``; its chains in
+:mod:`bridge.jobs.scaling_chains_su3`).  The couplings are ``betas`` (every ``L`` at every
+beta) or, for 2D U(1), one beta per ``L`` on a line of constant physics
+``V chi_t = physical_volume`` (:mod:`bridge.jobs.scaling_spacing`, the exact scale).
 
 For each coupling ``beta`` of the grid a *fixed model* of the family is trained on
 ``train_L^nd`` for ``train_steps`` steps (reverse KL, :mod:`bridge.flows.training`; Adam
@@ -28,14 +28,15 @@ for each ``L`` of the grid:
   most ``target_max_steps`` steps (the length of the cosine schedule) or
   ``target_max_seconds``; not reached is a lower bound; the ESS on fresh samples at the end is
   recorded beside it;
-* **chains** (2D U(1)): ``chains`` hybrid chains (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed
-  model's proposals) and ``hmc_chains`` HMC chains (Omelyan 2MN, tau 1, the MD steps tuned to
-  acceptance >= 0.8), both started from the same thermalised HMC state; ``tau_int`` of the
-  geometric charge ``Q`` and of the plaquette from the Gamma method
-  (:func:`bridge.analysis.stats.gamma`, pyerrors, chains as replicas) in cycles (HMC:
+* **chains** (at every ``L``, or those of ``chain_L``; 4D SU(3): the flowed clover charge,
+  CPU seconds, :mod:`bridge.jobs.scaling_chains_su3`): ``chains`` hybrid chains
+  (``hmc:1,flow:flow_per_cycle`` per cycle, the fixed model's proposals) and ``hmc_chains`` HMC
+  chains (Omelyan 2MN, tau 1, the MD steps tuned to acceptance >= 0.8), both started from the same
+  thermalised HMC state; ``tau_int`` of the geometric charge ``Q`` and of the plaquette from the
+  Gamma method (:func:`bridge.analysis.stats.gamma`, pyerrors, chains as replicas) in cycles (HMC:
   trajectories), with the lower bounds of :func:`analyse_charge` where ``Q`` barely moves; the
-  cost per independent sample ``(seconds per step per chain) x 2 tau_int`` (the kernels' time,
-  measurements excluded).
+  cost per independent sample ``(seconds per step per chain) x 2 tau_int`` (the kernels'
+  time, measurements excluded).
 
 Fits: ``cost = a V^z`` by least squares in log-log (:func:`fit_power_law`) for every cost (and for
 ``-log ESS``, which a local model makes linear in ``V``), per beta; for 2D U(1) at two or more
@@ -95,6 +96,7 @@ class ScalingSettings:
     betas: list[float] | None = None  # [6.0] unless physical_volume sets one beta per L
     physical_volume: float | None = None
     target_L: list[int] | None = None  # where training to the target is measured (None: all L)
+    chain_L: list[int] | None = None  # where the hybrid and HMC chains run (None: all L)
     train_L: int = 8
     train_steps: int = 600
     batch: int = 64
@@ -111,6 +113,8 @@ class ScalingSettings:
     hmc_chains: int = 4
     hmc_trajectories: int = 2000
     therm: int = 20
+    q_flow_time: float = 0.5  # 4D SU(3): Wilson flow time of the charge in the chains
+    q_flow_eps: float = 0.1
     seed: int = 0
     out: str = "scaling"
 
@@ -131,8 +135,12 @@ def check_settings(s: ScalingSettings) -> None:
     elif s.betas is not None and (not s.betas or any(not (b > 0 and math.isfinite(b))
                                                      for b in s.betas)):
         raise ConfigError(f"--betas {s.betas}: expected positive couplings")
-    if s.target_L is not None and not set(s.target_L) <= set(s.L):
-        raise ConfigError(f"--target-L {s.target_L}: expected some of --L {s.L}")
+    for name, sub in (("target-L", s.target_L), ("chain-L", s.chain_L)):
+        if sub is not None and not set(sub) <= set(s.L):
+            raise ConfigError(f"--{name} {sub}: expected some of --L {s.L} (or none)")
+    if not (s.q_flow_time >= 0 and s.q_flow_eps > 0 and math.isfinite(s.q_flow_time)):
+        raise ConfigError(f"--q-flow-time {s.q_flow_time} / --q-flow-eps {s.q_flow_eps}: "
+                          f"expected a flow time >= 0 and a positive step")
     if not 0 < s.target_ess <= 1:
         raise ConfigError(f"--target-ess {s.target_ess}: expected a number in (0, 1]")
     for name in ("train_steps", "batch", "window", "target_max_steps", "eval_samples", "chains",
@@ -177,8 +185,10 @@ FIT_KEYS = {  # name: (value, the flag saying it is a lower bound or None)
     "train_seconds_transfer": ("train_transfer.seconds", "train_transfer.is_lower_bound"),
     "hybrid_cost_per_independent_q": ("hybrid.cost_per_independent_q", "hybrid.is_lower_bound"),
     "hmc_cost_per_independent_q": ("hmc.cost_per_independent_q", "hmc.is_lower_bound"),
-    "hybrid_cost_per_independent_plaquette": ("hybrid.cost_per_independent_plaquette", None),
-    "hmc_cost_per_independent_plaquette": ("hmc.cost_per_independent_plaquette", None),
+    "hybrid_cost_per_independent_plaquette": ("hybrid.cost_per_independent_plaquette",
+                                              "hybrid.plaquette_is_lower_bound"),
+    "hmc_cost_per_independent_plaquette": ("hmc.cost_per_independent_plaquette",
+                                           "hmc.plaquette_is_lower_bound"),
 }
 
 
@@ -377,8 +387,14 @@ def _point(s: ScalingSettings, fixed: Any, L: int, beta: float, seed: int) -> di
         p["train_scratch"] = train_to_target(_new_model(s, seed), s, L, beta, seed + 2)
         p["train_transfer"] = train_to_target(copy.deepcopy(fixed), s, L, beta, seed + 3,
                                               start=tr)
-    if FAMILY_GROUP[s.family] != ("U1", 2):
-        return p  # the chains and exact values below are those of 2D U(1)
+    if s.chain_L is not None and L not in s.chain_L:
+        return p
+    if FAMILY_GROUP[s.family] != ("U1", 2):  # 4D SU(3): no exact values
+        from .scaling_chains_su3 import chain_ratios, chains_su3_at
+
+        p.update(chains_su3_at(fixed, s, L, beta, seed + 4))
+        chain_ratios(p)
+        return p
     from ..exact import u1_2d_plaquette, u1_2d_topological_susceptibility
 
     p.update(chains_at(fixed, s, L, beta, seed + 4))
@@ -426,8 +442,9 @@ def run_scaling(s: ScalingSettings) -> dict[str, Any]:
     points, fixed_info = [], {}
     group, nd = FAMILY_GROUP[s.family]
     if nd != 2:
-        print(f"note: --family {s.family} ({nd}D {group}): the flow's ESS, cost and training "
-              f"only; no hybrid/HMC chains", flush=True)
+        print(f"note: --family {s.family} ({nd}D {group}): Q in the chains is the clover charge "
+              f"after Wilson flow to t = {s.q_flow_time:g}, not an integer at strong coupling; "
+              f"chain seconds are CPU seconds", flush=True)
     print(HEADER, flush=True)
     for bi, (beta, Ls) in enumerate(plan):
         fixed, fixed_info[f"{beta:g}"] = train_fixed(s, beta)
@@ -452,6 +469,10 @@ def run_scaling(s: ScalingSettings) -> dict[str, Any]:
                 print(f"beta {beta}: {name} ~ V^{f['z']:.2f}{err}{lb}")
     for line in spacing_lines(result["spacing_fits"]) if "spacing_fits" in result else []:
         print(line)
+    if nd != 2 and any("hybrid" in p for p in points):
+        from .scaling_chains_su3 import chain_lines
+
+        print("\n".join(chain_lines(points)))
     print(f"wrote {path} and {', '.join(result['figures'])} in "
           f"{result['seconds']:.0f} s", flush=True)
     return result

@@ -134,22 +134,25 @@ def _measure(u: Any) -> Any:
     return torch.stack([q, p], 1).detach().cpu()
 
 
-def _timed_chain(kernel: Any, u: Any, n: int, seed: int) -> tuple[Any, dict[str, float], float]:
-    """``n`` steps of ``kernel`` from ``u``: observables [n, chains, 2] (numpy), acceptance per
-    kernel and the seconds spent in the kernel's steps (measurements excluded)."""
+def _timed_chain(kernel: Any, u: Any, n: int, seed: int, *, measure: Any = None,
+                 clock: Any = time.perf_counter) -> tuple[Any, dict[str, float], float]:
+    """``n`` steps of ``kernel`` from ``u``: observables [n, chains, 2] (numpy; ``measure(U)``,
+    default the 2D U(1) charge and plaquette), acceptance per kernel and the seconds of
+    ``clock`` spent in the kernel's steps (measurements excluded)."""
     import torch
 
     from ..mcmc.compose import run_chain
 
+    measure = measure or _measure
     state = kernel.init(u, seed=seed)
     obs, acc, sec = [], {}, 0.0
     for _ in range(int(n)):
-        t = time.perf_counter()
+        t = clock()
         state, infos, _ = run_chain(kernel, state, 1)
-        sec += time.perf_counter() - t
+        sec += clock() - t
         for info in infos:
             acc.setdefault(info.kernel, []).append(float(info.accepted.double().mean()))
-        obs.append(_measure(state.U))
+        obs.append(measure(state.U))
     return (torch.stack(obs).numpy(), {k: sum(v) / len(v) for k, v in acc.items()}, sec)
 
 

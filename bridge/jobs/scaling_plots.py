@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_scaling", "plot_spacing"]
+__all__ = ["plot_scaling", "plot_spacing", "plot_chains"]
 
 _FLOOR = 0.1  # seconds: where a training time of 0 (target met by the transfer) is drawn
 
@@ -154,7 +154,53 @@ def plot_scaling(result: dict[str, Any], out: Path) -> list[Path]:
     paths.append(_save(fig, out / "scaling_cost.png"))
     if "spacing_fits" in result:
         paths.append(plot_spacing(points, result["spacing_fits"], out / "scaling_spacing.png"))
+    if nd != 2 and chains:
+        paths.append(plot_chains(result, out / "scaling_chains.png"))
     return paths
+
+
+_CHAIN_SERIES = (("hybrid", "plaquette", "s", "-"), ("hybrid", "q", "D", ":"),
+                 ("hmc", "plaquette", "o", "-"), ("hmc", "q", "^", ":"))
+
+
+def plot_chains(result: dict[str, Any], path: Path) -> Path:
+    """The chains of a 4D study against V: ``tau_int`` of the plaquette and of the flowed Q
+    for the hybrid (cycles) and HMC (trajectories) on the left, the CPU seconds per
+    independent plaquette and Q on the right with the fitted ``a V^z``; one colour per
+    (coupling, chain), open markers for unresolved tau_int (lower bounds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, fits = [p for p in result["points"] if "hybrid" in p], result["fits"]
+    betas = sorted({p["beta"] for p in points})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    nd = int(result.get("nd", 4))
+    vt = [float(p["volume"]) for p in points]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for i, beta in enumerate(betas):
+        for j, (part, what, mk, ls) in enumerate(_CHAIN_SERIES):
+            c = colors[(2 * i + j // 2) % len(colors)]
+            name = f"{'HMC' if part == 'hmc' else 'hybrid'} {'P' if what == 'plaquette' else 'Q'}"
+            pts = sorted((p for p in points if p["beta"] == beta), key=lambda p: p["volume"])
+            v = [p["volume"] for p in pts]
+            lb = [not p[part][what]["resolved"] for p in pts]
+            _draw(a1, v, [p[part][what]["tau_int"] for p in pts], lb, color=c, marker=mk,
+                  label=f"{name}, beta {beta:g}", ls=ls)
+            _draw(a2, v, [p[part][f"cost_per_independent_{what}"] for p in pts], lb, color=c,
+                  marker=mk, label=f"{name}, beta {beta:g}", ls=ls)
+            f = fits[f"{beta:g}"].get(f"{part}_cost_per_independent_{what}")
+            if f:
+                _fit_line(a2, v, f, c, f"{name} fit")
+    a1.set_yscale("log")
+    _style(a1, "tau_int (hybrid: cycles, HMC: trajectories)",
+           f"tau_int of the plaquette P and of Q (Wilson flow t = "
+           f"{result['settings'].get('q_flow_time', 0.5):g})", f"V = L^{nd}", vt)
+    a2.set_yscale("log")
+    _style(a2, "CPU seconds per independent sample", "cost per independent P and Q "
+           "(open: lower bound)", f"V = L^{nd}", vt)
+    return _save(fig, path)
 
 
 _COSTS = (("hmc", "cost_per_independent_q", "o", "-", "HMC/Q", "hmc_cost_per_independent_q"),
