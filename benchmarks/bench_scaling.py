@@ -17,6 +17,16 @@ tau_int(Q) is only a lower bound in the same run).
     OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py \\
         --reuse benchmarks/results/scaling/scaling.json    # refit; the target and long HMC
 
+4D SU(3) with chains (the residual flow trained on 4^4 at strong coupling, hybrid and HMC
+chains on 4^4 and 6^4; ``--target-L`` without values: no training to a target; CPU seconds;
+about 15 min of one core):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_scaling.py --family residual --L 4 6 \\
+        --betas 0.5 1.0 --train-L 4 --train-steps 150 --batch 16 --eval-samples 128 \\
+        --target-L --chains 4 --cycles 200 --hmc-chains 4 --hmc-trajectories 300 \\
+        --target-hmc-trajectories 0 --json benchmarks/results/scaling_su3_chains.json \\
+        --out benchmarks/results/scaling_su3_chains
+
 ``--target-hmc-trajectories`` (default 20000) adds a longer HMC run at the target point alone,
 for a tighter bound on HMC's tau_int(Q) there.
 

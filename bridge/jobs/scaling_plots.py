@@ -178,7 +178,7 @@ def plot_chains(result: dict[str, Any], path: Path) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     nd = int(result.get("nd", 4))
     vt = [float(p["volume"]) for p in points]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, beta in enumerate(betas):
         for j, (part, what, mk, ls) in enumerate(_CHAIN_SERIES):
             c = colors[(2 * i + j // 2) % len(colors)]
@@ -193,13 +193,14 @@ def plot_chains(result: dict[str, Any], path: Path) -> Path:
             f = fits[f"{beta:g}"].get(f"{part}_cost_per_independent_{what}")
             if f:
                 _fit_line(a2, v, f, c, f"{name} fit")
-    a1.set_yscale("log")
     _style(a1, "tau_int (hybrid: cycles, HMC: trajectories)",
            f"tau_int of the plaquette P and of Q (Wilson flow t = "
            f"{result['settings'].get('q_flow_time', 0.5):g})", f"V = L^{nd}", vt)
     a2.set_yscale("log")
     _style(a2, "CPU seconds per independent sample", "cost per independent P and Q "
            "(open: lower bound)", f"V = L^{nd}", vt)
+    a1.legend(fontsize=6, ncol=2)
+    a2.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)
 
 
