@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bridge"
 # -> chroma -> jobs -> cli; testing (the public exactness kit) may use everything
 LEVELS = {
     "errors": 0, "rng": 0, "lattice": 0, "exact": 0, "_native_build": 0, "progress": 0,
-    "groups": 1, "_native_gauge": 1, "_native_heatbath": 1,
+    "groups": 1, "_native_gauge": 1, "_native_heatbath": 1, "_native_stout": 1,
     "gauge": 2,
     "solvers": 3,
     "fermions": 4,

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import _native_stout
 from ..errors import ConvergenceError
 from ..groups import (
     Group,
@@ -371,6 +372,12 @@ class ResidualStapleLayer(nn.Module):
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         lat = self._check(u)
+        if self.net is None and _native_stout.usable(u, self.raw):
+            # native C++ kernel (bridge/_native_stout.py): the same map and log-det, one pass
+            idx, tab = _staple_tables(lat, self.mask, u.device)
+            return _native_stout.layer(
+                u, self.mask.mu, idx, tab, self.coefficients(), self.tied,
+                _coordinate_maps(self.group.nc, torch.complex128, u.device), self._psi_terms())
         idx, b = self._frozen(u, lat)
         ua = u[:, self.mask.mu].flatten(1, lat.nd)[:, idx]
         y, m = self._y(ua, b)

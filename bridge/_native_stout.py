@@ -1,0 +1,336 @@
+"""Optional native (C++) CPU kernel of one residual staple / stout layer
+(:class:`bridge.flows.residual.ResidualStapleLayer`) without an autograd graph: for every active
+link of one mask (all configurations of the batch, in parallel) the weighted staple sum
+``B = sum_k c_k S_k``, ``M = U B``, ``Y = TA(M)``, ``U' = exp(Y) U`` and the log-Jacobian
+``log det(1 + psi(ad_Y) L)`` in one pass, without temporaries.
+
+The algebra is that of the torch path line by line: the staples of ``active_staples``
+(forward ``U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag``, backward ``[U_mu(x-nu) U_nu(x-nu+mu)]^dag
+U_nu(x-nu)``), the projection of :func:`bridge.groups.project_algebra`, the exponential by
+Cayley-Hamilton for SU(3) (Morningstar & Peardon, hep-lat/0311018, eqs. (19)-(34), as the native
+``expm_su3_mul`` of :mod:`bridge._native_gauge`) and in closed form for SU(2)
+(``exp X = cos|a| + sin|a|/|a| X``); the real ``dim G x dim G`` matrices ``L`` and ``ad_Y`` from
+the caller's coordinate maps (``residual._coordinate_maps``, so the basis is the same), the
+series of ``psi`` by Horner's rule to the caller's number of terms, and ``log|det|`` by LU with
+partial pivoting.  The log-det is accumulated in float64 for complex64 links too.
+
+Every active link's staples consist of inactive links only (the mask's checkerboard), so the
+links are updated in place in any order and by any number of threads with the same result.
+
+Built, cached and switched like the other native kernels (:mod:`bridge._native_build`):
+``QCD_BRIDGE_NATIVE=0`` disables it; CPU complex128/complex64 SU(2)/SU(3) fields without an
+autograd graph being recorded (training differentiates through the torch path; U(1) and CUDA
+always take it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._native_build import new_state, ready
+from ._native_gauge import CPP_MATRIX
+
+__all__ = ["available", "usable", "layer"]
+
+_NAME = "qcd_bridge_stout_v2"
+
+_CPP = CPP_MATRIX + r"""
+#include <limits>
+#include <vector>
+
+namespace {
+
+// out = exp(X) R for traceless anti-Hermitian 3x3 X (Morningstar-Peardon; as the native
+// expm_su3_mul of bridge._native_gauge at scale 1)
+template <typename T>
+inline void expm3_mul(T* __restrict out, const T* __restrict x, const T* __restrict r) {
+  constexpr int M = 18;
+  const double tiny = std::sqrt((double)std::numeric_limits<T>::min());
+  T x2[M];
+  mul_nn<T, 3>(x2, x, x);
+  double trx2 = 0, trx3 = 0;
+  for (int i = 0; i < 3; ++i) trx2 += x2[(i * 3 + i) * 2];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      trx3 += (double)x2[(i * 3 + j) * 2] * x[(j * 3 + i) * 2 + 1] +
+              (double)x2[(i * 3 + j) * 2 + 1] * x[(j * 3 + i) * 2];
+  const double c1 = -0.5 * trx2;
+  const double c0 = -trx3 / 3.0;
+  double f0r, f0i, f1r, f1i, f2r, f2i;
+  if (c1 <= tiny) {
+    f0r = 1; f0i = 0; f1r = 0; f1i = 1; f2r = -0.5; f2i = 0;
+  } else {
+    const bool neg = c0 < 0;
+    const double sq = std::sqrt(c1 / 3.0);
+    const double c0max = 2.0 * sq * sq * sq;
+    double ratio = std::fabs(c0) / c0max;
+    ratio = ratio > 1.0 ? 1.0 : ratio;
+    const double theta3 = std::acos(ratio) / 3.0;
+    const double uu = sq * std::cos(theta3), w = std::sqrt(c1) * std::sin(theta3);
+    const double u2 = uu * uu, w2 = w * w;
+    const double cw = std::cos(w), xi = w == 0.0 ? 1.0 : std::sin(w) / w;
+    const double c2 = std::cos(2.0 * uu), s2 = std::sin(2.0 * uu);
+    const double cu = std::cos(uu), su = std::sin(uu);
+    const double inv = 1.0 / (9.0 * u2 - w2);
+    const double a0 = 8.0 * u2 * cw, b0 = 2.0 * uu * (3.0 * u2 + w2) * xi;
+    const double h0r = (u2 - w2) * c2 + cu * a0 + su * b0;
+    const double h0i = (u2 - w2) * s2 + cu * b0 - su * a0;
+    const double a1 = 2.0 * uu * cw, b1 = -(3.0 * u2 - w2) * xi;
+    const double h1r = 2.0 * uu * c2 - (cu * a1 + su * b1);
+    const double h1i = 2.0 * uu * s2 - (cu * b1 - su * a1);
+    const double a2 = cw, b2 = 3.0 * uu * xi;
+    const double h2r = c2 - (cu * a2 + su * b2);
+    const double h2i = s2 - (cu * b2 - su * a2);
+    const double sgn = neg ? -inv : inv;
+    f0r = h0r * inv; f0i = h0i * sgn;
+    f1r = h1r * sgn; f1i = h1i * inv;
+    f2r = h2r * inv; f2i = h2i * sgn;
+  }
+  // e = f0 + (-i f1) X + (-f2) X^2
+  const T g1r = (T)f1i, g1i = (T)(-f1r), g2r = (T)(-f2r), g2i = (T)(-f2i);
+  T e[M];
+  for (int k = 0; k < 9; ++k) {
+    const T xr = x[2 * k], xi_ = x[2 * k + 1], yr = x2[2 * k], yi = x2[2 * k + 1];
+    e[2 * k] = g1r * xr - g1i * xi_ + g2r * yr - g2i * yi;
+    e[2 * k + 1] = g1r * xi_ + g1i * xr + g2r * yi + g2i * yr;
+  }
+  for (int i = 0; i < 3; ++i) {
+    e[(i * 3 + i) * 2] += (T)f0r;
+    e[(i * 3 + i) * 2 + 1] += (T)f0i;
+  }
+  mul_nn<T, 3>(out, e, r);
+}
+
+// out = exp(X) R for traceless anti-Hermitian 2x2 X = i a.sigma: cos|a| + sin|a|/|a| X,
+// |a|^2 = Tr(X^dag X) / 2
+template <typename T>
+inline void expm2_mul(T* __restrict out, const T* __restrict x, const T* __restrict r) {
+  double a2 = 0;
+  for (int k = 0; k < 8; ++k) a2 += (double)x[k] * x[k];
+  const double a = std::sqrt(a2 / 2.0);
+  const T c = (T)std::cos(a), s = (T)(a == 0.0 ? 1.0 : std::sin(a) / a);
+  T e[8];
+  for (int k = 0; k < 8; ++k) e[k] = s * x[k];
+  e[0] += c;
+  e[6] += c;
+  mul_nn<T, 2>(out, e, r);
+}
+
+// The non-zero entries (row r, column e, value) of a real [2 NC^2, D^2] coordinate map (about
+// one in twelve for SU(3)), in row order, so that the products sum in the dense order
+struct Sparse {
+  std::vector<int> r, e;
+  std::vector<double> v;
+  explicit Sparse(const double* k, int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        if (k[i * cols + j] != 0.0) {
+          r.push_back((int)i);
+          e.push_back((int)j);
+          v.push_back(k[i * cols + j]);
+        }
+  }
+  // out[e] = sum_r x[r] k[r, e]
+  inline void apply(double* __restrict out, const double* __restrict x, int d2) const {
+    for (int j = 0; j < d2; ++j) out[j] = 0.0;
+    for (size_t i = 0; i < v.size(); ++i) out[e[i]] += x[r[i]] * v[i];
+  }
+};
+
+// log det(1 + psi(ad_Y) L) with L = m . kl, ad_Y = y . ka (coordinate maps), the psi series by
+// Horner's rule to `terms` powers (ifact[j] = 1 / j!), log|det| by LU with partial pivoting
+template <int NC>
+inline double link_logdet(const double* __restrict m, const double* __restrict y,
+                          const Sparse& kl, const Sparse& ka,
+                          const double* __restrict ifact, int terms) {
+  constexpr int D = NC * NC - 1, D2 = D * D;
+  double l[D2], ad[D2], p[D2], q[D2];
+  kl.apply(l, m, D2);
+  ka.apply(ad, y, D2);
+  for (int e = 0; e < D2; ++e) p[e] = l[e] * ifact[terms + 1];
+  for (int j = terms - 1; j >= 0; --j) {  // p <- l / (j + 1)! - ad p
+    const double f = ifact[j + 1];
+    for (int a = 0; a < D; ++a)
+      for (int b = 0; b < D; ++b) {
+        double s = 0.0;
+        for (int c = 0; c < D; ++c) s += ad[a * D + c] * p[c * D + b];
+        q[a * D + b] = f * l[a * D + b] - s;
+      }
+    for (int e = 0; e < D2; ++e) p[e] = q[e];
+  }
+  for (int a = 0; a < D; ++a) p[a * D + a] += 1.0;
+  double out = 0.0;
+  for (int k = 0; k < D; ++k) {
+    int piv = k;
+    for (int i = k + 1; i < D; ++i)
+      if (std::fabs(p[i * D + k]) > std::fabs(p[piv * D + k])) piv = i;
+    if (piv != k)
+      for (int j = 0; j < D; ++j) std::swap(p[k * D + j], p[piv * D + j]);
+    const double pk = p[k * D + k];
+    out += std::log(std::fabs(pk));
+    if (pk == 0.0) continue;
+    for (int i = k + 1; i < D; ++i) {
+      const double f = p[i * D + k] / pk;
+      for (int j = k + 1; j < D; ++j) p[i * D + j] -= f * p[k * D + j];
+    }
+  }
+  return out;
+}
+
+template <typename T, int NC>
+void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t nt,
+                const int64_t* __restrict link, const int64_t* __restrict tab,
+                const double* __restrict coef, bool tied, const Sparse& kl,
+                const Sparse& ka, const double* __restrict ifact, int terms,
+                bool update, double* __restrict ld) {
+  constexpr int M = NC * NC * 2;
+  auto row = [&](int which, int64_t q) { return tab + (which * nt + q) * n; };
+  at::parallel_for(0, nb * n, 16, [&](int64_t begin, int64_t end) {
+    T b[M], s[M], t[M], m[M], y[M], un[M];
+    double md[M], yd[M];
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t bt = idx / n, h = idx % n;
+      T* fb = flat + bt * nall * M;
+      auto at_ = [&](int which, int64_t q) { return fb + row(which, q)[h] * M; };
+      for (int e = 0; e < M; ++e) b[e] = 0;
+      for (int64_t q = 0; q < nt; ++q) {
+        mul_nn<T, NC>(t, at_(2, q), at_(1, q));  // U_nu(x) U_mu(x+nu)
+        if (tied) {
+          mul_nd<T, NC, true>(b, at_(0, q), t);
+        } else {
+          mul_nd<T, NC, false>(s, at_(0, q), t);
+          const T c = (T)coef[2 * q];
+          for (int e = 0; e < M; ++e) b[e] += c * s[e];
+        }
+        mul_nn<T, NC>(t, at_(3, q), at_(4, q));  // U_mu(x-nu) U_nu(x-nu+mu)
+        if (tied) {
+          mul_dn_acc<T, NC>(b, t, at_(5, q));
+        } else {
+          for (int e = 0; e < M; ++e) s[e] = 0;
+          mul_dn_acc<T, NC>(s, t, at_(5, q));
+          const T c = (T)coef[2 * q + 1];
+          for (int e = 0; e < M; ++e) b[e] += c * s[e];
+        }
+      }
+      if (tied) {
+        const T c = (T)coef[0];
+        for (int e = 0; e < M; ++e) b[e] *= c;
+      }
+      T* u = fb + link[h] * M;
+      mul_nn<T, NC>(m, u, b);
+      // Y = TA(M) = (M - M^dag) / 2 - i Im Tr(M) / NC
+      T trim = 0;
+      for (int i = 0; i < NC; ++i) trim += m[(i * NC + i) * 2 + 1];
+      trim /= (T)NC;
+      for (int i = 0; i < NC; ++i)
+        for (int j = 0; j < NC; ++j) {
+          const int ij = (i * NC + j) * 2, ji = (j * NC + i) * 2;
+          y[ij] = (T)0.5 * (m[ij] - m[ji]);
+          y[ij + 1] = (T)0.5 * (m[ij + 1] + m[ji + 1]) - (i == j ? trim : (T)0);
+        }
+      for (int e = 0; e < M; ++e) { md[e] = (double)m[e]; yd[e] = (double)y[e]; }
+      ld[idx] = link_logdet<NC>(md, yd, kl, ka, ifact, terms);
+      if (update) {
+        if (NC == 3) expm3_mul<T>(un, y, u);
+        else expm2_mul<T>(un, y, u);
+        for (int e = 0; e < M; ++e) u[e] = un[e];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+// One layer on flat [B, nall, NC, NC] (contiguous; the active links `link` [n] updated in place
+// when `update`), staple tables tab [6, nt, n] (residual._staple_tables), coefficients coef
+// [2 nt] (nu, forward/backward; `tied`: all equal to coef[0]), coordinate maps kl, ka
+// [2 NC^2, D^2] float64, ifact [terms + 2] = 1 / j!.  Returns the log-dets [B, n] float64.
+torch::Tensor stout_layer(torch::Tensor flat, torch::Tensor link, torch::Tensor tab,
+                          torch::Tensor coef, bool tied, torch::Tensor kl, torch::Tensor ka,
+                          torch::Tensor ifact, int64_t terms, bool update) {
+  TORCH_CHECK(flat.is_contiguous() && flat.dim() == 4 && flat.size(2) == flat.size(3),
+              "native stout: flat [B, nall, N, N] contiguous");
+  const int64_t nb = flat.size(0), nall = flat.size(1), nc = flat.size(3), n = link.numel();
+  TORCH_CHECK(tab.is_contiguous() && tab.dim() == 3 && tab.size(0) == 6 && tab.size(2) == n &&
+              tab.scalar_type() == at::kLong && link.is_contiguous() &&
+              link.scalar_type() == at::kLong, "native stout: int64 tables [6, nt, n], [n]");
+  const int64_t nt = tab.size(1);
+  const int64_t d2 = (nc * nc - 1) * (nc * nc - 1);
+  TORCH_CHECK(coef.is_contiguous() && coef.scalar_type() == at::kDouble &&
+              coef.numel() == 2 * nt, "native stout: float64 coefficients [2 nt]");
+  TORCH_CHECK(kl.is_contiguous() && ka.is_contiguous() && kl.scalar_type() == at::kDouble &&
+              ka.scalar_type() == at::kDouble && kl.numel() == 2 * nc * nc * d2 &&
+              ka.numel() == kl.numel(), "native stout: float64 maps [2 N^2, D^2]");
+  TORCH_CHECK(ifact.is_contiguous() && ifact.scalar_type() == at::kDouble &&
+              ifact.numel() >= terms + 2 && terms >= 0, "native stout: ifact [terms + 2]");
+  auto ld = torch::empty({nb, n}, torch::kDouble);
+  const int64_t* pl = link.data_ptr<int64_t>();
+  const int64_t* pt = tab.data_ptr<int64_t>();
+  const double *pc = coef.data_ptr<double>(), *pf = ifact.data_ptr<double>();
+  const Sparse pk(kl.data_ptr<double>(), 2 * nc * nc, d2);
+  const Sparse pa(ka.data_ptr<double>(), 2 * nc * nc, d2);
+  double* po = ld.data_ptr<double>();
+  const int tm = (int)terms;
+#define QB_ST(T)                                                                              \
+  switch (nc) {                                                                               \
+    case 2: stout_impl<T, 2>(reinterpret_cast<T*>(flat.data_ptr()), nb, nall, n, nt, pl, pt,  \
+                             pc, tied, pk, pa, pf, tm, update, po); break;                     \
+    case 3: stout_impl<T, 3>(reinterpret_cast<T*>(flat.data_ptr()), nb, nall, n, nt, pl, pt,  \
+                             pc, tied, pk, pa, pf, tm, update, po); break;                     \
+    default: TORCH_CHECK(false, "native stout: SU(2) or SU(3)");                              \
+  }
+  if (flat.scalar_type() == at::kComplexDouble) {
+    QB_ST(double)
+  } else {
+    TORCH_CHECK(flat.scalar_type() == at::kComplexFloat, "native stout: complex links");
+    QB_ST(float)
+  }
+#undef QB_ST
+  return ld;
+}
+"""
+
+_state: dict[str, object] = new_state()
+
+
+def available() -> bool:
+    """Whether the native stout layer is enabled and built (builds it on the first call)."""
+    return ready(_state, _NAME, _CPP, ["stout_layer"], "stout layer kernel")
+
+
+def usable(u: torch.Tensor, *params: torch.Tensor) -> bool:
+    """The native layer applies to ``u`` (CPU, complex128/complex64, SU(2) or SU(3), no autograd
+    graph being recorded through ``u`` or ``params``) and is built."""
+    grad = torch.is_grad_enabled() and (u.requires_grad or any(p.requires_grad for p in params))
+    return (u.device.type == "cpu" and u.dtype in (torch.complex128, torch.complex64)
+            and int(u.shape[-1]) in (2, 3) and not grad and available())
+
+
+def layer(u: torch.Tensor, mu: int, idx: torch.Tensor, tab: torch.Tensor, coef: torch.Tensor,
+          tied: bool, maps: tuple[torch.Tensor, torch.Tensor], terms: int, *,
+          update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U', logdet[batch])`` of one layer on ``u[B, Nd, *lattice, N, N]``: the active links
+    ``U_mu(x)``, ``x`` in ``idx`` (flat site indices), with the staple tables ``tab[6, Nd - 1,
+    n]``, coefficients ``coef[2(Nd - 1)]`` (one with ``tied``), the coordinate maps ``maps``
+    and ``terms`` powers of the psi series (module docstring).  ``update=False``: ``U`` itself
+    and the log-det of the map at ``U``.  ``logdet`` has the real dtype of ``u``.  Call only
+    when :func:`usable` is true."""
+    nb, nd, nc = int(u.shape[0]), int(u.shape[1]), int(u.shape[-1])
+    vol = math.prod(int(s) for s in u.shape[2:-2])
+    out = u.detach().contiguous()
+    if update:
+        out = out.clone()
+    flat = out.view(nb, nd * vol, nc, nc)
+    link = (idx + int(mu) * vol).contiguous()
+    c = coef.detach().to(torch.float64).reshape(-1)
+    if tied:
+        c = c[:1].expand(tab.shape[1] * 2)
+    ifact = torch.tensor([1.0 / math.factorial(j) for j in range(int(terms) + 2)],
+                         dtype=torch.float64)
+    kl, ka = (k.to(torch.float64).contiguous() for k in maps)
+    ld = _state["module"].stout_layer(  # type: ignore[union-attr]
+        flat, link, tab.contiguous(), c.contiguous(), bool(tied), kl, ka, ifact, int(terms),
+        bool(update))
+    return out, ld.sum(-1).to(u.real.dtype)
