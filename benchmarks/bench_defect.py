@@ -10,7 +10,9 @@ step).  Reported per algorithm: seconds per step per chain, acceptance, the numb
 of round(Q), ``<Q^2>``, ``tau_int(Q)`` in steps (Gamma method via pyerrors, the chains as
 replicas; ``>=`` marks a chain too short for a reliable value: fewer than 50 tau_int or no
 change of round(Q) in some chain), the cost per independent Q ``2 tau_int x seconds per step``
-and its ratio to HMC's.
+and its ratio to HMC's, and the CPU seconds per change of round(Q) (all chains; a lower bound,
+the whole run, when no chain changed its charge -- at a frozen point the tunnelling rate is the
+measurable quantity).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_defect.py [--nrow 6 6 6 6] [--beta 5.9]
         [--defect 2 2 2] [--blocks 8 24] [--seconds 300] [--out benchmarks/results/defect.json]
@@ -95,7 +97,19 @@ def _run(name: str, kern, every: int, args: argparse.Namespace, seed: int,
         tau = q.shape[1] * every / 2
         row.update(tau_int=tau, tau_int_error=None, reliable=False, gamma_error=str(exc))
     row["cost_per_independent_q"] = 2 * max(row["tau_int"], 0.5) * sec
+    # tunnelling: CPU seconds per change of round(Q), all chains together (a lower bound, the
+    # whole run's time, when no chain changed its charge: at a frozen point the Gamma method
+    # has nothing to work with)
+    total = steps * sec * args.chains
+    row["seconds_per_q_change"] = total / changes if changes else None
+    row["seconds_per_q_change_bound"] = total
     return row
+
+
+def _per_change(r: dict) -> str:
+    if r["seconds_per_q_change"] is not None:
+        return format(r["seconds_per_q_change"], ".3g")
+    return ">" + format(r["seconds_per_q_change_bound"], ".3g")
 
 
 def main() -> None:
@@ -121,7 +135,7 @@ def main() -> None:
     rows = []
     start = _start(args)
     print(f"{'algorithm':>12} {'steps':>6} {'s/step':>8} {'acc':>5} {'dQ':>4} {'<Q^2>':>6} "
-          f"{'tau_int(Q)':>12} {'s/indep Q':>10} {'vs HMC':>7}")
+          f"{'tau_int(Q)':>12} {'s/indep Q':>10} {'vs HMC':>7} {'s/dQ':>9}")
     for i, (name, (kern, every)) in enumerate(_kernels(args).items()):
         if args.only and name not in args.only:
             continue
@@ -134,7 +148,7 @@ def main() -> None:
         print(f"{name:>12} {r['steps']:6d} {r['seconds_per_step_per_chain']:8.4f} "
               f"{r['acceptance']:5.2f} {r['q_changes']:4d} {r['q2']:6.3f} "
               f"{mark + format(r['tau_int'], '.3g'):>12} {r['cost_per_independent_q']:10.3g} "
-              f"{r['ratio_to_hmc']:7.3g}", flush=True)
+              f"{r['ratio_to_hmc']:7.3g} {_per_change(r):>9}", flush=True)
     write_results(args.out, rows, nrow=args.nrow, beta=args.beta, defect=args.defect,
                   chains=args.chains, seconds=args.seconds, flow_time=args.flow_time,
                   md_steps=args.md_steps, n_or=args.n_or, hb_therm=args.hb_therm,
