@@ -189,3 +189,17 @@ def test_action_cache_is_exact_and_invalidated(all_planes, generator, monkeypatc
     after = Gg.wilson_action(u, 5.5)
     assert not torch.equal(after, before)
     assert torch.equal(after, Gg.wilson_action(u.clone(), 5.5))
+
+
+@pytest.mark.parametrize("extent", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_polyakov_line_by_doubling_equals_the_ordered_product(extent):
+    # the doubling product against the plain ordered product of the extent's links
+    lat = Lattice((2, 3, extent))
+    u = Gg.random_gauge(lat, "SU3", 2, generator=torch.Generator().manual_seed(extent))
+    link = u[:, 2]
+    ref, shifted = link, link
+    for _ in range(extent - 1):
+        shifted = lat.shift(shifted, 2)
+        ref = ref @ shifted
+    got = gauge_loops._line_product(link, lat, 2, extent)
+    torch.testing.assert_close(got, ref, atol=1e-13, rtol=0)

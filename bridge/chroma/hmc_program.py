@@ -26,7 +26,7 @@ from lxml import etree
 
 from .. import __version__
 from ..errors import ConfigError
-from ..gauge import polyakov_loop, random_gauge, unit_gauge
+from ..gauge import random_gauge, unit_gauge
 from ..groups import expm_algebra, random_algebra, reunitarize
 from ..lattice import Lattice
 from ..mcmc.hmc import HMCInfo, HMCState, hmc_kernel
@@ -146,8 +146,7 @@ def _measurements_xml(el: etree._Element, inp: HMCInput, u: torch.Tensor, update
         if update_no % m["frequency"]:
             continue
         if m["name"] == "POLYAKOV_LOOP":
-            polyakov_group(sub(obs, "elem"), u, update_no)
-            poly = complex(polyakov_loop(u)[0])
+            poly = polyakov_group(sub(obs, "elem"), u, update_no)[-1]  # time direction
         elif m["name"] == "PLAQUETTE":  # in addition to the default one, as in Chroma
             plaquette_group(sub(obs, "elem"), u, update_no)
     sub(el, "seconds_for_measurements", fmt(time.perf_counter() - t_meas))

@@ -44,11 +44,26 @@ def _registrars() -> list[Callable[[argparse._SubParsersAction], object]]:
             for module, func in COMMANDS]
 
 
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose help formatters share one terminal width per process:
+    ``add_argument`` builds a formatter for every argument, and each asked the terminal for its
+    size (~0.3 ms, ~80 ms for the whole parser).  Sub-parsers inherit the class."""
+
+    _width: int | None = None
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        if _Parser._width is None:
+            import shutil
+
+            _Parser._width = shutil.get_terminal_size().columns - 2  # as HelpFormatter does
+        return self.formatter_class(prog=self.prog, width=_Parser._width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``qcd-bridge`` parser with every sub-command."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qcd-bridge",
         description=(
             "Flow-based proposals for lattice gauge theory, exact by accept/reject or "

@@ -394,6 +394,25 @@ def seed_plaquette(u: torch.Tensor) -> torch.Tensor:
     return plaquette_traces(u).flatten(2).mean(2).sum(1)
 
 
+def _line_product(link: torch.Tensor, lat: Lattice, mu: int, n: int) -> torch.Tensor:
+    """``prod_{k<n} U_mu(x + k mu)`` at every ``x``, in order, by doubling: blocks of length
+    ``2^j`` (``B_{j+1}(x) = B_j(x) B_j(x + 2^j mu)``) combined along the binary digits of ``n``,
+    ~``2 log2 n`` products and shifts instead of ``n - 1`` each."""
+    out: torch.Tensor | None = None
+    block, length, offset = link, 1, 0
+    while n:
+        if n & 1:
+            piece = lat.shift(block, mu, offset) if offset else block
+            out = piece if out is None else mm(out, piece)
+            offset += length
+        n >>= 1
+        if n:
+            block = mm(block, lat.shift(block, mu, length))
+            length *= 2
+    assert out is not None  # n >= 1: an extent
+    return out
+
+
 def polyakov_loop(
     u: torch.Tensor, mu: int | None = None, normalisation: str = "chroma"
 ) -> torch.Tensor:
@@ -411,10 +430,6 @@ def polyakov_loop(
         raise ValueError(
             f"normalisation: expected 'chroma' or 'seed', got {normalisation!r}"
         )
-    link = u[:, mu]
-    line = link
-    for _ in range(lat.nrow[mu] - 1):
-        link = lat.shift(link, mu)
-        line = mm(line, link)
+    line = _line_product(u[:, mu], lat, mu, lat.nrow[mu])
     mean_tr = trace(line).reshape(b, -1).mean(1)  # = (1/V) sum_x Tr = (1/V_perp) sum_perp Tr
     return mean_tr / nc if normalisation == "chroma" else mean_tr
