@@ -33,6 +33,7 @@ _NAME = "qcd_bridge_gauge_v2"
 
 CPP_MATRIX = r"""
 #include <torch/extension.h>
+#include <limits>
 #include <ATen/Parallel.h>
 #include <cmath>
 #include <cstdint>
@@ -101,10 +102,75 @@ inline T re_tr_mul(const T* __restrict a, const T* __restrict b) {
   return s;
 }
 
+// out = exp(s X) R for traceless anti-Hermitian 3x3 X (Morningstar & Peardon, hep-lat/0311018;
+// as groups._expm_su3): exp(iQ) = f0 + f1 Q + f2 Q^2 for Q = -i s X, by Cayley-Hamilton
+template <typename T>
+inline void expm3_mul(T* __restrict out, const T* __restrict x, const T* __restrict r,
+                      double scale) {
+  constexpr int M = 18;
+  const double tiny = std::sqrt((double)std::numeric_limits<T>::min());
+  T x2[M];
+  mul_nn<T, 3>(x2, x, x);
+  // c1 = -s^2 Re Tr X^2 / 2, c0 = -s^3 Im Tr(X^2 X) / 3
+  double trx2 = 0, trx3 = 0;
+  for (int i = 0; i < 3; ++i) trx2 += x2[(i * 3 + i) * 2];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      trx3 += (double)x2[(i * 3 + j) * 2] * x[(j * 3 + i) * 2 + 1] +
+              (double)x2[(i * 3 + j) * 2 + 1] * x[(j * 3 + i) * 2];
+  const double c1 = -0.5 * scale * scale * trx2;
+  const double c0 = -(scale * scale * scale) / 3.0 * trx3;
+  double f0r, f0i, f1r, f1i, f2r, f2i;
+  if (c1 <= tiny) {
+    f0r = 1; f0i = 0; f1r = 0; f1i = 1; f2r = -0.5; f2i = 0;
+  } else {
+    const bool neg = c0 < 0;
+    const double sq = std::sqrt(c1 / 3.0);
+    const double c0max = 2.0 * sq * sq * sq;
+    double ratio = std::fabs(c0) / c0max;
+    ratio = ratio > 1.0 ? 1.0 : ratio;
+    const double theta3 = std::acos(ratio) / 3.0;
+    const double uu = sq * std::cos(theta3), w = std::sqrt(c1) * std::sin(theta3);
+    const double u2 = uu * uu, w2 = w * w;
+    const double cw = std::cos(w), xi = w == 0.0 ? 1.0 : std::sin(w) / w;
+    const double c2 = std::cos(2.0 * uu), s2 = std::sin(2.0 * uu);
+    const double cu = std::cos(uu), su = std::sin(uu);
+    const double inv = 1.0 / (9.0 * u2 - w2);
+    const double a0 = 8.0 * u2 * cw, b0 = 2.0 * uu * (3.0 * u2 + w2) * xi;
+    const double h0r = (u2 - w2) * c2 + cu * a0 + su * b0;
+    const double h0i = (u2 - w2) * s2 + cu * b0 - su * a0;
+    const double a1 = 2.0 * uu * cw, b1 = -(3.0 * u2 - w2) * xi;
+    const double h1r = 2.0 * uu * c2 - (cu * a1 + su * b1);
+    const double h1i = 2.0 * uu * s2 - (cu * b1 - su * a1);
+    const double a2 = cw, b2 = 3.0 * uu * xi;
+    const double h2r = c2 - (cu * a2 + su * b2);
+    const double h2i = s2 - (cu * b2 - su * a2);
+    const double sgn = neg ? -inv : inv;
+    f0r = h0r * inv; f0i = h0i * sgn;
+    f1r = h1r * sgn; f1i = h1i * inv;
+    f2r = h2r * inv; f2i = h2i * sgn;
+  }
+  // e = f0 + (-i s f1) X + (-s^2 f2) X^2
+  const T g1r = (T)(scale * f1i), g1i = (T)(-scale * f1r);
+  const T g2r = (T)(-scale * scale * f2r), g2i = (T)(-scale * scale * f2i);
+  T e[M];
+  for (int k = 0; k < 9; ++k) {
+    const T xr = x[2 * k], xi_ = x[2 * k + 1], yr = x2[2 * k], yi = x2[2 * k + 1];
+    e[2 * k] = g1r * xr - g1i * xi_ + g2r * yr - g2i * yi;
+    e[2 * k + 1] = g1r * xi_ + g1i * xr + g2r * yi + g2i * yr;
+  }
+  for (int i = 0; i < 3; ++i) {
+    e[(i * 3 + i) * 2] += (T)f0r;
+    e[(i * 3 + i) * 2 + 1] += (T)f0i;
+  }
+  mul_nn<T, 3>(out, e, r);
+}
+
 }  // namespace
 """
-"""The colour-matrix helpers (``mul_nn``, ``mul_nd``, ``mul_dn_acc``, ``re_tr_mul``), shared by
-the native heatbath (:mod:`bridge._native_heatbath`)."""
+"""The colour-matrix helpers (``mul_nn``, ``mul_nd``, ``mul_dn_acc``, ``re_tr_mul``, the SU(3)
+exponential ``expm3_mul``), shared by the native heatbath and stout layer
+(:mod:`bridge._native_heatbath`, :mod:`bridge._native_stout`)."""
 
 _CPP = CPP_MATRIX + r"""
 namespace {
@@ -195,72 +261,14 @@ void gauge_dispatch(int64_t nc, const T* u, const int64_t* fwd, const int64_t* b
   }
 }
 
-// exp(s X) R for traceless anti-Hermitian 3x3 X (Morningstar-Peardon, as groups._expm_su3)
+// exp(s X) R for traceless anti-Hermitian 3x3 X, n matrices (expm3_mul)
 template <typename T>
 void expm_impl(const T* __restrict xs, const T* __restrict rs, T* __restrict out, int64_t n,
                double scale) {
   constexpr int M = 18;
-  const double tiny = std::sqrt((double)std::numeric_limits<T>::min());
   at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end; ++idx) {
-      const T* x = xs + idx * M;
-      const T* r = rs + idx * M;
-      T x2[M];
-      mul_nn<T, 3>(x2, x, x);
-      // c1 = -s^2 Re Tr X^2 / 2, c0 = -s^3 Im Tr(X^2 X) / 3
-      double trx2 = 0, trx3 = 0;
-      for (int i = 0; i < 3; ++i) trx2 += x2[(i * 3 + i) * 2];
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j)
-          trx3 += (double)x2[(i * 3 + j) * 2] * x[(j * 3 + i) * 2 + 1] +
-                  (double)x2[(i * 3 + j) * 2 + 1] * x[(j * 3 + i) * 2];
-      const double c1 = -0.5 * scale * scale * trx2;
-      const double c0 = -(scale * scale * scale) / 3.0 * trx3;
-      double f0r, f0i, f1r, f1i, f2r, f2i;
-      if (c1 <= tiny) {
-        f0r = 1; f0i = 0; f1r = 0; f1i = 1; f2r = -0.5; f2i = 0;
-      } else {
-        const bool neg = c0 < 0;
-        const double sq = std::sqrt(c1 / 3.0);
-        const double c0max = 2.0 * sq * sq * sq;
-        double ratio = std::fabs(c0) / c0max;
-        ratio = ratio > 1.0 ? 1.0 : ratio;
-        const double theta3 = std::acos(ratio) / 3.0;
-        const double uu = sq * std::cos(theta3), w = std::sqrt(c1) * std::sin(theta3);
-        const double u2 = uu * uu, w2 = w * w;
-        const double cw = std::cos(w), xi = w == 0.0 ? 1.0 : std::sin(w) / w;
-        const double c2 = std::cos(2.0 * uu), s2 = std::sin(2.0 * uu);
-        const double cu = std::cos(uu), su = std::sin(uu);
-        const double inv = 1.0 / (9.0 * u2 - w2);
-        const double a0 = 8.0 * u2 * cw, b0 = 2.0 * uu * (3.0 * u2 + w2) * xi;
-        const double h0r = (u2 - w2) * c2 + cu * a0 + su * b0;
-        const double h0i = (u2 - w2) * s2 + cu * b0 - su * a0;
-        const double a1 = 2.0 * uu * cw, b1 = -(3.0 * u2 - w2) * xi;
-        const double h1r = 2.0 * uu * c2 - (cu * a1 + su * b1);
-        const double h1i = 2.0 * uu * s2 - (cu * b1 - su * a1);
-        const double a2 = cw, b2 = 3.0 * uu * xi;
-        const double h2r = c2 - (cu * a2 + su * b2);
-        const double h2i = s2 - (cu * b2 - su * a2);
-        const double sgn = neg ? -inv : inv;
-        f0r = h0r * inv; f0i = h0i * sgn;
-        f1r = h1r * sgn; f1i = h1i * inv;
-        f2r = h2r * inv; f2i = h2i * sgn;
-      }
-      // e = f0 + (-i s f1) X + (-s^2 f2) X^2
-      const T g1r = (T)(scale * f1i), g1i = (T)(-scale * f1r);
-      const T g2r = (T)(-scale * scale * f2r), g2i = (T)(-scale * scale * f2i);
-      T e[M];
-      for (int k = 0; k < 9; ++k) {
-        const T xr = x[2 * k], xi_ = x[2 * k + 1], yr = x2[2 * k], yi = x2[2 * k + 1];
-        e[2 * k] = g1r * xr - g1i * xi_ + g2r * yr - g2i * yi;
-        e[2 * k + 1] = g1r * xi_ + g1i * xr + g2r * yi + g2i * yr;
-      }
-      for (int i = 0; i < 3; ++i) {
-        e[(i * 3 + i) * 2] += (T)f0r;
-        e[(i * 3 + i) * 2 + 1] += (T)f0i;
-      }
-      mul_nn<T, 3>(out + idx * M, e, r);
-    }
+    for (int64_t idx = begin; idx < end; ++idx)
+      expm3_mul<T>(out + idx * M, xs + idx * M, rs + idx * M, scale);
   });
 }
 

@@ -7,8 +7,9 @@ link of one mask (all configurations of the batch, in parallel) the weighted sta
 The algebra is that of the torch path line by line: the staples of ``active_staples``
 (forward ``U_nu(x+mu) [U_nu(x) U_mu(x+nu)]^dag``, backward ``[U_mu(x-nu) U_nu(x-nu+mu)]^dag
 U_nu(x-nu)``), the projection of :func:`bridge.groups.project_algebra`, the exponential by
-Cayley-Hamilton for SU(3) (Morningstar & Peardon, hep-lat/0311018, eqs. (19)-(34), as the native
-``expm_su3_mul`` of :mod:`bridge._native_gauge`) and in closed form for SU(2)
+Cayley-Hamilton for SU(3) (Morningstar & Peardon, hep-lat/0311018; the ``expm3_mul`` of
+:data:`bridge._native_gauge.CPP_MATRIX`, which the HMC's link update uses too) and in closed
+form for SU(2)
 (``exp X = cos|a| + sin|a|/|a| X``); the real ``dim G x dim G`` matrices ``L`` and ``ad_Y`` from
 the caller's coordinate maps (``residual._coordinate_maps``, so the basis is the same), the
 series of ``psi`` by Horner's rule to the caller's number of terms, and ``log|det|`` by LU with
@@ -41,67 +42,6 @@ _CPP = CPP_MATRIX + r"""
 #include <vector>
 
 namespace {
-
-// out = exp(X) R for traceless anti-Hermitian 3x3 X (Morningstar-Peardon; as the native
-// expm_su3_mul of bridge._native_gauge at scale 1)
-template <typename T>
-inline void expm3_mul(T* __restrict out, const T* __restrict x, const T* __restrict r) {
-  constexpr int M = 18;
-  const double tiny = std::sqrt((double)std::numeric_limits<T>::min());
-  T x2[M];
-  mul_nn<T, 3>(x2, x, x);
-  double trx2 = 0, trx3 = 0;
-  for (int i = 0; i < 3; ++i) trx2 += x2[(i * 3 + i) * 2];
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j)
-      trx3 += (double)x2[(i * 3 + j) * 2] * x[(j * 3 + i) * 2 + 1] +
-              (double)x2[(i * 3 + j) * 2 + 1] * x[(j * 3 + i) * 2];
-  const double c1 = -0.5 * trx2;
-  const double c0 = -trx3 / 3.0;
-  double f0r, f0i, f1r, f1i, f2r, f2i;
-  if (c1 <= tiny) {
-    f0r = 1; f0i = 0; f1r = 0; f1i = 1; f2r = -0.5; f2i = 0;
-  } else {
-    const bool neg = c0 < 0;
-    const double sq = std::sqrt(c1 / 3.0);
-    const double c0max = 2.0 * sq * sq * sq;
-    double ratio = std::fabs(c0) / c0max;
-    ratio = ratio > 1.0 ? 1.0 : ratio;
-    const double theta3 = std::acos(ratio) / 3.0;
-    const double uu = sq * std::cos(theta3), w = std::sqrt(c1) * std::sin(theta3);
-    const double u2 = uu * uu, w2 = w * w;
-    const double cw = std::cos(w), xi = w == 0.0 ? 1.0 : std::sin(w) / w;
-    const double c2 = std::cos(2.0 * uu), s2 = std::sin(2.0 * uu);
-    const double cu = std::cos(uu), su = std::sin(uu);
-    const double inv = 1.0 / (9.0 * u2 - w2);
-    const double a0 = 8.0 * u2 * cw, b0 = 2.0 * uu * (3.0 * u2 + w2) * xi;
-    const double h0r = (u2 - w2) * c2 + cu * a0 + su * b0;
-    const double h0i = (u2 - w2) * s2 + cu * b0 - su * a0;
-    const double a1 = 2.0 * uu * cw, b1 = -(3.0 * u2 - w2) * xi;
-    const double h1r = 2.0 * uu * c2 - (cu * a1 + su * b1);
-    const double h1i = 2.0 * uu * s2 - (cu * b1 - su * a1);
-    const double a2 = cw, b2 = 3.0 * uu * xi;
-    const double h2r = c2 - (cu * a2 + su * b2);
-    const double h2i = s2 - (cu * b2 - su * a2);
-    const double sgn = neg ? -inv : inv;
-    f0r = h0r * inv; f0i = h0i * sgn;
-    f1r = h1r * sgn; f1i = h1i * inv;
-    f2r = h2r * inv; f2i = h2i * sgn;
-  }
-  // e = f0 + (-i f1) X + (-f2) X^2
-  const T g1r = (T)f1i, g1i = (T)(-f1r), g2r = (T)(-f2r), g2i = (T)(-f2i);
-  T e[M];
-  for (int k = 0; k < 9; ++k) {
-    const T xr = x[2 * k], xi_ = x[2 * k + 1], yr = x2[2 * k], yi = x2[2 * k + 1];
-    e[2 * k] = g1r * xr - g1i * xi_ + g2r * yr - g2i * yi;
-    e[2 * k + 1] = g1r * xi_ + g1i * xr + g2r * yi + g2i * yr;
-  }
-  for (int i = 0; i < 3; ++i) {
-    e[(i * 3 + i) * 2] += (T)f0r;
-    e[(i * 3 + i) * 2 + 1] += (T)f0i;
-  }
-  mul_nn<T, 3>(out, e, r);
-}
 
 // out = exp(X) R for traceless anti-Hermitian 2x2 X = i a.sigma: cos|a| + sin|a|/|a| X,
 // |a|^2 = Tr(X^dag X) / 2
@@ -241,7 +181,7 @@ void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t
       for (int e = 0; e < M; ++e) { md[e] = (double)m[e]; yd[e] = (double)y[e]; }
       ld[idx] = link_logdet<NC>(md, yd, kl, ka, ifact, terms);
       if (update) {
-        if (NC == 3) expm3_mul<T>(un, y, u);
+        if (NC == 3) expm3_mul<T>(un, y, u, 1.0);
         else expm2_mul<T>(un, y, u);
         for (int e = 0; e < M; ++e) u[e] = un[e];
       }
