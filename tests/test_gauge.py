@@ -203,3 +203,5 @@ def test_polyakov_line_by_doubling_equals_the_ordered_product(extent):
         ref = ref @ shifted
     got = gauge_loops._line_product(link, lat, 2, extent)
     torch.testing.assert_close(got, ref, atol=1e-13, rtol=0)
+    with pytest.raises(ValueError, match="n: expected a number of links >= 1, got 0"):
+        gauge_loops._line_product(link, lat, 2, 0)

@@ -9,7 +9,7 @@ fills as a by-product, so that the action and ``mesplq`` after a force evaluatio
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 
@@ -398,6 +398,8 @@ def _line_product(link: torch.Tensor, lat: Lattice, mu: int, n: int) -> torch.Te
     """``prod_{k<n} U_mu(x + k mu)`` at every ``x``, in order, by doubling: blocks of length
     ``2^j`` (``B_{j+1}(x) = B_j(x) B_j(x + 2^j mu)``) combined along the binary digits of ``n``,
     ~``2 log2 n`` products and shifts instead of ``n - 1`` each."""
+    if n < 1:
+        raise ValueError(f"n: expected a number of links >= 1, got {n}")
     out: torch.Tensor | None = None
     block, length, offset = link, 1, 0
     while n:
@@ -409,8 +411,7 @@ def _line_product(link: torch.Tensor, lat: Lattice, mu: int, n: int) -> torch.Te
         if n:
             block = mm(block, lat.shift(block, mu, length))
             length *= 2
-    assert out is not None  # n >= 1: an extent
-    return out
+    return cast(torch.Tensor, out)  # set at the lowest binary digit of n >= 1
 
 
 def polyakov_loop(
