@@ -29,19 +29,21 @@ import torch
 from _results import write_results
 
 from bridge.analysis.stats import gamma
+from bridge.flows.snf import SNFModel
 from bridge.gauge import random_gauge
 from bridge.lattice import Lattice
 from bridge.mcmc.heatbath import heatbath
 from bridge.mcmc.hmc import hmc
 from bridge.mcmc.integrators import Integrator, Level, scheme
 from bridge.mcmc.monomials import GaugeMonomial
-from bridge.mcmc.nonequilibrium import Protocol, nemcmc
+from bridge.mcmc.nonequilibrium import Protocol, nemcmc, run_protocol
+from bridge.mcmc.reweighting import ess, imh_acceptance
 from bridge.observables import flowed_topological_charge
 from bridge.rng import generator
 
 
 def _kernels(args: argparse.Namespace) -> dict:
-    integ = Integrator([Level(scheme("LCM_STS_LEAPFROG"), args.md_steps,
+    integ = Integrator([Level(scheme(args.integrator), args.md_steps,
                               [GaugeMonomial(args.beta)])])
     out = {"hmc": (hmc(integ, 1.0, name="hmc"), args.measure_every),
            "heatbath": (heatbath(args.beta, n_hb=1, n_or=args.n_or), args.measure_every)}
@@ -50,7 +52,13 @@ def _kernels(args: argparse.Namespace) -> dict:
                       n_or=args.n_or, defect=tuple(args.defect))
         prior = heatbath(args.beta, n_hb=1, n_or=args.n_or, defect=tuple(args.defect), c=0.0,
                          name="prior")
-        out[f"nemcmc-{n}"] = (nemcmc(pr, prior), 1)
+        out[f"nemcmc-{n}"] = (nemcmc(pr, prior, prior_steps=args.prior_steps), 1)
+        if args.snf_scale is not None:
+            # defect layers (bridge.flows.defect_layers) at a factor of Luescher's start
+            model = SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n,
+                             n_hb=1, n_or=args.n_or, defect=tuple(args.defect),
+                             layer="defect", radius=args.radius, init_scale=args.snf_scale)
+            out[f"snf-{n}"] = (nemcmc(model.protocol(), prior, prior_steps=args.prior_steps), 1)
     return out
 
 
@@ -106,6 +114,52 @@ def _run(name: str, kern, every: int, args: argparse.Namespace, seed: int,
     return row
 
 
+def _work_scan(args: argparse.Namespace, start: torch.Tensor) -> list[dict]:
+    """The protocol alone, for every ``--blocks`` n: work, Jarzynski ESS and the acceptance of
+    an independence chain over the runs (``imh_acceptance``), with and without defect layers
+    on the same open-defect prior configurations and MC random numbers (CPU s per run)."""
+    prior = heatbath(args.beta, n_hb=1, n_or=args.n_or, defect=tuple(args.defect), c=0.0)
+    st = prior.init(start.clone(), seed=7)
+    x0s = []
+    for k in range(args.scan_batches + args.therm):  # decorrelated draws of the prior chain
+        for _ in range(args.prior_steps):
+            st, _ = prior.step(st)
+        if k >= args.therm:
+            x0s.append(st.U.clone())
+    rows = []
+    for n in args.blocks:
+        model = SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n, n_hb=1,
+                         n_or=args.n_or, defect=tuple(args.defect), layer="defect",
+                         radius=args.radius, init_scale=args.snf_scale or 1.0)
+        works = {}
+        for layers in (False, True):
+            ws, t0 = [], time.process_time()
+            with torch.no_grad():
+                for k, x0 in enumerate(x0s):
+                    ws.append(run_protocol(x0, model.protocol(layers), seed=11, index=k)[1])
+            w = torch.cat(ws)
+            works[layers] = w
+            rows.append({"blocks": n, "layers": layers, "runs": len(w),
+                         "mean_work": float(w.mean()), "work_std": float(w.std()),
+                         "ess": ess(-w), "ess_error": _boot_ess(w),
+                         "imh_acceptance": imh_acceptance(-w, generator(3)),
+                         "seconds_per_run": (time.process_time() - t0) / len(w)})
+        d = works[False] - works[True]
+        rows[-1].update(work_gain=float(d.mean()), work_gain_error=float(d.std())
+                        / math.sqrt(len(d)))
+        for r in rows[-2:]:
+            print(f"{n:6d} {'defect' if r['layers'] else 'none':>7} {r['mean_work']:10.3f} "
+                  f"{r['work_std']:7.3f} {r['ess']:6.3f}({r['ess_error']:.3f}) "
+                  f"{r['imh_acceptance']:5.2f} {r['seconds_per_run']:8.3f}", flush=True)
+    return rows
+
+
+def _boot_ess(w: torch.Tensor, n: int = 200) -> float:
+    g = generator(17)
+    idx = torch.randint(0, len(w), (n, len(w)), generator=g)
+    return float(torch.tensor([ess(-w[i]) for i in idx]).std())
+
+
 def _per_change(r: dict) -> str:
     if r["seconds_per_q_change"] is not None:
         return format(r["seconds_per_q_change"], ".3g")
@@ -119,7 +173,14 @@ def main() -> None:
     p.add_argument("--defect", type=int, nargs=3, default=[2, 2, 2])
     p.add_argument("--blocks", type=int, nargs="+", default=[8, 24])
     p.add_argument("--n-or", type=int, default=1)
+    p.add_argument("--snf-scale", type=float, help="also run NE-MCMC with defect layers "
+                   "(snf-N) started at this factor of Luescher's coefficients")
+    p.add_argument("--radius", type=int, default=1, help="reach of the defect layers")
     p.add_argument("--md-steps", type=int, default=10)
+    p.add_argument("--integrator", default="LCM_STS_LEAPFROG", help="HMC integrator (Chroma's "
+                   "name), tau = 1")
+    p.add_argument("--prior-steps", type=int, default=1, help="updates of the open-defect "
+                   "prior chain between NE-MCMC proposals")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--therm", type=int, default=20, help="steps of each algorithm before "
                    "the measured chain")
@@ -131,9 +192,24 @@ def main() -> None:
     p.add_argument("--measure-every", type=int, default=2, help="HMC / heatbath steps")
     p.add_argument("--only", nargs="*", help="run only these algorithms")
     p.add_argument("--out", default="benchmarks/results/defect.json")
+    p.add_argument("--work-scan", action="store_true", help="instead of chains: the "
+                   "protocol's work, ESS and independence-chain acceptance for every --blocks, "
+                   "with and without defect layers (--snf-scale, default 1)")
+    p.add_argument("--scan-batches", type=int, default=8, help="work scan: batches of "
+                   "--chains prior configurations, --prior-steps apart")
     args = p.parse_args()
     rows = []
     start = _start(args)
+    if args.work_scan:
+        print(f"{'blocks':>6} {'layers':>7} {'<W>':>10} {'sd(W)':>7} {'ESS':>13} {'acc':>5} "
+              f"{'s/run':>8}")
+        rows = _work_scan(args, start)
+        write_results(args.out, rows, nrow=args.nrow, beta=args.beta, defect=args.defect,
+                      chains=args.chains, scan_batches=args.scan_batches,
+                      prior_steps=args.prior_steps, snf_scale=args.snf_scale,
+                      radius=args.radius, n_or=args.n_or, hb_therm=args.hb_therm,
+                      therm=args.therm, clock="process time (CPU seconds, one thread)")
+        return
     print(f"{'algorithm':>12} {'steps':>6} {'s/step':>8} {'acc':>5} {'dQ':>4} {'<Q^2>':>6} "
           f"{'tau_int(Q)':>12} {'s/indep Q':>10} {'vs HMC':>7} {'s/dQ':>9}")
     for i, (name, (kern, every)) in enumerate(_kernels(args).items()):
@@ -151,7 +227,9 @@ def main() -> None:
               f"{r['ratio_to_hmc']:7.3g} {_per_change(r):>9}", flush=True)
     write_results(args.out, rows, nrow=args.nrow, beta=args.beta, defect=args.defect,
                   chains=args.chains, seconds=args.seconds, flow_time=args.flow_time,
-                  md_steps=args.md_steps, n_or=args.n_or, hb_therm=args.hb_therm,
+                  md_steps=args.md_steps, integrator=args.integrator,
+                  prior_steps=args.prior_steps, snf_scale=args.snf_scale,
+                  radius=args.radius, n_or=args.n_or, hb_therm=args.hb_therm,
                   therm=args.therm, measure_every=args.measure_every,
                   clock="process time (CPU seconds, one thread)")
 

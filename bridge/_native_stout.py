@@ -130,7 +130,7 @@ inline double link_logdet(const double* __restrict m, const double* __restrict y
 template <typename T, int NC>
 void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t nt,
                 const int64_t* __restrict link, const int64_t* __restrict tab,
-                const double* __restrict coef, bool tied, const Sparse& kl,
+                const double* __restrict coef, bool tied, bool per_site, const Sparse& kl,
                 const Sparse& ka, const double* __restrict ifact, int terms,
                 bool update, double* __restrict ld) {
   constexpr int M = NC * NC * 2;
@@ -141,6 +141,7 @@ void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t bt = idx / n, h = idx % n;
       T* fb = flat + bt * nall * M;
+      const double* cf = coef + (per_site ? h * 2 * nt : 0);
       auto at_ = [&](int which, int64_t q) { return fb + row(which, q)[h] * M; };
       for (int e = 0; e < M; ++e) b[e] = 0;
       for (int64_t q = 0; q < nt; ++q) {
@@ -149,7 +150,7 @@ void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t
           mul_nd<T, NC, true>(b, at_(0, q), t);
         } else {
           mul_nd<T, NC, false>(s, at_(0, q), t);
-          const T c = (T)coef[2 * q];
+          const T c = (T)cf[2 * q];
           for (int e = 0; e < M; ++e) b[e] += c * s[e];
         }
         mul_nn<T, NC>(t, at_(3, q), at_(4, q));  // U_mu(x-nu) U_nu(x-nu+mu)
@@ -158,7 +159,7 @@ void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t
         } else {
           for (int e = 0; e < M; ++e) s[e] = 0;
           mul_dn_acc<T, NC>(s, t, at_(5, q));
-          const T c = (T)coef[2 * q + 1];
+          const T c = (T)cf[2 * q + 1];
           for (int e = 0; e < M; ++e) b[e] += c * s[e];
         }
       }
@@ -193,7 +194,8 @@ void stout_impl(T* __restrict flat, int64_t nb, int64_t nall, int64_t n, int64_t
 
 // One layer on flat [B, nall, NC, NC] (contiguous; the active links `link` [n] updated in place
 // when `update`), staple tables tab [6, nt, n] (residual._staple_tables), coefficients coef
-// [2 nt] (nu, forward/backward; `tied`: all equal to coef[0]), coordinate maps kl, ka
+// [2 nt] (nu, forward/backward; `tied`: all equal to coef[0]) or [n, 2 nt] (one row per active
+// link, not tied), coordinate maps kl, ka
 // [2 NC^2, D^2] float64, ifact [terms + 2] = 1 / j!.  Returns the log-dets [B, n] float64.
 torch::Tensor stout_layer(torch::Tensor flat, torch::Tensor link, torch::Tensor tab,
                           torch::Tensor coef, bool tied, torch::Tensor kl, torch::Tensor ka,
@@ -206,8 +208,10 @@ torch::Tensor stout_layer(torch::Tensor flat, torch::Tensor link, torch::Tensor 
               link.scalar_type() == at::kLong, "native stout: int64 tables [6, nt, n], [n]");
   const int64_t nt = tab.size(1);
   const int64_t d2 = (nc * nc - 1) * (nc * nc - 1);
+  const bool per_site = !tied && coef.numel() == 2 * nt * n;
   TORCH_CHECK(coef.is_contiguous() && coef.scalar_type() == at::kDouble &&
-              coef.numel() == 2 * nt, "native stout: float64 coefficients [2 nt]");
+              (coef.numel() == 2 * nt || per_site),
+              "native stout: float64 coefficients [2 nt] or [n, 2 nt]");
   TORCH_CHECK(kl.is_contiguous() && ka.is_contiguous() && kl.scalar_type() == at::kDouble &&
               ka.scalar_type() == at::kDouble && kl.numel() == 2 * nc * nc * d2 &&
               ka.numel() == kl.numel(), "native stout: float64 maps [2 N^2, D^2]");
@@ -224,9 +228,9 @@ torch::Tensor stout_layer(torch::Tensor flat, torch::Tensor link, torch::Tensor 
 #define QB_ST(T)                                                                              \
   switch (nc) {                                                                               \
     case 2: stout_impl<T, 2>(reinterpret_cast<T*>(flat.data_ptr()), nb, nall, n, nt, pl, pt,  \
-                             pc, tied, pk, pa, pf, tm, update, po); break;                     \
+                             pc, tied, per_site, pk, pa, pf, tm, update, po); break;          \
     case 3: stout_impl<T, 3>(reinterpret_cast<T*>(flat.data_ptr()), nb, nall, n, nt, pl, pt,  \
-                             pc, tied, pk, pa, pf, tm, update, po); break;                     \
+                             pc, tied, per_site, pk, pa, pf, tm, update, po); break;          \
     default: TORCH_CHECK(false, "native stout: SU(2) or SU(3)");                              \
   }
   if (flat.scalar_type() == at::kComplexDouble) {
@@ -261,7 +265,8 @@ def layer(u: torch.Tensor, mu: int, idx: torch.Tensor, tab: torch.Tensor, coef: 
           update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U', logdet[batch])`` of one layer on ``u[B, Nd, *lattice, N, N]``: the active links
     ``U_mu(x)``, ``x`` in ``idx`` (flat site indices), with the staple tables ``tab[6, Nd - 1,
-    n]``, coefficients ``coef[2(Nd - 1)]`` (one with ``tied``), the coordinate maps ``maps``
+    n]``, coefficients ``coef[2(Nd - 1)]`` (one with ``tied``) or ``[n, 2(Nd - 1)]`` (one row
+    per active link, not tied), the coordinate maps ``maps``
     and ``terms`` powers of the psi series (module docstring).  ``update=False``: ``U`` itself
     and the log-det of the map at ``U``.  ``logdet`` has the real dtype of ``u``.  Call only
     when :func:`usable` is true."""

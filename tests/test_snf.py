@@ -253,8 +253,8 @@ def test_luscher_init_and_its_bound():
     assert luscher_coefficient("SU3", 100.0) == pytest.approx(-0.5 * 0.9 / 6)
     ident = SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init="identity")
     assert all(float(b.coefficients().detach().abs().max()) == 0 for b in ident.blocks)
-    with pytest.raises(ConfigError, match=r"layer: expected one of \('stout', 'staple'\), "
-                                          r"got 'smear'"):
+    with pytest.raises(ConfigError, match=r"layer: expected one of \('stout', 'staple', "
+                                          r"'defect'\), got 'smear'"):
         SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, layer="smear")
     with pytest.raises(ConfigError, match=r"init: expected one of \('luscher', 'identity'\)"):
         SNFModel("SU3", 4, beta0=0.5, beta=1.0, n_blocks=2, init="zero")

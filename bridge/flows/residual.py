@@ -366,8 +366,7 @@ class ResidualStapleLayer(nn.Module):
 
     def _replace(self, u: torch.Tensor, lat: Lattice, idx: torch.Tensor, ua_new: torch.Tensor):
         mu = self.mask.mu
-        umu = u[:, mu].flatten(1, lat.nd)
-        new = umu.index_copy(1, idx, ua_new).reshape(u[:, mu].shape)
+        new = u[:, mu].flatten(1, lat.nd).index_copy(1, idx, ua_new).reshape(u[:, mu].shape)
         return torch.stack([new if d == mu else u[:, d] for d in range(lat.nd)], dim=1)
 
     def forward(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,7 +377,11 @@ class ResidualStapleLayer(nn.Module):
             return _native_stout.layer(
                 u, self.mask.mu, idx, tab, self.coefficients(), self.tied,
                 _coordinate_maps(self.group.nc, torch.complex128, u.device), self._psi_terms())
-        idx, b = self._frozen(u, lat)
+        return self._move(u, lat, *self._frozen(u, lat))
+
+    def _move(self, u: torch.Tensor, lat: Lattice, idx: torch.Tensor, b: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U', logdet)``: the active links ``idx`` moved by ``exp(TA(U B)) U``."""
         ua = u[:, self.mask.mu].flatten(1, lat.nd)[:, idx]
         y, m = self._y(ua, b)
         if torch.is_grad_enabled() and (y.requires_grad or ua.requires_grad):

@@ -8,6 +8,10 @@ masked stout-smearing steps (direction ``mu``, parity of the transverse coordina
 :func:`~.residual.staple_mask_cycle`, each with one learnable coefficient (the parametric
 stout layers of arXiv:2412.00200), so every link moves once per block.  ``layer="staple"``: one
 :class:`~.residual.ResidualStapleLayer` per block (one mask, ``2(Nd - 1)`` coefficients).
+``layer="defect"`` (a protocol with a defect): a :class:`~.defect_layers.DefectCycle` per block,
+the same ``2 Nd`` steps restricted to the links within ``radius`` of the defect, with one
+coefficient for the staples of defect plaquettes and one for the others (the defect coupling
+layers of arXiv:2510.25704); the rest of the lattice is left to the MC updates.
 
 Defect.  ``defect`` (extents) and ``c0``: the protocol also switches the plaquettes of a
 time-boundary defect from ``c0`` (default 0, open) to periodic (:mod:`bridge.gauge.defect`), the
@@ -61,12 +65,13 @@ from ..groups import get_group
 from ..lattice import Lattice
 from ..mcmc.nonequilibrium import UPDATES, Protocol, run_protocol
 from ..rng import rng_key
+from .defect_layers import DefectCycle
 from .models import GaugeFlow
 from .residual import ResidualStapleLayer, staple_mask_cycle
 
 __all__ = ["StoutCycle", "SNFModel", "PriorPool", "SNFLoss"]
 
-LAYERS = ("stout", "staple")
+LAYERS = ("stout", "staple", "defect")
 INITS = ("luscher", "identity")
 
 _POOL_STREAM = 0x5F0
@@ -111,7 +116,8 @@ class SNFModel(nn.Module):
 
     ``update`` and ``n_hb``, ``n_or`` (heatbath, SU(2)/SU(3)) or ``tau``, ``md_steps``,
     ``integrator``, ``n_traj`` (HMC) are the Monte Carlo updates of every block
-    (:class:`~bridge.mcmc.nonequilibrium.Protocol`); ``kappa`` the layers' Lipschitz bound.
+    (:class:`~bridge.mcmc.nonequilibrium.Protocol`); ``kappa`` the layers' Lipschitz bound;
+    ``radius`` the reach of ``layer="defect"`` around the defect.
     ``.config`` (``"arch": "snf"``) rebuilds the model
     (:func:`~.checkpoints.flow_from_config`)."""
 
@@ -120,7 +126,7 @@ class SNFModel(nn.Module):
                  tau: float = 1.0, md_steps: int = 10, integrator: str = "LCM_STS_LEAPFROG",
                  n_traj: int = 1, kappa: float = 0.9, layer: str = "stout",
                  init: str = "luscher", init_scale: float = 1.0,
-                 defect: Sequence[int] | None = None, c0: float = 0.0,
+                 defect: Sequence[int] | None = None, c0: float = 0.0, radius: int = 1,
                  dtype: torch.dtype | str = torch.float64) -> None:
         super().__init__()
         if isinstance(dtype, str):
@@ -146,18 +152,23 @@ class SNFModel(nn.Module):
         if not (math.isfinite(scale) and scale >= 0):
             raise ConfigError(f"init_scale: expected a finite factor >= 0 of the Luescher "
                               f"coefficients, got {init_scale!r}")
-        d_beta = (pr.beta - pr.beta0) / pr.n_blocks
-        c0 = (luscher_coefficient(self.group, d_beta * scale, kappa, self.nd)
-              if init == "luscher" else 0.0)
+        if layer == "defect" and pr.defect is None:
+            raise ConfigError("layer: 'defect' layers act around a defect; the protocol has "
+                              "none (set defect)")
+        if isinstance(radius, bool) or int(radius) != radius or radius < 0:
+            raise ConfigError(f"radius: expected an integer >= 0 (links around the defect "
+                              f"that the defect layers move), got {radius!r}")
+        self._pr = pr
         if layer == "stout":
-            blocks: list[nn.Module] = [StoutCycle(self.group, self.nd, c=c0, kappa=kappa,
+            blocks: list[nn.Module] = [StoutCycle(self.group, self.nd, kappa=kappa,
                                                   dtype=dtype) for _ in range(pr.n_blocks)]
+        elif layer == "defect":
+            blocks = [DefectCycle(self.group, self.nd, pr.defect, radius=int(radius),
+                                  kappa=kappa, dtype=dtype) for _ in range(pr.n_blocks)]
         else:
             masks = staple_mask_cycle(self.nd)
             blocks = [ResidualStapleLayer(self.group, self.nd, masks[k % len(masks)],
                                           kappa=kappa, dtype=dtype) for k in range(pr.n_blocks)]
-            for b in blocks:
-                b.set_coefficients(c0)
         self.blocks = nn.ModuleList(blocks)
         self.config: dict[str, Any] = {
             "arch": "snf", "group": self.group.name, "nd": self.nd, "beta0": pr.beta0,
@@ -166,7 +177,11 @@ class SNFModel(nn.Module):
             "layer": layer, "init": init, "init_scale": scale, "dtype": str(dtype)}
         if pr.defect is not None:
             self.config.update(defect=list(pr.defect), c0=pr.c0)
+        if layer == "defect":
+            self.config["radius"] = int(radius)
         self._settings = {**settings, **{k: getattr(pr, k) for k in settings}}
+        if init == "luscher":
+            self._set_luscher(scale)
 
     def set_init_scale(self, scale: float) -> None:
         """Set every layer to ``scale`` times Luescher's coefficient (``init="luscher"``; the
@@ -174,13 +189,25 @@ class SNFModel(nn.Module):
         if self.config["init"] != "luscher":
             raise ConfigError(f"init_scale: scales the Luescher initialisation, not init "
                               f"{self.config['init']!r}")
-        d_beta = (self.beta - self.beta0) / len(self.blocks)
-        c = luscher_coefficient(self.group, d_beta * float(scale), self.config["kappa"],
-                                self.nd)
+        self._set_luscher(scale)
+        self.config["init_scale"] = float(scale)
+
+    def _set_luscher(self, scale: float) -> None:
+        """Every layer at ``scale`` times Luescher's coefficients of its block: the coupling
+        step ``d_beta``; defect layers: ``c_D`` of the defect plaquettes' step ``d(beta c)``
+        (:mod:`.defect_layers`) and ``c_N`` of ``d_beta``."""
+        pr, kappa, n = self._pr, self.config["kappa"], len(self.blocks)
+        d_beta = (pr.beta - pr.beta0) / n
+        c = luscher_coefficient(self.group, d_beta * float(scale), kappa, self.nd)
         for b in self.blocks:
+            if isinstance(b, DefectCycle):
+                d_def = (pr.beta * pr.c1 - pr.beta0 * pr.c0) / n
+                c_d = luscher_coefficient(self.group, d_def * float(scale), kappa, self.nd)
+                for lay in b.layers:
+                    lay.set_coefficients(c_d, c)
+                continue
             for lay in (b.layers if isinstance(b, StoutCycle) else [b]):
                 lay.set_coefficients(c)
-        self.config["init_scale"] = float(scale)
 
     def protocol(self, layers: bool = True) -> Protocol:
         """The :class:`~bridge.mcmc.nonequilibrium.Protocol` with this model's layers

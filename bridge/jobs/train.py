@@ -62,7 +62,7 @@ _DEFAULTS: dict[str, Any] = {
 _DICTS = ("model", "train", "conditional")
 _MODEL_KEYS = {"arch", "n_layers", "k", "hidden", "kernel_size", "period", "separable",
                "init_gain", "kappa", "degree", "harmonics", "symmetric", "eps", "grid",
-               "layer", "init"}
+               "layer", "init", "radius"}
 
 
 # -- settings ---------------------------------------------------------------------------------

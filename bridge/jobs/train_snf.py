@@ -41,7 +41,7 @@ _SNF_OVERRIDES = {"eval_samples": 1024, "eval_batch": 128, "batch": 32}
 # Adam moves a raw coefficient by ~lr per step whatever the gradient's size, and the stout
 # coefficients scale like the coupling step (beta - beta0) / blocks: lr = _LR_PER_BLOCK / blocks
 _LR_PER_BLOCK = 4e-3
-_SNF_MODEL_KEYS = {"arch", "kappa", "layer", "init"}
+_SNF_MODEL_KEYS = {"arch", "kappa", "layer", "init", "radius"}
 
 
 def snf_defaults(s: dict[str, Any], given: set[str]) -> None:
@@ -65,7 +65,7 @@ def check_snf_settings(s: dict[str, Any]) -> None:
     """Refuse SNF settings that cannot work, naming the option and the value."""
     snf = s["model"].get("arch") == "snf"
     if not snf:
-        only = sorted({"layer", "init"} & set(s["model"]))
+        only = sorted({"layer", "init", "radius"} & set(s["model"]))
         if only:
             raise ConfigError(f"model: {only} apply to --arch snf only (the layer type and "
                               f"initialisation of a stochastic normalizing flow)")

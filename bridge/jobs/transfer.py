@@ -157,6 +157,8 @@ def snf_source_settings(s: dict[str, Any], given: set[str]) -> None:
         raise ConfigError(f"{where}: the layers start from the model's; drop --init-scale")
     s["model"].update(arch="snf", layer=mc.get("layer", "staple"),
                       init=mc.get("init", "identity"))
+    if "radius" in mc:
+        s["model"]["radius"] = mc["radius"]
     if "group" not in given:
         from ..flows.checkpoints import GROUPS
         from ..groups import get_group
