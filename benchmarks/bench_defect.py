@@ -29,6 +29,7 @@ import torch
 from _results import write_results
 
 from bridge.analysis.stats import gamma
+from bridge.flows.checkpoints import load_model
 from bridge.flows.snf import SNFModel
 from bridge.gauge import random_gauge
 from bridge.lattice import Lattice
@@ -53,13 +54,26 @@ def _kernels(args: argparse.Namespace) -> dict:
         prior = heatbath(args.beta, n_hb=1, n_or=args.n_or, defect=tuple(args.defect), c=0.0,
                          name="prior")
         out[f"nemcmc-{n}"] = (nemcmc(pr, prior, prior_steps=args.prior_steps), 1)
-        if args.snf_scale is not None:
-            # defect layers (bridge.flows.defect_layers) at a factor of Luescher's start
-            model = SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n,
-                             n_hb=1, n_or=args.n_or, defect=tuple(args.defect),
-                             layer="defect", radius=args.radius, init_scale=args.snf_scale)
-            out[f"snf-{n}"] = (nemcmc(model.protocol(), prior, prior_steps=args.prior_steps), 1)
+        if args.snf_scale is not None or args.snf_model:
+            out[f"snf-{n}"] = (nemcmc(_model(args, n).protocol(), prior,
+                                      prior_steps=args.prior_steps), 1)
     return out
+
+
+def _model(args: argparse.Namespace, n: int) -> SNFModel:
+    """The defect-layer SNF of ``n`` blocks: ``--snf-model`` (a trained one, whose protocol
+    must match) or the layers at ``--snf-scale`` x Luescher's start."""
+    if args.snf_model:
+        model, _ = load_model(args.snf_model)
+        want = {"n_blocks": n, "beta0": args.beta, "beta": args.beta,
+                "defect": list(args.defect), "layer": "defect"}
+        bad = {k: model.config.get(k) for k, v in want.items() if model.config.get(k) != v}
+        if bad:
+            raise SystemExit(f"--snf-model {args.snf_model}: {bad} differ from {want}")
+        return model
+    return SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n, n_hb=1,
+                    n_or=args.n_or, defect=tuple(args.defect), layer="defect",
+                    radius=args.radius, init_scale=args.snf_scale or 1.0)
 
 
 def _start(args: argparse.Namespace) -> torch.Tensor:
@@ -128,9 +142,7 @@ def _work_scan(args: argparse.Namespace, start: torch.Tensor) -> list[dict]:
             x0s.append(st.U.clone())
     rows = []
     for n in args.blocks:
-        model = SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n, n_hb=1,
-                         n_or=args.n_or, defect=tuple(args.defect), layer="defect",
-                         radius=args.radius, init_scale=args.snf_scale or 1.0)
+        model = _model(args, n)
         works = {}
         for layers in (False, True):
             ws, t0 = [], time.process_time()
@@ -176,6 +188,8 @@ def main() -> None:
     p.add_argument("--snf-scale", type=float, help="also run NE-MCMC with defect layers "
                    "(snf-N) started at this factor of Luescher's coefficients")
     p.add_argument("--radius", type=int, default=1, help="reach of the defect layers")
+    p.add_argument("--snf-model", help="a trained defect-layer SNF (train --arch snf with "
+                   "layer 'defect') instead of --snf-scale; its blocks must be --blocks")
     p.add_argument("--md-steps", type=int, default=10)
     p.add_argument("--integrator", default="LCM_STS_LEAPFROG", help="HMC integrator (Chroma's "
                    "name), tau = 1")
@@ -207,7 +221,8 @@ def main() -> None:
         write_results(args.out, rows, nrow=args.nrow, beta=args.beta, defect=args.defect,
                       chains=args.chains, scan_batches=args.scan_batches,
                       prior_steps=args.prior_steps, snf_scale=args.snf_scale,
-                      radius=args.radius, n_or=args.n_or, hb_therm=args.hb_therm,
+                      snf_model=args.snf_model, radius=args.radius, n_or=args.n_or,
+                      hb_therm=args.hb_therm,
                       therm=args.therm, clock="process time (CPU seconds, one thread)")
         return
     print(f"{'algorithm':>12} {'steps':>6} {'s/step':>8} {'acc':>5} {'dQ':>4} {'<Q^2>':>6} "
@@ -229,7 +244,8 @@ def main() -> None:
                   chains=args.chains, seconds=args.seconds, flow_time=args.flow_time,
                   md_steps=args.md_steps, integrator=args.integrator,
                   prior_steps=args.prior_steps, snf_scale=args.snf_scale,
-                  radius=args.radius, n_or=args.n_or, hb_therm=args.hb_therm,
+                  snf_model=args.snf_model, radius=args.radius, n_or=args.n_or,
+                  hb_therm=args.hb_therm,
                   therm=args.therm, measure_every=args.measure_every,
                   clock="process time (CPU seconds, one thread)")
 
