@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_defect import BETA, L, _open_chains  # 2D SU(2) L x L, whole time boundary open
 
 from bridge import _native_stout
 from bridge.errors import ConfigError
@@ -24,7 +25,6 @@ from bridge.flows.snf import SNFModel
 from bridge.gauge import plaquette_traces, random_gauge
 from bridge.gauge.defect import defect_mask
 from bridge.lattice import Lattice
-from bridge.mcmc.heatbath import heatbath
 from bridge.mcmc.nonequilibrium import jarzynski, run_protocol
 from bridge.mcmc.reweighting import reweighted_mean
 from bridge.rng import generator
@@ -142,24 +142,12 @@ def test_luscher_start_and_checkpoint_round_trip():
     assert isinstance(m2.blocks[3], DefectCycle)
 
 
-L, BETA = 4, 2.0
-
-
-def _open_chains(batch: int, sweeps: int, seed: int, ext) -> torch.Tensor:
-    kern = heatbath(BETA, n_hb=1, n_or=1, defect=ext, c=0.0)
-    st = kern.init(random_gauge(Lattice((L, L)), "SU2", batch, generator=generator(seed)),
-                   seed=seed)
-    for _ in range(sweeps):
-        st, _ = kern.step(st)
-    return st.U
-
-
 def test_defect_snf_is_exact_and_better_than_no_layers():
     # 2D SU(2) 4x4, the whole time boundary open -> periodic in 2 blocks: with defect layers
     # at Luescher's start, Jarzynski gives log Z_torus / Z_open and the torus plaquette
     # (exactness for any layer), and the layers lower the mean dissipated work on the same
     # prior configurations and MC random numbers
-    x0 = _open_chains(1024, 15, 21, (L,))
+    x0 = _open_chains(1024, 15, 21)
     model = SNFModel("SU2", 2, beta0=BETA, beta=BETA, n_blocks=2, defect=(L,), layer="defect",
                      radius=1)
     with torch.no_grad():
