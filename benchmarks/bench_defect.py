@@ -14,8 +14,15 @@ and its ratio to HMC's, and the CPU seconds per change of round(Q) (all chains; 
 the whole run, when no chain changed its charge -- at a frozen point the tunnelling rate is the
 measurable quantity).
 
+``--snf-scale S`` (or ``--snf-model DIR``) adds ``snf-N``: the same NE-MCMC with defect
+layers (bridge.flows.defect_layers) at S x Luescher's start.  ``--work-scan`` runs the protocol
+alone instead of chains: for every ``--blocks`` n the work, its spread, the Jarzynski ESS and the
+acceptance of an independence chain over the runs, with and without defect layers on the same
+prior configurations and random numbers (the scaling with n_step).
+
     OMP_NUM_THREADS=1 python benchmarks/bench_defect.py [--nrow 6 6 6 6] [--beta 5.9]
-        [--defect 2 2 2] [--blocks 8 24] [--seconds 300] [--out benchmarks/results/defect.json]
+        [--defect 2 2 2] [--blocks 8 24] [--snf-scale 0.75] [--work-scan] [--seconds 300]
+        [--out benchmarks/results/defect.json]
 """
 
 from __future__ import annotations

@@ -314,7 +314,9 @@ class SNFLoss:
     """The SNF training loss for :class:`~.training.Trainer` (module docstring): call ``n``
     (``self.calls``; set it to the trainer's step count after a resume) runs the protocol of
     ``model`` from ``prior_source.draw(n)`` (a :class:`PriorPool`; ``batch`` its first
-    configurations) and returns ``(mean W, -W detached)``.  The protocol's random numbers come
+    configurations) and returns ``(mean W, -W detached)``; under autograd the gradient of
+    ``mean W`` is accumulated into the parameters block by block during the call (one block's
+    graph in memory) and the returned ``mean W`` is a leaf.  The protocol's random numbers come
     from the trainer's generator of the step (one 62-bit seed drawn from it).  ``nrow`` is
     checked against the pool's lattice.  ``last_x0``, ``last_seed``, ``last_index`` and
     ``last_work`` keep the last call's ``run_protocol`` inputs and works."""
@@ -339,8 +341,12 @@ class SNFLoss:
         x0 = self.pool.draw(self.calls)[: self.batch].to(device)
         seed = rng_key(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)),
                        _RUN_STREAM)
-        _, work, _ = run_protocol(x0, self.model.protocol(), seed=seed, index=self.calls)
+        # the gradient of mean(W), block by block (run_protocol's block_backward: the memory of
+        # one block's graph); the trainer's backward of the returned leaf adds nothing
+        _, work, _ = run_protocol(x0, self.model.protocol(), seed=seed, index=self.calls,
+                                  block_backward=1.0 / len(x0) if torch.is_grad_enabled()
+                                  else None)
         self.last_x0, self.last_seed, self.last_index = x0, seed, self.calls
         self.calls += 1
         self.last_work = work.detach()
-        return work.mean(), -work.detach()
+        return work.mean().detach().requires_grad_(), -work.detach()

@@ -235,7 +235,8 @@ def _mc_update(u: torch.Tensor, protocol: Protocol, beta_k: float, key: int,
     return st.U, acc / protocol.n_traj
 
 
-def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int = 0
+def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int = 0,
+                 block_backward: float | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, ProtocolInfo]:
     """Run ``protocol`` from the configurations ``u0`` (batch axis: independent runs, each
     ``u0[i]`` an equilibrium sample of ``exp(-S_{beta0})``); returns ``(U_n, W, info)`` with the
@@ -253,7 +254,10 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
     (the MC updates -- accept/reject, heatbath draws -- are treated as constants, as in the
     stochastic-normalizing-flow training of arXiv:2201.08862 and arXiv:2412.00200; it is not the
     full path-wise derivative through the later MC updates).  ``mean(W)`` is the SNF loss (the
-    Kullback-Leibler divergence of forward and reverse path measures, up to ``log Z / Z0``)."""
+    Kullback-Leibler divergence of forward and reverse path measures, up to ``log Z / Z0``).
+    ``block_backward=a``: each block's work is backpropagated at once, ``(a dW_k).sum()``, so
+    one block's graph is alive at a time (memory of one block, not of ``n``; the gradient is
+    the same, accumulated in the parameters' ``.grad``) and the returned ``W`` is detached."""
     if not isinstance(protocol, Protocol):
         raise ConfigError(f"protocol: expected a Protocol, got {type(protocol).__name__}")
     t0 = time.perf_counter()
@@ -284,6 +288,9 @@ def run_protocol(u0: torch.Tensor, protocol: Protocol, *, seed: int, index: int 
         if not bool(torch.isfinite(dw.detach()).all()):
             raise PhysicsError(f"block {k} (beta {betas[k - 1]} -> {betas[k]}): non-finite "
                                f"work {dw.detach().tolist()}")
+        if block_backward is not None and dw.requires_grad:
+            (float(block_backward) * dw).sum().backward()
+            dw = dw.detach()
         work = work + dw
         blocks.append(dw.detach())
         logdets.append(ld.detach())
