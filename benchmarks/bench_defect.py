@@ -72,15 +72,16 @@ def _model(args: argparse.Namespace, n: int) -> SNFModel:
     must match) or the layers at ``--snf-scale`` x Luescher's start."""
     if args.snf_model:
         model, _ = load_model(args.snf_model)
-        want = {"n_blocks": n, "beta0": args.beta, "beta": args.beta,
-                "defect": list(args.defect), "layer": "defect"}
+        want = {"n_blocks": n, "beta0": args.beta, "beta": args.beta, "n_or": args.n_or,
+                "update": "heatbath", "defect": list(args.defect), "layer": "defect"}
         bad = {k: model.config.get(k) for k, v in want.items() if model.config.get(k) != v}
         if bad:
             raise SystemExit(f"--snf-model {args.snf_model}: {bad} differ from {want}")
         return model
     return SNFModel("SU3", 4, beta0=args.beta, beta=args.beta, n_blocks=n, n_hb=1,
                     n_or=args.n_or, defect=tuple(args.defect), layer="defect",
-                    radius=args.radius, init_scale=args.snf_scale or 1.0)
+                    radius=args.radius,
+                    init_scale=1.0 if args.snf_scale is None else args.snf_scale)
 
 
 def _start(args: argparse.Namespace) -> torch.Tensor:
@@ -228,7 +229,8 @@ def main() -> None:
         write_results(args.out, rows, nrow=args.nrow, beta=args.beta, defect=args.defect,
                       chains=args.chains, scan_batches=args.scan_batches,
                       prior_steps=args.prior_steps, snf_scale=args.snf_scale,
-                      snf_model=args.snf_model, radius=args.radius, n_or=args.n_or,
+                      snf_model=args.snf_model,
+                      radius=None if args.snf_model else args.radius, n_or=args.n_or,
                       hb_therm=args.hb_therm,
                       therm=args.therm, clock="process time (CPU seconds, one thread)")
         return
@@ -251,7 +253,8 @@ def main() -> None:
                   chains=args.chains, seconds=args.seconds, flow_time=args.flow_time,
                   md_steps=args.md_steps, integrator=args.integrator,
                   prior_steps=args.prior_steps, snf_scale=args.snf_scale,
-                  snf_model=args.snf_model, radius=args.radius, n_or=args.n_or,
+                  snf_model=args.snf_model,
+                  radius=None if args.snf_model else args.radius, n_or=args.n_or,
                   hb_therm=args.hb_therm,
                   therm=args.therm, measure_every=args.measure_every,
                   clock="process time (CPU seconds, one thread)")

@@ -187,3 +187,15 @@ def test_defect_layers_from_the_command_line_sample_the_torus(tmp_path):
     p = s["plaquette"]
     assert abs(p["mean"] - su2_2d_plaquette(BETA, L)) < 4 * p["error"], p
     assert s["acceptance"]["nemcmc"] > 0.1
+
+
+def test_radius_and_extent_inputs():
+    m = DefectMask(1, 0, [2, 2, 2], 0)  # a list becomes a (hashable) tuple
+    assert m.extent == (2, 2, 2) and hash(m)
+    with pytest.raises(MaskError, match="radius: expected an integer >= 0, got None"):
+        DefectMask(1, 0, (2, 2, 2), None)
+    with pytest.raises(MaskError, match="radius: expected an integer >= 0, got 1.5"):
+        defect_region(Lattice((4, 4, 4, 4)), (1, 1, 1), 1.5)
+    with pytest.raises(ConfigError, match="radius 2: the reach of layer 'defect'; the layer "
+                                          "is 'stout'"):
+        SNFModel("SU3", 4, beta0=6.0, beta=6.2, n_blocks=2, radius=2)

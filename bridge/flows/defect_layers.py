@@ -2,14 +2,15 @@
 time-boundary defect (:mod:`bridge.gauge.defect`), with separate coefficients for the staples
 that close a defect plaquette and for the others -- the defect coupling layers of the
 stochastic normalizing flows that switch a defect from open to periodic (Bonanno et al.,
-arXiv:2510.25704 Sec. 5; arXiv:2601.20708).
+arXiv:2510.25704; arXiv:2601.20708).
 
-Region.  Let ``S_0`` be the sites of the defect plaquettes' corners: ``x_t`` in ``{L_t - 1, 0}``
-and ``0 <= x_i <= d_i`` (periodically) in the other directions.  A link ``U_mu(x)`` is in the
-region of radius ``r`` when both ``x`` and ``x + mu`` lie within max-norm (periodic) distance
-``r`` of ``S_0``; radius 0 holds every link of a defect plaquette.  A :class:`DefectMask` is a
-:class:`~.residual.StapleMask` ``(mu, parity)`` restricted to the region, so the staples of its
-active links are frozen as before and the layer keeps the block-diagonal Jacobian.
+Region.  Let ``S_0`` be the box that holds the defect plaquettes' corners: ``x_t`` in
+``{L_t - 1, 0}`` and ``0 <= x_i <= d_i`` (periodically) in the other directions.  A link
+``U_mu(x)`` is in the region of radius ``r`` when both ``x`` and ``x + mu`` lie within max-norm
+(periodic) distance ``r`` of ``S_0``; radius 0 holds every link of a defect plaquette.  A
+:class:`DefectMask` is a :class:`~.residual.StapleMask` ``(mu, parity)`` restricted to the
+region, so the staples of its active links are frozen as before and the layer keeps the
+block-diagonal Jacobian.
 
 Map.  For the active link ``U_mu(x)`` with staples ``S_k`` (:func:`~.residual.link_staples`
 order), ``B = sum_k c_k(x) S_k`` with ``c_k(x) = c_D`` when the plaquette of ``S_k`` is a defect
@@ -19,11 +20,12 @@ layer is gauge equivariant; ``sum_k |c_k(x)| <= 2(Nd - 1) max(|c_D|, |c_N|) <= k
 ``c = kappa tanh(r) / (2(Nd - 1))``, so the map is invertible, and the log-Jacobian is that of
 the residual staple layer, link by link.
 
-Leading order.  The block ``c_{k-1} -> c_k`` of the defect protocol changes the action by
-``-(beta / N) (c_k - c_{k-1}) sum_{p in D} Re Tr P`` (plus a constant), the Wilson step
-``d_beta`` restricted to the defect plaquettes with ``d_beta = beta (c_k - c_{k-1})``; Luescher's
-leading-order map (:func:`~.snf.luscher_coefficient`) is ``c_D = -beta dc / (4 dim G)``,
-``c_N = 0``.
+Leading order.  At fixed ``beta`` the block ``c_{k-1} -> c_k`` of the defect protocol changes
+the action by ``-(beta / N) (c_k - c_{k-1}) sum_{p in D} Re Tr P`` (plus a constant), a Wilson
+step ``beta dc`` restricted to the defect plaquettes, whose leading-order map
+(:func:`~.snf.luscher_coefficient`) is ``c_D = -beta dc / (4 dim G)``, ``c_N = 0``; with a
+coupling step too, :class:`~.snf.SNFModel` takes ``c_D`` from ``d(beta c)`` and ``c_N`` from
+``d_beta``.
 """
 
 from __future__ import annotations
@@ -60,13 +62,17 @@ def _interval_distance(coord: torch.Tensor, lo: int, hi: int, n: int) -> torch.T
     return torch.minimum(d, n - d).min(-1).values
 
 
+def _check_radius(radius: object) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
+        raise MaskError(f"radius: expected an integer >= 0, got {radius!r}")
+
+
 def defect_region(lattice: Lattice, extent: Sequence[int], radius: int, device=None
                   ) -> torch.Tensor:
     """Boolean ``[Nd, *lattice.shape]``: the links ``U_mu(x)`` of the region of ``radius``
     around the defect of ``extent`` (module docstring)."""
     ext = check_defect(lattice, extent)
-    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
-        raise MaskError(f"radius: expected an integer >= 0, got {radius!r}")
+    _check_radius(radius)
     c = lattice.coordinates(as_device(device))
     t = lattice.nd - 1
     dist = _interval_distance(c[t], -1, 0, lattice.nrow[t])
@@ -88,8 +94,8 @@ class DefectMask(StapleMask):
         super().__post_init__()
         if not self.extent:
             raise MaskError("extent: a defect mask needs the defect's extents")
-        if isinstance(self.radius, bool) or int(self.radius) != self.radius or self.radius < 0:
-            raise MaskError(f"radius: expected an integer >= 0, got {self.radius!r}")
+        object.__setattr__(self, "extent", tuple(int(d) for d in self.extent))  # hashable
+        _check_radius(self.radius)
 
     def active_sites(self, lattice: Lattice, device=None) -> torch.Tensor:
         sites = super().active_sites(lattice, device)

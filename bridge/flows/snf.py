@@ -155,9 +155,12 @@ class SNFModel(nn.Module):
         if layer == "defect" and pr.defect is None:
             raise ConfigError("layer: 'defect' layers act around a defect; the protocol has "
                               "none (set defect)")
-        if isinstance(radius, bool) or int(radius) != radius or radius < 0:
+        if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
             raise ConfigError(f"radius: expected an integer >= 0 (links around the defect "
                               f"that the defect layers move), got {radius!r}")
+        if radius != 1 and layer != "defect":
+            raise ConfigError(f"radius {radius}: the reach of layer 'defect'; the layer is "
+                              f"{layer!r}")
         self._pr = pr
         if layer == "stout":
             blocks: list[nn.Module] = [StoutCycle(self.group, self.nd, kappa=kappa,
