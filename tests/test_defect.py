@@ -136,6 +136,12 @@ def test_defect_protocol_jarzynski_is_exact(n_blocks):
     pr = Protocol(beta0=BETA, beta=BETA, n_blocks=n_blocks, update="heatbath", n_hb=1, n_or=1,
                   defect=(L,))
     u, work, _ = run_protocol(x0, pr, seed=5)
+    assert_reweights_to_the_torus(u, work)
+
+
+def assert_reweights_to_the_torus(u: torch.Tensor, work: torch.Tensor) -> None:
+    """Open -> periodic runs (end points ``u``, works ``work``) of 2D SU(2) L x L at BETA:
+    Jarzynski's ``log Z_periodic / Z_open`` and the reweighted plaquette are the exact ones."""
     jz = jarzynski(work)
     v = L * L
     exact = su2_2d_log_z(BETA, L) - ((v - L) * su2_plaquette_log_z(BETA))
